@@ -1,0 +1,48 @@
+"""``silk extract``: keypoints of image files into an hloc ``features.h5``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..extraction import extract_image
+from ..interop.hloc import write_features
+from .common import add_detection_args, add_model_args, detection_options, load_model
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "extract",
+        help="detect and describe keypoints, write hloc's features.h5",
+        description="Detect and describe keypoints of IMAGE files and write them in hloc's features.h5 layout "
+        "(per image: keypoints N x 2 as (x, y) with pixel centres at integers, scores N, descriptors D x N, "
+        "image_size as (W, H)). Images are named by their path relative to --root (default: their file name).",
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("--out", required=True, metavar="H5", help="output features.h5")
+    p.add_argument("--root", default=None, help="name images by their path relative to this folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    add_model_args(p)
+    add_detection_args(p)
+    p.set_defaults(func=run)
+
+
+def image_name(path: Path, root: Path | None) -> str:
+    return path.resolve().relative_to(root.resolve()).as_posix() if root else path.name
+
+
+def run(args: argparse.Namespace) -> int:
+    model = load_model(args)
+    paths = [Path(p) for p in args.images]
+    root = Path(args.root) if args.root else None
+    opts = detection_options(args)
+
+    def features():
+        for path in tqdm(paths, desc="extract", unit="img", disable=len(paths) < 2):
+            yield image_name(path, root), extract_image(model, path, resize=args.resize, **opts)
+
+    out = write_features(args.out, features(), overwrite=args.overwrite)
+    print(f"wrote {len(paths)} images to {out}")
+    return 0

@@ -1,0 +1,119 @@
+"""Reading images and turning user inputs into the network's batch layout.
+
+Every image handed to a model goes through :func:`to_batch`, which returns a float32 (B, C, H, W) tensor
+in [0, 1] with the model's channel count, or raises :class:`SilkError` saying what is wrong.
+Grayscale from RGB uses 0.299 R + 0.587 G + 0.114 B (the original's training conversion).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from .errors import SilkError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
+_GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def load_image(path: str | os.PathLike, gray: bool = False) -> np.ndarray:
+    """Read an image file -> uint8 (H, W) if ``gray`` else (H, W, 3) RGB.
+
+    16-bit files are scaled to 8 bit, alpha is dropped (composited on black is *not* done: the colour
+    channels are kept as stored).
+
+    Raises:
+        SilkError: missing, empty, corrupt or unsupported file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SilkError(f"image not found: {path}")
+    if path.stat().st_size == 0:
+        raise SilkError(f"image file is empty (0 bytes): {path}")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise SilkError(f"cannot decode image {path}: corrupt or unsupported format")
+    if img.dtype == np.uint16:
+        img = (img.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        img = np.clip(img.astype(np.float32) * (255.0 if img.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    if img.ndim == 3 and img.shape[2] == 4:
+        img = img[:, :, :3]
+    if img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if gray and img.ndim == 3:
+        img = rgb_to_gray_uint8(img)
+    if not gray and img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(img)
+
+
+def rgb_to_gray_uint8(img: np.ndarray) -> np.ndarray:
+    w = np.asarray(_GRAY_WEIGHTS, dtype=np.float32)
+    return np.clip(img.astype(np.float32) @ w + 0.5, 0, 255).astype(np.uint8)
+
+
+def _numpy_to_tensor(img: np.ndarray) -> torch.Tensor:
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.ndim != 3 or img.shape[2] not in (1, 3, 4):
+        raise SilkError(f"numpy image must be (H, W), (H, W, 3) or (H, W, 4), got shape {img.shape}")
+    img = img[:, :, :3]
+    if img.dtype == np.uint8:
+        t = torch.from_numpy(np.ascontiguousarray(img)).float() / 255.0
+    elif img.dtype == np.uint16:
+        t = torch.from_numpy(img.astype(np.float32)) / 65535.0
+    elif np.issubdtype(img.dtype, np.floating):
+        t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))
+    else:
+        raise SilkError(f"unsupported numpy image dtype {img.dtype}: use uint8, uint16 or float in [0, 1]")
+    return t.permute(2, 0, 1)[None]
+
+
+def to_batch(image: torch.Tensor | np.ndarray, channels: int) -> torch.Tensor:
+    """Any supported image form -> float (B, channels, H, W) in [0, 1].
+
+    Accepts torch (B, C, H, W) / (C, H, W) / (H, W) float in [0, 1] (C = 1 or 3) and numpy (H, W) /
+    (H, W, 3) uint8, uint16 or float in [0, 1]. RGB is converted to gray for 1-channel models, gray is
+    repeated for 3-channel ones.
+    """
+    if isinstance(image, np.ndarray):
+        x = _numpy_to_tensor(image)
+    elif isinstance(image, torch.Tensor):
+        x = image
+        if x.ndim == 2:
+            x = x[None, None]
+        elif x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4:
+            raise SilkError(f"image tensor must be (B, C, H, W), (C, H, W) or (H, W), got shape {tuple(image.shape)}")
+        if not torch.is_floating_point(x):
+            if x.dtype == torch.uint8:
+                x = x.float() / 255.0
+            else:
+                raise SilkError(f"image tensor must be float in [0, 1] or uint8, got {x.dtype}")
+    else:
+        raise SilkError(f"expected a torch.Tensor or numpy.ndarray image, got {type(image).__name__}")
+    c = x.shape[1]
+    if c not in (1, 3):
+        raise SilkError(f"image must have 1 or 3 channels, got {c} (shape {tuple(x.shape)})")
+    if c == 3 and channels == 1:
+        w = torch.tensor(_GRAY_WEIGHTS, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        x = (x * w).sum(1, keepdim=True)
+    elif c == 1 and channels == 3:
+        x = x.expand(-1, 3, -1, -1)
+    return x.float() if x.dtype not in (torch.float32, torch.float16, torch.bfloat16) else x
+
+
+def list_images(root: str | os.PathLike, recursive: bool = True) -> list[Path]:
+    """Image files under ``root`` (sorted), by suffix."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SilkError(f"image folder not found: {root}")
+    it = root.rglob("*") if recursive else root.iterdir()
+    return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

@@ -1,0 +1,214 @@
+"""Safe loading and saving of weights.
+
+Formats read by :func:`load_weights`:
+
+* our weight files (``.safetensors``, config JSON in the metadata), written by :func:`save_weights`;
+* our training checkpoints (``torch.save`` dicts with ``model`` and ``config``), read with ``weights_only``;
+* the original SiLK Lightning checkpoints (``pvgg-4.ckpt``, ``coco-rgb-aug.ckpt``): weights under
+  ``state_dict`` with the ``_mods.model.`` prefix, renamed to this package's module names.
+
+No file is ever unpickled with a general unpickler: ``torch.load(weights_only=True)`` first, and for
+Lightning files holding other pickled objects a restricted unpickler that rebuilds tensors and plain
+containers only and replaces every other object by an inert placeholder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..errors import SilkError
+from .config import SiLKConfig
+
+ORIGINAL_PREFIX = "_mods.model."
+_FORMAT = "silk-keypoints-weights"
+
+# original name (prefix stripped) -> ours
+_RENAMES = [
+    (r"^descriptor_scale_factor$", "descriptor_scale"),
+    (r"^backbone\._backbone\.layers\.(\d+)\.(\d+)\.0\.", r"backbone.stages.\1.\2.conv."),
+    (r"^backbone\._backbone\.layers\.(\d+)\.(\d+)\.2\.", r"backbone.stages.\1.\2.bn."),
+    (r"^backbone\._heads\._mods\.logits\._detH1\.0\.", "keypoint_head.hidden.conv."),
+    (r"^backbone\._heads\._mods\.logits\._detH1\.2\.", "keypoint_head.hidden.bn."),
+    (r"^backbone\._heads\._mods\.logits\._detH2\.0\.", "keypoint_head.out.conv."),
+    (r"^backbone\._heads\._mods\.logits\._detH2\.1\.", "keypoint_head.out.bn."),
+    (r"^backbone\._heads\._mods\.raw_descriptors\._desH1\.0\.", "descriptor_head.hidden.conv."),
+    (r"^backbone\._heads\._mods\.raw_descriptors\._desH1\.2\.", "descriptor_head.hidden.bn."),
+    (r"^backbone\._heads\._mods\.raw_descriptors\._desH2\.0\.", "descriptor_head.out.conv."),
+    (r"^backbone\._heads\._mods\.raw_descriptors\._desH2\.1\.", "descriptor_head.out.bn."),
+]
+
+
+class _Inert:
+    """Stands in for any pickled object that is not a tensor or a plain container. Does nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __call__(self, *args: Any, **kwargs: Any) -> "_Inert":
+        return _Inert()
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        allowed = _get_allowed_globals()
+        key = f"{module}.{name}"
+        if key in allowed:
+            return allowed[key]
+        if module == "collections" and name == "OrderedDict":
+            import collections
+
+            return collections.OrderedDict
+        return _Inert
+
+
+class _RestrictedPickle:
+    """A ``pickle_module`` for ``torch.load`` that never imports or calls anything outside an allow-list."""
+
+    Unpickler = _RestrictedUnpickler
+    load = staticmethod(lambda f, **kw: _RestrictedUnpickler(f, **kw).load())
+    __name__ = "silk_restricted_pickle"
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # Lightning files may pickle callback states etc.: rebuild tensors only, replace the rest.
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickle)
+
+
+def rename_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Original SiLK names (``_mods.model.`` prefix optional) -> this package's names. Unknown keys kept as is."""
+    out = {}
+    for key, value in state.items():
+        name = key[len(ORIGINAL_PREFIX):] if key.startswith(ORIGINAL_PREFIX) else key
+        for pattern, repl in _RENAMES:
+            new, n = re.subn(pattern, repl, name)
+            if n:
+                name = new
+                break
+        out[name] = value
+    return out
+
+
+def _config_from_original(state: dict[str, torch.Tensor]) -> SiLKConfig:
+    first = state.get("backbone.stages.0.0.conv.weight")
+    if first is None or first.ndim != 4:
+        raise SilkError("not a SiLK VGG checkpoint: no first convolution 'backbone._backbone.layers.0.0.0.weight'")
+    scale = state.get("descriptor_scale")
+    return SiLKConfig(
+        in_channels=int(first.shape[1]),
+        descriptor_scale=float(scale) if scale is not None else 1.41,
+    )
+
+
+def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], SiLKConfig]:
+    """Read a weight file in any supported format -> (state dict in our names, model config).
+
+    Raises:
+        SilkError: missing, empty, truncated or unrecognised file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SilkError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise SilkError(f"checkpoint is empty (0 bytes): {path}")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path)
+    try:
+        obj = _torch_load(path)
+    except Exception as e:  # truncated zip, garbage bytes, ...
+        raise SilkError(f"cannot read checkpoint {path}: the file is corrupt, truncated or not a torch file ({e})") from None
+    if not isinstance(obj, dict):
+        raise SilkError(f"cannot read checkpoint {path}: expected a dict, found {type(obj).__name__}")
+    if "model" in obj and "config" in obj:  # our training checkpoint
+        config = SiLKConfig.from_dict(obj["config"]["model"] if "model" in obj["config"] else obj["config"])
+        return dict(obj["model"]), config
+    state = obj.get("state_dict", obj)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SilkError(f"cannot read checkpoint {path}: no 'state_dict' of tensors in it (keys: {sorted(obj)[:8]})")
+    state = rename_original(state)
+    return state, _config_from_original(state)
+
+
+def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], SiLKConfig]:
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise SilkError(f"cannot read weight file {path}: corrupt or truncated safetensors file ({e})") from None
+    if meta.get("format") != _FORMAT or "config" not in meta:
+        raise SilkError(f"weight file {path} has no silk-keypoints config in its metadata")
+    try:
+        config = SiLKConfig.from_dict(json.loads(meta["config"]))
+    except (json.JSONDecodeError, TypeError) as e:
+        raise SilkError(f"weight file {path}: garbled config metadata ({e})") from None
+    return state, config
+
+
+def save_weights(
+    state: dict[str, torch.Tensor], config: SiLKConfig, path: str | os.PathLike, info: dict | None = None
+) -> Path:
+    """Write weights + config as ``.safetensors`` atomically (temp file, then rename). Returns the path."""
+    path = Path(path)
+    meta = {"format": _FORMAT, "config": config.to_json(), "info": json.dumps(info or {})}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def atomic_write(path: Path, write: Any) -> Path:
+    """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it over ``path``.
+
+    A crash or full disk leaves the old file (if any) untouched and no partial file behind.
+    """
+    path = Path(path)
+    if not path.parent.exists():
+        raise SilkError(f"output folder does not exist: {path.parent}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Raise a SilkError naming missing/unexpected keys and shape mismatches between ``state`` and ``model``."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatches (e.g. {shapes[:2]})")
+    if problems:
+        raise SilkError(f"weights in {source} do not fit the model: " + "; ".join(problems))

@@ -1,0 +1,89 @@
+"""Model configuration: a plain dataclass you can print, save as JSON and pass around."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+BLOCK_ORDERS = ("conv-relu-bn", "conv-bn-relu")
+
+
+@dataclass
+class SiLKConfig:
+    """Architecture and detection defaults of a SiLK model.
+
+    The defaults are the original VGG-4 ("pvgg-4"): four stages of two unpadded 3x3 Conv -> ReLU -> BN blocks
+    (64, 64, 128, 128 channels), no pooling, heads Conv3x3 -> ReLU -> BN -> Conv1x1 -> BN, 128-D descriptors
+    scaled to norm 1.41. Output maps are 18 px smaller than the input (a 9-px border).
+    """
+
+    in_channels: int = 1  # 1: grayscale input, 3: RGB input
+    channels: tuple[int, ...] = (64, 64, 128, 128)  # one entry per stage
+    blocks_per_stage: int = 2
+    padding: int = 0  # padding of every 3x3 convolution (0 = the original "valid" convolutions)
+    pool_after: tuple[int, ...] = ()  # stages followed by a 2x2 max-pool (each halves the output resolution)
+    block_order: str = "conv-relu-bn"  # the original puts BN after the ReLU
+    batch_norm: bool = True
+    head_channels: int = 128
+    head_kernel: int = 3  # kernel of the first conv of each head (3 in the original, 1 for cheap heads)
+    descriptor_dim: int = 128
+    descriptor_scale: float = 1.41  # norm of the descriptors in the named outputs (the original's factor)
+    # sparse detection defaults (overridable per call)
+    detection_threshold: float = 0.0  # keep cells with probability > threshold
+    max_keypoints: int | None = 10000  # None: every cell above the threshold
+    nms_radius: int = 0  # 0: no non-maximum suppression; r: keep local maxima of a (2r+1)^2 window
+    remove_borders: int = 0  # drop keypoints closer than this many pixels to the image border
+    max_pixels: int = 12_000_000  # refuse larger images with a clear message (resize them first)
+
+    def __post_init__(self) -> None:
+        self.channels = tuple(int(c) for c in self.channels)
+        self.pool_after = tuple(int(s) for s in self.pool_after)
+        problems = []
+        if self.in_channels not in (1, 3):
+            problems.append(f"in_channels must be 1 or 3, got {self.in_channels}")
+        if not self.channels or min(self.channels) < 1:
+            problems.append(f"channels must be a non-empty list of positive ints, got {self.channels}")
+        if self.blocks_per_stage < 1:
+            problems.append(f"blocks_per_stage must be >= 1, got {self.blocks_per_stage}")
+        if self.padding not in (0, 1):
+            problems.append(f"padding must be 0 or 1, got {self.padding}")
+        if any(not 0 <= s < len(self.channels) for s in self.pool_after):
+            problems.append(f"pool_after names stages outside 0..{len(self.channels) - 1}: {self.pool_after}")
+        if self.block_order not in BLOCK_ORDERS:
+            problems.append(f"block_order must be one of {BLOCK_ORDERS}, got {self.block_order!r}")
+        if self.head_kernel not in (1, 3):
+            problems.append(f"head_kernel must be 1 or 3, got {self.head_kernel}")
+        if self.descriptor_dim < 1 or self.head_channels < 1:
+            problems.append("descriptor_dim and head_channels must be positive")
+        if not self.descriptor_scale > 0:
+            problems.append(f"descriptor_scale must be > 0, got {self.descriptor_scale}")
+        if self.max_keypoints is not None and self.max_keypoints < 1:
+            problems.append(f"max_keypoints must be >= 1 or None, got {self.max_keypoints}")
+        if self.nms_radius < 0 or self.remove_borders < 0:
+            problems.append("nms_radius and remove_borders must be >= 0")
+        if problems:
+            raise ValueError("invalid SiLK config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["channels"] = list(self.channels)
+        d["pool_after"] = list(self.pool_after)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SiLKConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"invalid SiLK config: unknown keys {unknown} (known: {sorted(known)})")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> "SiLKConfig":
+        return SiLKConfig.from_dict({**self.to_dict(), **changes})
+
+
+DETECTION_KEYS = ("detection_threshold", "max_keypoints", "nms_radius", "remove_borders")

@@ -1,0 +1,89 @@
+"""Sparse keypoint selection from a probability map: threshold, NMS, border removal, top-k.
+
+Keypoints are returned per image (images of a batch can yield different counts), as (N, 3) rows
+``(x, y, score)`` in image pixel coordinates (see :mod:`silk_keypoints.model.coords`), sorted by score,
+highest first, together with the flat cell index ``row * W + col`` of each keypoint on the map.
+
+Difference to the original: its top-k keeps the ``k + 1`` best cells (a quantile-threshold quirk); here
+``max_keypoints=k`` keeps exactly ``k``. Ask for ``k + 1`` to reproduce the original's ``top_k=k``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .coords import GridMap
+
+
+def nms_mask(scores: torch.Tensor, radius: int) -> torch.Tensor:
+    """(B, 1, H, W) -> bool mask of cells that are the maximum of their (2r+1)^2 window (all True if r=0)."""
+    if radius <= 0:
+        return torch.ones_like(scores, dtype=torch.bool)
+    pooled = F.max_pool2d(scores, 2 * radius + 1, stride=1, padding=radius)
+    return scores == pooled
+
+
+def border_mask(
+    height: int, width: int, grid: GridMap, image_size: tuple[int, int], border: int, device: torch.device
+) -> torch.Tensor:
+    """(H, W) bool: cells whose image position lies at least ``border`` px inside a (W_img, H_img) image."""
+    w_img, h_img = image_size
+    xs = torch.arange(width, device=device, dtype=torch.float32) * grid.stride + grid.offset
+    ys = torch.arange(height, device=device, dtype=torch.float32) * grid.stride + grid.offset
+    okx = (xs >= border) & (xs <= w_img - 1 - border)
+    oky = (ys >= border) & (ys <= h_img - 1 - border)
+    return oky[:, None] & okx[None, :]
+
+
+def select_keypoints(
+    probability: torch.Tensor,
+    grid: GridMap,
+    image_size: tuple[int, int],
+    max_keypoints: int | None = 10000,
+    threshold: float = 0.0,
+    nms_radius: int = 0,
+    remove_borders: int = 0,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Select keypoints on a probability map.
+
+    Args:
+        probability: (B, 1, H, W) scores in [0, 1] on the output grid.
+        grid: maps cell indices to image pixels.
+        image_size: (W, H) of the input image in pixels.
+        max_keypoints: keep at most this many best cells per image (None: all above the threshold).
+        threshold: keep cells with ``score > threshold``.
+        nms_radius: keep only local maxima of a (2r+1)^2 window (0: off).
+        remove_borders: drop keypoints closer than this many pixels to the image border.
+
+    Returns:
+        positions: list of B tensors (N_i, 3) ``(x, y, score)``, image coordinates, best score first.
+        indices: list of B int64 tensors (N_i,), flat cell index ``row * W + col``.
+    """
+    b, _, h, w = probability.shape
+    valid = (probability > threshold) & nms_mask(probability, nms_radius)
+    if remove_borders > 0:
+        valid &= border_mask(h, w, grid, image_size, remove_borders, probability.device)
+    scores = probability.reshape(b, h * w)
+    valid = valid.reshape(b, h * w)
+    positions, indices = [], []
+    for i in range(b):
+        idx = torch.nonzero(valid[i]).squeeze(1)
+        s = scores[i, idx]
+        k = s.numel() if max_keypoints is None else min(max_keypoints, s.numel())
+        s, order = torch.topk(s, k, sorted=True)
+        idx = idx[order]
+        rows = torch.div(idx, w, rounding_mode="floor")
+        cells = torch.stack([idx - rows * w, rows], dim=-1).to(probability.dtype)
+        positions.append(torch.cat([grid.to_image(cells), s[:, None]], dim=-1))
+        indices.append(idx)
+    return positions, indices
+
+
+def gather_descriptors(raw: torch.Tensor, index: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Descriptors of cells ``index`` of one image's map ``raw`` (D, H, W) -> (N, D), L2-normalised times ``scale``.
+
+    Nearest cell, no interpolation (as the original).
+    """
+    d = raw.reshape(raw.shape[0], -1)[:, index].t()
+    return F.normalize(d, p=2, dim=1) * scale

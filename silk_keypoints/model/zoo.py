@@ -1,0 +1,64 @@
+"""The model family and the registry of weights shipped inside the package.
+
+* ``vgg4``: the original SiLK VGG-4 (unpadded, no downsampling, 0.94 M parameters, ~274 GMAC at 480x640).
+* ``fast``: padded VGG with one 2x2 pooling (output stride 2), cheap 1x1 heads: SuperPoint-class cost.
+* ``tiny``: output stride 4, narrow channels, 64-D descriptors: XFeat-class cost.
+
+Strided variants keep the named-output contract: maps are on a coarser grid, and positions are still
+image pixels (the :class:`~silk_keypoints.model.coords.GridMap` of the model does the conversion).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import SilkError
+from .config import SiLKConfig
+
+VARIANTS: dict[str, SiLKConfig] = {
+    "vgg4": SiLKConfig(),
+    "fast": SiLKConfig(
+        channels=(32, 64, 64, 128),
+        padding=1,
+        pool_after=(0,),
+        block_order="conv-bn-relu",
+        head_channels=128,
+        head_kernel=1,
+    ),
+    "tiny": SiLKConfig(
+        channels=(8, 24, 64),
+        padding=1,
+        pool_after=(0, 1),
+        block_order="conv-bn-relu",
+        head_channels=64,
+        head_kernel=1,
+        descriptor_dim=64,
+    ),
+}
+
+DEFAULT_PRETRAINED = "fast"
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+def variant_config(name: str) -> SiLKConfig:
+    """Architecture of a named variant (a fresh copy)."""
+    if name not in VARIANTS:
+        raise SilkError(f"unknown model variant {name!r}; available: {sorted(VARIANTS)}")
+    return VARIANTS[name].replace()
+
+
+def available_pretrained() -> list[str]:
+    """Names of the weight files shipped in ``model/weights`` (``<name>.safetensors``)."""
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
+
+
+def pretrained_path(name: str | None = None) -> Path:
+    """Path of shipped weights ``name`` (None: the default model)."""
+    shipped = available_pretrained()
+    if name is None:
+        name = DEFAULT_PRETRAINED if DEFAULT_PRETRAINED in shipped else (shipped[0] if shipped else DEFAULT_PRETRAINED)
+    path = WEIGHTS_DIR / f"{name}.safetensors"
+    if not path.is_file():
+        have = ", ".join(shipped) if shipped else "none yet"
+        raise SilkError(f"no shipped weights named {name!r}; shipped weights: {have}")
+    return path
