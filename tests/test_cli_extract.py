@@ -1,0 +1,62 @@
+"""`silk extract`: hloc features.h5 from image files."""
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+
+from silk_keypoints.cli import main
+from silk_keypoints.model import SiLK
+from silk_keypoints.model.zoo import variant_config
+
+
+@pytest.fixture
+def weights(tmp_path):
+    path = tmp_path / "tiny.safetensors"
+    SiLK(variant_config("tiny")).save(path)
+    return path
+
+
+@pytest.fixture
+def images(tmp_path):
+    rng = np.random.default_rng(1)
+    paths = []
+    for i, size in enumerate([(64, 80), (70, 50)]):
+        p = tmp_path / "imgs" / f"im{i}.png"
+        p.parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(p), rng.integers(0, 255, size, dtype=np.uint8))
+        paths.append(p)
+    return paths
+
+
+def test_extract_writes_hloc_layout(tmp_path, weights, images):
+    out = tmp_path / "features.h5"
+    assert main(["extract", *map(str, images), "--out", str(out), "--checkpoint", str(weights), "--max-keypoints", "25"]) == 0
+    with h5py.File(out, "r") as f:
+        assert sorted(f) == ["im0.png", "im1.png"]
+        g = f["im1.png"]
+        assert g["keypoints"].shape == (25, 2) and g["scores"].shape == (25,)
+        assert g["descriptors"].shape == (64, 25)
+        assert g["image_size"][()].tolist() == [50, 70]
+
+
+def test_extract_refuses_to_overwrite_and_keeps_file_on_error(tmp_path, weights, images, capsys):
+    out = tmp_path / "features.h5"
+    out.write_bytes(b"precious")
+    assert main(["extract", str(images[0]), "--out", str(out), "--checkpoint", str(weights)]) == 2
+    assert "exists" in capsys.readouterr().err
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    assert main(["extract", str(images[0]), str(bad), "--out", str(out), "--checkpoint", str(weights), "--overwrite"]) == 2
+    assert "cannot decode" in capsys.readouterr().err
+    assert out.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["bad.jpg", "features.h5", "imgs", "tiny.safetensors"])
+
+
+def test_help_texts(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "extract" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["extract", "--help"])
+    assert "hloc" in capsys.readouterr().out

@@ -1,0 +1,70 @@
+"""Image reading and batch conversion."""
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from silk_keypoints import SilkError, load_image
+from silk_keypoints.extraction import extract_image, resize_long_side
+from silk_keypoints.io import list_images, to_batch
+from silk_keypoints.model import SiLK
+from silk_keypoints.model.zoo import variant_config
+
+
+def test_load_image_formats(tmp_path):
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    rgb[..., 0] = 200  # red
+    cv2.imwrite(str(tmp_path / "a.png"), rgb[..., ::-1])
+    loaded = load_image(tmp_path / "a.png")
+    assert loaded.shape == (20, 30, 3) and loaded[0, 0, 0] == 200
+    gray = load_image(tmp_path / "a.png", gray=True)
+    assert gray.shape == (20, 30) and gray[0, 0] == round(0.299 * 200)
+    deep = (np.arange(600, dtype=np.uint16).reshape(20, 30) * 100)
+    cv2.imwrite(str(tmp_path / "deep.png"), deep)
+    assert load_image(tmp_path / "deep.png", gray=True).dtype == np.uint8
+    rgba = np.dstack([rgb, np.full((20, 30), 7, np.uint8)])
+    cv2.imwrite(str(tmp_path / "rgba.png"), rgba)
+    assert load_image(tmp_path / "rgba.png").shape == (20, 30, 3)
+
+
+def test_load_image_errors(tmp_path):
+    with pytest.raises(SilkError, match="not found"):
+        load_image(tmp_path / "none.jpg")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(SilkError, match="empty"):
+        load_image(tmp_path / "empty.jpg")
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    with pytest.raises(SilkError, match="cannot decode"):
+        load_image(tmp_path / "bad.jpg")
+
+
+def test_to_batch_forms():
+    x = to_batch(np.full((4, 5, 3), 255, np.uint8), channels=1)
+    assert x.shape == (1, 1, 4, 5) and torch.allclose(x, torch.ones_like(x))
+    assert to_batch(torch.rand(4, 5), channels=3).shape == (1, 3, 4, 5)
+    assert to_batch(torch.zeros(2, 1, 4, 5, dtype=torch.uint8), channels=1).dtype == torch.float32
+    with pytest.raises(SilkError):
+        to_batch(np.zeros((4, 5, 2), np.uint8), channels=1)
+
+
+def test_list_images(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for name in ("b.jpg", "a.PNG", "sub/c.webp", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in list_images(tmp_path)] == ["a.PNG", "b.jpg", "c.webp"]
+    with pytest.raises(SilkError):
+        list_images(tmp_path / "missing")
+
+
+def test_resize_long_side_and_extract_image_maps_back():
+    img = np.random.default_rng(0).integers(0, 255, (120, 200), dtype=np.uint8)
+    small, scale = resize_long_side(img, 100)
+    assert small.shape == (60, 100) and scale == 2.0
+    assert resize_long_side(img, 500)[1] == 1.0
+    model = SiLK(variant_config("tiny")).eval()
+    out = extract_image(model, img, resize=100, max_keypoints=30)
+    assert out["keypoints"].shape == (30, 2) and out["descriptors"].shape == (30, 64)
+    assert out["image_size"].tolist() == [200, 120]
+    ref = model.extract(small, max_keypoints=30)["keypoints"][0].numpy()
+    np.testing.assert_allclose(out["keypoints"], (ref + 0.5) * 2 - 0.5)
