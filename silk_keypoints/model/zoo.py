@@ -1,8 +1,9 @@
 """The model family and the registry of weights shipped inside the package.
 
 * ``vgg4``: the original SiLK VGG-4 (unpadded, no downsampling, 0.94 M parameters, ~274 GMAC at 480x640).
-* ``fast``: padded VGG with one 2x2 pooling (output stride 2), cheap 1x1 heads: SuperPoint-class cost.
-* ``tiny``: output stride 4, narrow channels, 64-D descriptors: XFeat-class cost.
+* ``fast``: padded VGG (Conv -> BN -> ReLU), one 2x2 max-pool after the first stage (output stride 2),
+  narrow heads: ~22 GMAC at 480x640 (SuperPoint-class cost), 0.27 M parameters.
+* ``tiny``: output stride 2, 8/16/32 channels, 1x1 heads, 64-D descriptors: ~1.8 GMAC (XFeat class).
 
 Strided variants keep the named-output contract: maps are on a coarser grid, and positions are still
 image pixels (the :class:`~silk_keypoints.model.coords.GridMap` of the model does the conversion).
@@ -18,19 +19,19 @@ from .config import SiLKConfig
 VARIANTS: dict[str, SiLKConfig] = {
     "vgg4": SiLKConfig(),
     "fast": SiLKConfig(
-        channels=(32, 64, 64, 128),
+        channels=(32, 48, 64, 64),
         padding=1,
         pool_after=(0,),
         block_order="conv-bn-relu",
-        head_channels=128,
-        head_kernel=1,
+        head_channels=64,
+        head_kernel=3,
     ),
     "tiny": SiLKConfig(
-        channels=(8, 24, 64),
+        channels=(8, 16, 32),
         padding=1,
-        pool_after=(0, 1),
+        pool_after=(0,),
         block_order="conv-bn-relu",
-        head_channels=64,
+        head_channels=32,
         head_kernel=1,
         descriptor_dim=64,
     ),
