@@ -1,0 +1,46 @@
+"""``silk demo``: match the OpenCV sample pair shipped in the package and draw the result."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..demo import DEMO_PAIR, make_output_dir, run_demo
+from ..errors import SilkError
+from ..matching import METHODS
+from .common import add_model_args, load_model
+from .match import matcher_options, progress_printer, weights_description
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="match the shipped sample image pair and write matches.png / keypoints.png",
+        description=f"Run a SiLK model (default: the shipped default weights) on the image pair shipped in the "
+        f"package ({DEMO_PAIR[0].name}, {DEMO_PAIR[1].name}: OpenCV samples, see data/SOURCES.txt), fit a "
+        "homography and write matches.png and keypoints.png into --out.",
+    )
+    p.add_argument("--out", default="silk-demo", metavar="DIR", help="output folder, created if needed (default: silk-demo)")
+    p.add_argument("--max-keypoints", type=int, default=2048, metavar="N", help="keypoints per image (default: 2048)")
+    p.add_argument("--method", choices=METHODS, default="mnn", help="matching rule (default: mnn)")
+    p.add_argument("--match-threshold", type=float, default=None, metavar="T", help="see `silk match --help`")
+    p.add_argument("--temperature", type=float, default=None, metavar="T", help="see `silk match --help`")
+    add_model_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        weights = weights_description(args)
+    except SilkError as e:
+        raise SilkError(f"{e} (run the demo with your own weights: silk demo --checkpoint PATH)") from None
+    make_output_dir(args.out)  # fail before the slow steps
+    say = progress_printer()
+    say(f"loading {weights}")
+    model = load_model(args)
+    result, written = run_demo(model, args.out, progress=say, method=args.method,
+                               matcher_options=matcher_options(args), max_keypoints=args.max_keypoints)
+    print(result.summary())
+    print(f"weights: {weights}")
+    for path in written:
+        print(f"wrote {path}")
+    return 0

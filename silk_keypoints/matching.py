@@ -1,0 +1,326 @@
+"""Descriptor matching with SiLK's rules, in bounded memory.
+
+Three methods (the original's ``matcher`` post-processings, same rules and defaults):
+
+``"mnn"``
+    mutual nearest neighbours on the distance ``1 - d0 . d1`` (no threshold).
+``"ratio"``
+    mutual nearest neighbours on the cosine distance ``1 - cos(d0, d1)``, then keep matches whose
+    best / second-best cosine distance ratio is ``< ratio_threshold`` (default 0.6, the original's
+    inference script). A zero second-best distance is replaced by float64 eps.
+``"double-softmax"``
+    ``S = d0 . d1 / temperature``, ``P = softmax_rows(S) * softmax_cols(S)``, mutual nearest neighbours of
+    ``P``, keep ``1 - P < threshold`` i.e. ``P > 1 - threshold`` (threshold 0.6, temperature 0.1 as in the
+    original's inference script; its CLI example uses 0.9, its IMC setting 0.99). The temperature acts on the
+    descriptors *as given*: the original's descriptors have norm 1.41, :meth:`SiLK.extract` returns unit ones
+    (:class:`Matcher` converts for you).
+
+The N0 x N1 similarity matrix is never held whole: rows of ``desc0`` are processed in blocks of
+``chunk_size`` and the row / column reductions (best, second best, log-sum-exp) are accumulated across blocks,
+so memory grows like ``chunk_size * N1``. Results equal those of a single block (the matrix product of a block
+may round differently in the last bit, which can only swap a decision between candidates tied to ~1e-7).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import SilkError
+
+METHODS = ("mnn", "ratio", "double-softmax")
+_BLOCK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26}  # similarity entries per block (16 MB / 256 MB float32)
+
+
+def match_descriptors(
+    desc0: torch.Tensor | np.ndarray,
+    desc1: torch.Tensor | np.ndarray,
+    method: str = "mnn",
+    *,
+    ratio_threshold: float = 0.6,
+    temperature: float = 0.1,
+    threshold: float = 0.6,
+    mutual: bool = True,
+    max_distance: float | None = None,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor] | tuple[np.ndarray, np.ndarray]:
+    """Match two descriptor sets.
+
+    Args:
+        desc0: (N0, D) descriptors of image 0 (torch on any device, or numpy).
+        desc1: (N1, D) descriptors of image 1.
+        method: ``"mnn"``, ``"ratio"`` or ``"double-softmax"`` (see the module doc).
+        ratio_threshold: ``"ratio"``: keep best / second-best cosine distance ``< ratio_threshold``.
+        temperature: ``"double-softmax"``: ``S = d0 . d1 / temperature``.
+        threshold: ``"double-softmax"``: keep ``1 - P < threshold``.
+        mutual: keep only mutual nearest neighbours (the original always does); ``False`` keeps every row's
+            nearest neighbour that passes the method's test.
+        max_distance: drop matches whose cosine distance ``1 - cos(d0_i, d1_j)`` exceeds this (any method).
+        chunk_size: rows of ``desc0`` per block (default: about 4M similarity entries on CPU, 64M on GPU).
+
+    Returns:
+        ``matches`` (K, 2) int64 ``[index in desc0, index in desc1]``, ascending in the first column, and
+        ``scores`` (K,) float32, higher is better: ``"mnn"``: the similarity ``d0 . d1``; ``"ratio"``:
+        ``1 - ratio``; ``"double-softmax"``: ``P``. numpy arrays if both inputs are numpy, else tensors on the
+        inputs' device.
+
+    Raises:
+        SilkError: unknown method, bad parameters, non-2D inputs, different descriptor sizes, NaN / inf.
+    """
+    d0, d1 = _as_tensors(desc0, desc1)
+    _check_options(method, ratio_threshold, temperature, threshold, max_distance, chunk_size)
+    if len(d0) == 0 or len(d1) == 0:
+        matches, scores = d0.new_zeros((0, 2), dtype=torch.long), d0.new_zeros(0, dtype=torch.float32)
+    else:
+        rows = chunk_size or max(1, _BLOCK_ELEMENTS.get(d0.device.type, 1 << 24) // len(d1))
+        with torch.no_grad():
+            if method == "mnn":
+                matches, scores = _mnn(d0, d1, rows, mutual)
+            elif method == "ratio":
+                matches, scores = _ratio(d0, d1, rows, mutual, ratio_threshold)
+            else:
+                matches, scores = _double_softmax(d0, d1, rows, mutual, temperature, threshold)
+            if max_distance is not None and len(matches):
+                cos = F.cosine_similarity(d0[matches[:, 0]], d1[matches[:, 1]], dim=1)
+                keep = 1 - cos <= max_distance
+                matches, scores = matches[keep], scores[keep]
+        scores = scores.float()
+    if isinstance(desc0, np.ndarray) and isinstance(desc1, np.ndarray):
+        return matches.numpy(), scores.numpy()
+    return matches, scores
+
+
+class Matcher(nn.Module):
+    """LightGlue-style matcher for :meth:`SiLK.extract` outputs.
+
+    ``Matcher(method="double-softmax", threshold=0.9)({"image0": feats0, "image1": feats1})``
+
+    Args:
+        method: see :func:`match_descriptors`.
+        descriptor_scale: the norm the descriptors are assumed to have for the double-softmax temperature
+            (1.41: the original's, so its temperatures and thresholds mean the same here). Descriptors are
+            L2-normalised first; ``"mnn"`` and ``"ratio"`` do not depend on it.
+        **conf: other options of :func:`match_descriptors` (``ratio_threshold``, ``temperature``,
+            ``threshold``, ``mutual``, ``max_distance``, ``chunk_size``).
+    """
+
+    def __init__(self, method: str = "mnn", descriptor_scale: float = 1.41, **conf) -> None:
+        super().__init__()
+        unknown = sorted(set(conf) - {"ratio_threshold", "temperature", "threshold", "mutual", "max_distance",
+                                      "chunk_size"})
+        if unknown:
+            raise SilkError(f"unknown matcher options {unknown}")
+        if not descriptor_scale > 0:
+            raise SilkError(f"descriptor_scale must be > 0, got {descriptor_scale}")
+        self.method = method
+        self.descriptor_scale = float(descriptor_scale)
+        self.conf = conf
+        _check_options(method, conf.get("ratio_threshold", 0.6), conf.get("temperature", 0.1),
+                       conf.get("threshold", 0.6), conf.get("max_distance"), conf.get("chunk_size"))
+
+    def forward(self, data: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """Match ``data["image0"]`` against ``data["image1"]`` (dicts with ``descriptors`` (B, N, D) and
+        optionally ``keypoint_mask`` (B, N); a missing batch dimension is added).
+
+        Returns:
+            ``matches0`` (B, N0) int64 index into image 1 or -1, ``matching_scores0`` (B, N0) (0 if unmatched),
+            ``matches1`` / ``matching_scores1`` (B, N1) the same seen from image 1 (with ``mutual=False`` one of
+            the rows matched to a column), ``matches`` list of B (K, 2) int64 index pairs and ``scores`` list
+            of B (K,) scores (see :func:`match_descriptors`).
+        """
+        desc0, mask0 = _descriptors_and_mask(data, "image0")
+        desc1, mask1 = _descriptors_and_mask(data, "image1")
+        if desc0.shape[0] != desc1.shape[0]:
+            raise SilkError(f"image0 and image1 have different batch sizes: {desc0.shape[0]} vs {desc1.shape[0]}")
+        conf = dict(self.conf)
+        if self.method == "double-softmax":
+            conf["temperature"] = conf.get("temperature", 0.1) / self.descriptor_scale**2
+        b, n0, n1 = desc0.shape[0], desc0.shape[1], desc1.shape[1]
+        out: dict = {
+            "matches0": torch.full((b, n0), -1, dtype=torch.long, device=desc0.device),
+            "matches1": torch.full((b, n1), -1, dtype=torch.long, device=desc0.device),
+            "matching_scores0": desc0.new_zeros((b, n0), dtype=torch.float32),
+            "matching_scores1": desc0.new_zeros((b, n1), dtype=torch.float32),
+            "matches": [],
+            "scores": [],
+        }
+        for i in range(b):
+            idx0, idx1 = mask0[i].nonzero()[:, 0], mask1[i].nonzero()[:, 0]
+            m, s = match_descriptors(F.normalize(desc0[i, idx0], dim=1), F.normalize(desc1[i, idx1], dim=1),
+                                     self.method, **conf)
+            m = torch.stack([idx0[m[:, 0]], idx1[m[:, 1]]], dim=1)
+            out["matches0"][i, m[:, 0]] = m[:, 1]
+            out["matches1"][i, m[:, 1]] = m[:, 0]
+            out["matching_scores0"][i, m[:, 0]] = s
+            out["matching_scores1"][i, m[:, 1]] = s
+            out["matches"].append(m)
+            out["scores"].append(s)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- the methods
+def _mnn(d0: torch.Tensor, d1: torch.Tensor, rows: int, mutual: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    best = _Best(len(d0), len(d1), d0, track_columns=mutual)
+    for start, block in _similarity_blocks(d0, d1, rows):
+        best.update(start, block)
+    keep = best.mutual() if mutual else torch.ones_like(best.row_idx, dtype=torch.bool)
+    return best.pairs(keep), best.row_val[keep]
+
+
+def _ratio(
+    d0: torch.Tensor, d1: torch.Tensor, rows: int, mutual: bool, ratio_threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    n0, n1 = F.normalize(d0, dim=1), F.normalize(d1, dim=1)
+    best = _Best(len(d0), len(d1), d0, track_columns=mutual)
+    second = torch.full((len(d0),), -float("inf"), dtype=d0.dtype, device=d0.device)
+    for start, block in _similarity_blocks(n0, n1, rows):
+        best.update(start, block)
+        if block.shape[1] > 1:
+            second[start:start + len(block)] = block.topk(2, dim=1).values[:, 1]
+    dist1, dist2 = 1 - best.row_val.double(), 1 - second.double()
+    dist2 = torch.where(dist2 == 0, torch.finfo(torch.float64).eps, dist2)
+    ratio = dist1 / dist2
+    keep = ratio < ratio_threshold
+    if mutual:
+        keep &= best.mutual()
+    return best.pairs(keep), 1 - ratio[keep]
+
+
+def _double_softmax(
+    d0: torch.Tensor, d1: torch.Tensor, rows: int, mutual: bool, temperature: float, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # pass 1: log-sum-exp of S over each row (complete within a block) and each column (accumulated)
+    row_lse = d0.new_empty(len(d0))
+    col_lse = d0.new_full((len(d1),), -float("inf"))
+    for start, block in _similarity_blocks(d0, d1, rows, scale=1 / temperature):
+        row_lse[start:start + len(block)] = torch.logsumexp(block, dim=1)
+        col_lse = torch.logaddexp(col_lse, torch.logsumexp(block, dim=0))
+    # pass 2: log P = 2 S - row_lse - col_lse; row argmax ignores row_lse, column argmax ignores col_lse
+    best = _Best(len(d0), len(d1), d0, track_columns=mutual)
+    for start, block in _similarity_blocks(d0, d1, rows, scale=2 / temperature, bias=-col_lse):
+        block_rows = row_lse[start:start + len(block), None]
+        best.update_rows(start, block)
+        if mutual:
+            best.update_columns(start, block.sub_(block_rows))
+    prob = torch.exp(best.row_val - row_lse)
+    keep = 1 - prob < threshold
+    if mutual:
+        keep &= best.mutual()
+    return best.pairs(keep), prob[keep]
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+class _Best:
+    """Running row maxima (complete per block) and column maxima (accumulated over row blocks).
+
+    Ties go to the lowest index, as ``argmax`` over the whole matrix would.
+    """
+
+    def __init__(self, n0: int, n1: int, like: torch.Tensor, track_columns: bool) -> None:
+        self.row_val = like.new_empty(n0)
+        self.row_idx = like.new_empty(n0, dtype=torch.long)
+        self.col_val = like.new_full((n1,), -float("inf")) if track_columns else None
+        self.col_idx = like.new_zeros(n1, dtype=torch.long) if track_columns else None
+
+    def update(self, start: int, block: torch.Tensor) -> None:
+        self.update_rows(start, block)
+        if self.col_val is not None:
+            self.update_columns(start, block)
+
+    def update_rows(self, start: int, block: torch.Tensor) -> None:
+        val, idx = block.max(dim=1)
+        self.row_val[start:start + len(block)] = val
+        self.row_idx[start:start + len(block)] = idx
+
+    def update_columns(self, start: int, block: torch.Tensor) -> None:
+        val, idx = block.max(dim=0)
+        better = val > self.col_val
+        self.col_val = torch.where(better, val, self.col_val)
+        self.col_idx = torch.where(better, idx + start, self.col_idx)
+
+    def mutual(self) -> torch.Tensor:
+        return self.col_idx[self.row_idx] == torch.arange(len(self.row_idx), device=self.row_idx.device)
+
+    def pairs(self, keep: torch.Tensor) -> torch.Tensor:
+        return torch.stack([keep.nonzero()[:, 0], self.row_idx[keep]], dim=1)
+
+
+def _similarity_blocks(
+    d0: torch.Tensor, d1: torch.Tensor, rows: int, scale: float = 1.0, bias: torch.Tensor | None = None
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``(start, scale * d0[start:start+rows] @ d1.T + bias)`` blocks; ``bias`` (N1,) is per column."""
+    d1t = d1.T
+    for start in range(0, len(d0), rows):
+        a = d0[start:start + rows]
+        if bias is None:
+            yield start, a @ d1t if scale == 1.0 else torch.mm(a * scale, d1t)
+        else:
+            yield start, torch.addmm(bias[None], a, d1t, alpha=scale)
+
+
+def _as_tensors(desc0: torch.Tensor | np.ndarray, desc1: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    out = []
+    for name, d in (("desc0", desc0), ("desc1", desc1)):
+        if isinstance(d, np.ndarray):
+            d = torch.from_numpy(d)
+        if not isinstance(d, torch.Tensor):
+            raise SilkError(f"{name} must be a torch.Tensor or numpy array, got {type(d).__name__}")
+        if d.ndim != 2:
+            raise SilkError(f"{name} must be (N, D), got shape {tuple(d.shape)}")
+        if not (torch.is_floating_point(d) or d.numel() == 0):
+            raise SilkError(f"{name} must be floating point, got {d.dtype}")
+        out.append(d)
+    d0, d1 = out
+    if d0.shape[1] != d1.shape[1] and len(d0) and len(d1):
+        raise SilkError(f"descriptor sizes differ: desc0 is {d0.shape[1]}-D, desc1 is {d1.shape[1]}-D")
+    if d0.device != d1.device:
+        raise SilkError(f"desc0 is on {d0.device} but desc1 on {d1.device}: put both on the same device")
+    dtype = torch.float64 if torch.float64 in (d0.dtype, d1.dtype) else torch.float32
+    d0, d1 = d0.to(dtype), d1.to(dtype)
+    for name, d in (("desc0", d0), ("desc1", d1)):
+        if not torch.isfinite(d).all():
+            raise SilkError(f"{name} contains NaN or inf values")
+    return d0, d1
+
+
+def _check_options(
+    method: str,
+    ratio_threshold: float,
+    temperature: float,
+    threshold: float,
+    max_distance: float | None,
+    chunk_size: int | None,
+) -> None:
+    if method not in METHODS:
+        raise SilkError(f"unknown matching method {method!r}; choose one of {list(METHODS)}")
+    if not ratio_threshold > 0:
+        raise SilkError(f"ratio_threshold must be > 0, got {ratio_threshold}")
+    if not temperature > 0:
+        raise SilkError(f"temperature must be > 0, got {temperature}")
+    if not threshold > 0:
+        raise SilkError(f"threshold must be > 0 (keep 1 - P < threshold), got {threshold}")
+    if max_distance is not None and not max_distance >= 0:
+        raise SilkError(f"max_distance must be >= 0, got {max_distance}")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise SilkError(f"chunk_size must be a positive int, got {chunk_size!r}")
+
+
+def _descriptors_and_mask(data: dict, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    feats = data.get(key)
+    if not isinstance(feats, dict) or "descriptors" not in feats:
+        raise SilkError(f"matcher input needs data[{key!r}]['descriptors'] (an extract() dict)")
+    desc = torch.as_tensor(feats["descriptors"])
+    if desc.ndim == 2:
+        desc = desc[None]
+    if desc.ndim != 3:
+        raise SilkError(f"{key} descriptors must be (B, N, D), got shape {tuple(desc.shape)}")
+    mask = feats.get("keypoint_mask")
+    if mask is None:
+        mask = torch.ones(desc.shape[:2], dtype=torch.bool, device=desc.device)
+    else:
+        mask = torch.as_tensor(mask, device=desc.device).bool().reshape(desc.shape[:2])
+    return desc, mask
