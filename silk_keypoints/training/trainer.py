@@ -1,0 +1,495 @@
+"""Self-supervised SiLK training: one loop, readable top to bottom.
+
+Each step takes ``batch_size`` random crops (per process), makes a second view of each through a random
+homography, augments both views independently, runs the network on the interleaved batch
+``[view0_0, view1_0, view0_1, ...]`` (BatchNorm in train mode: the pairs are the batch, as in the original),
+computes the dense correspondences of the two output maps and the SiLK loss, and takes an Adam step.
+
+Defaults follow the original: Adam (betas 0.9, 0.999, no weight decay), lr 1e-4 for one pair per step, no
+schedule, 164 x 164 crops, one pair per step, the ``silk`` augmentation recipe, 100k steps. With more pairs per
+step (``batch_size`` x processes) the learning rate is scaled by ``sqrt(pairs)`` (``lr_scaling``).
+
+Determinism: every random draw of step ``k`` on process ``r`` comes from a generator seeded with
+``(seed, r, k)``, and the crops depend on ``(seed, epoch, image)``, so a run is reproducible and ``resume``
+continues exactly as an uninterrupted run (CPU; on GPU up to cuDNN non-determinism).
+
+Run folder: ``last.pt`` (every ``ckpt_every`` steps, at the end and on Ctrl-C), ``best.pt`` (best validation
+``best_metric``), ``model.safetensors`` (final weights), ``metrics.jsonl`` and TensorBoard events. Checkpoints are
+plain dicts (``torch.load(weights_only=True)``) with ``model``, ``optimizer``, ``scheduler``, ``scaler``,
+``step``, ``rng``, ``best`` and ``config`` = ``{"model": SiLKConfig dict, "train": TrainConfig dict}``;
+:meth:`SiLK.from_checkpoint` reads them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..errors import SilkError
+from ..io import load_image, to_batch
+from ..model import SiLK, SiLKConfig
+from ..model.checkpoint import atomic_write
+from ..model.zoo import variant_config
+from .augment import RECIPES, augment
+from .data import EpochSampler, ImageCrops, batches_per_epoch, crop_image, scan_images, split_train_val
+from .homography import (
+    HomographyConfig,
+    dense_correspondences,
+    matching_accuracy,
+    repeatability,
+    sample_homographies,
+    warp_images,
+)
+from .loss import SCALARS, LossConfig, silk_loss
+
+CHECKPOINT_FORMAT = "silk-keypoints-train"
+BEST_METRICS = ("f1", "mma", "repeatability")
+# settings a resumed run may change (everything else is taken from the checkpoint, to continue exactly)
+RESUME_OVERRIDES = ("images", "out", "steps", "device", "threads", "workers", "val_every", "ckpt_every", "log_every")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. Print it, save it, load it from JSON (``--config FILE``)."""
+
+    images: str = ""  # folder of training images (recursive)
+    out: str = "runs/silk"  # run folder
+    model: str | dict = "vgg4"  # variant name (vgg4, fast, tiny) or a SiLKConfig dict
+    init_from: str | None = None  # shipped weights name or a weight/checkpoint path to fine-tune from
+    steps: int = 100_000
+    batch_size: int = 1  # image pairs per step and process
+    lr: float = 1e-4  # for one pair per step; scaled by lr_scaling with more
+    lr_scaling: str = "sqrt"  # none | sqrt | linear in the number of pairs per step (all processes)
+    warmup_steps: int = 0  # linear learning-rate warm-up
+    crop: int = 164
+    small_images: str = "pad"  # images smaller than the crop: pad | skip | error
+    augment: str = "silk"  # photometric recipe: silk | hpatches | none
+    homography: HomographyConfig = field(default_factory=HomographyConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    device: str = "cpu"
+    threads: int | None = None  # torch CPU threads of each process while training (None: leave as is)
+    amp: bool = True  # float16 autocast on CUDA (ignored on CPU)
+    seed: int = 0
+    workers: int = 0  # data-loader processes
+    val_every: int = 1000  # steps between validations (0: never)
+    val_pairs: int = 32  # synthetic homography pairs made from the validation images
+    val_keypoints: int = 256  # keypoints per view for repeatability / MMA
+    val_threshold: float = 3.0  # pixel threshold of repeatability / MMA
+    best_metric: str = "f1"  # validation metric selecting best.pt: f1 | mma | repeatability
+    ckpt_every: int = 1000
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        if isinstance(self.homography, dict):
+            self.homography = HomographyConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                                  for k, v in self.homography.items()})
+        if isinstance(self.loss, dict):
+            self.loss = LossConfig(**self.loss)
+        problems = []
+        if self.augment not in RECIPES:
+            problems.append(f"augment must be one of {RECIPES}")
+        if self.lr_scaling not in ("none", "sqrt", "linear"):
+            problems.append("lr_scaling must be none, sqrt or linear")
+        if self.best_metric not in BEST_METRICS:
+            problems.append(f"best_metric must be one of {BEST_METRICS}")
+        if self.steps < 1 or self.batch_size < 1 or self.crop < 1 or not self.lr > 0:
+            problems.append("steps, batch_size, crop and lr must be positive")
+        if self.ckpt_every < 1 or self.log_every < 1 or self.val_every < 0:
+            problems.append("ckpt_every and log_every must be >= 1, val_every >= 0")
+        if problems:
+            raise SilkError("invalid training config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise SilkError(f"invalid training config: unknown keys {unknown} (known: {sorted(known)})")
+        return cls(**d)
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+def train(
+    config: TrainConfig, resume: bool = False, callback: Callable[[int, dict[str, float]], None] | None = None
+) -> dict[str, Any]:
+    """Train a SiLK model; returns ``{"step", "interrupted", "last", "best", "weights", "metrics", "rank"}``.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) runs data-parallel (nccl on CUDA, gloo on CPU); rank 0 logs and
+    writes files. ``resume`` continues from ``<out>/last.pt``. ``callback(step, metrics)`` is called after
+    every step on every process (metrics: the loss terms of that process).
+
+    Raises:
+        SilkError: bad folder / images / config, a non-finite loss (the last good checkpoint is kept), a
+        checkpoint that cannot be written.
+    """
+    threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    rank, world, device = _setup_distributed(config.device)
+    try:
+        return _train(config, resume, callback, rank, world, device)
+    finally:
+        torch.set_num_threads(threads)
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def _train(
+    config: TrainConfig,
+    resume: bool,
+    callback: Callable[[int, dict[str, float]], None] | None,
+    rank: int,
+    world: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    run = Path(config.out)
+    last_path, best_path = run / "last.pt", run / "best.pt"
+    state = _load_checkpoint(last_path) if resume else None
+    if state is None and last_path.exists():
+        raise SilkError(f"{run} already holds a run: pass --resume to continue it, or choose another --out")
+    if rank == 0:
+        run.mkdir(parents=True, exist_ok=True)
+
+    # model, data, optimiser
+    torch.manual_seed(config.seed)  # the initial weights
+    model = _build_model(config, state).to(device).train()
+    paths = scan_images(config.images, config.crop, config.small_images)
+    train_paths, val_paths = split_train_val(paths)
+    dataset = ImageCrops(train_paths, config.crop, config.seed)
+    sampler = EpochSampler(dataset, world, rank, config.seed)
+    per_epoch = batches_per_epoch(len(dataset), config.batch_size, world)
+    pairs = config.batch_size * world
+    lr = config.lr * {"none": 1.0, "sqrt": math.sqrt(pairs), "linear": float(pairs)}[config.lr_scaling]
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999))
+    warmup = max(1, config.warmup_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: min(1.0, (k + 1) / warmup))
+    use_amp = config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    step, best = 0, None
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        step, best = state["step"], state["best"]
+    net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if world > 1 else model
+    generator = torch.Generator()
+
+    def save(path: Path) -> None:
+        _save_checkpoint(path, model, optimizer, scheduler, scaler, step, best, config)
+
+    # logging and validation live on rank 0
+    val_pairs = _validation_pairs(val_paths, config) if rank == 0 and config.val_every else None
+    if rank == 0 and config.val_every and val_pairs is None:
+        warnings.warn("no validation images (see split_train_val): validation and best.pt are disabled", stacklevel=2)
+    writer = _summary_writer(run) if rank == 0 else None
+    log_file = (run / "metrics.jsonl").open("a") if rank == 0 else None
+    bar = tqdm(total=config.steps, initial=step, disable=rank != 0, dynamic_ncols=True, desc="silk train")
+    stop = _StopOnSignal()
+    metrics: dict[str, float] = {}
+    try:
+        while step < config.steps and not stop.requested:
+            epoch, batch_in_epoch = divmod(step, per_epoch)
+            sampler.set_epoch(epoch)
+            sampler.start = batch_in_epoch * config.batch_size
+            loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True,
+                                num_workers=config.workers, pin_memory=device.type == "cuda")
+            for crops in loader:
+                generator.manual_seed(_step_seed(config.seed, rank, step))
+                losses = _loss_of_batch(net, model, crops.to(device, non_blocking=True), config, generator, use_amp)
+                flags = torch.tensor([float(not torch.isfinite(losses["loss"])), float(stop.requested)], device=device)
+                if world > 1:
+                    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+                if flags[0]:
+                    kept = f"the last good checkpoint is {last_path}" if last_path.exists() else "no checkpoint was written"
+                    raise SilkError(
+                        f"the loss became {float(losses['loss'].detach())} at step {step + 1}: training stopped; {kept}. "
+                        "Try a lower --lr, or check the images"
+                    )
+                if flags[1]:
+                    stop.requested = True
+                    break
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(losses["loss"]).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                step += 1
+                metrics = {k: float(v.detach()) for k, v in losses.items()}
+                if callback is not None:
+                    callback(step, metrics)
+                if step % config.log_every == 0 or step == config.steps:
+                    logged = _average(metrics, world, device)
+                    if rank == 0:
+                        _log(writer, log_file, "train", step, {**logged, "lr": scheduler.get_last_lr()[0]})
+                        bar.set_postfix(loss=f"{logged['loss']:.3f}", f1=f"{logged['f1']:.3f}")
+                bar.update(1)
+                if rank == 0 and val_pairs is not None and (step % config.val_every == 0 or step == config.steps):
+                    val = validate(model, val_pairs, config)
+                    _log(writer, log_file, "val", step, val)
+                    if best is None or val[config.best_metric] > best["value"]:
+                        best = {"metric": config.best_metric, "value": val[config.best_metric], "step": step}
+                        save(best_path)
+                if rank == 0 and (step % config.ckpt_every == 0 or step == config.steps):
+                    save(last_path)
+                if step >= config.steps or stop.requested:
+                    break
+        if rank == 0 and stop.requested:
+            save(last_path)
+        if rank == 0 and not stop.requested:
+            model.save(run / "model.safetensors", info={"step": step, "train": config.to_dict()})
+    finally:
+        stop.restore()
+        bar.close()
+        if writer is not None:
+            writer.close()
+        if log_file is not None:
+            log_file.close()
+    return {
+        "step": step,
+        "interrupted": stop.requested,
+        "last": str(last_path),
+        "best": str(best_path) if best is not None else None,
+        "weights": None if stop.requested else str(run / "model.safetensors"),
+        "metrics": metrics,
+        "rank": rank,
+    }
+
+
+def _loss_of_batch(
+    net: torch.nn.Module,
+    model: SiLK,
+    crops: torch.Tensor,
+    config: TrainConfig,
+    generator: torch.Generator,
+    use_amp: bool,
+) -> dict[str, torch.Tensor]:
+    """uint8 crops (B, 3, S, S) -> SiLK loss terms of the pairs (crop, random homography view of it)."""
+    images = crops.float() / 255.0
+    b, _, h, w = images.shape
+    homographies = sample_homographies(b, h, w, config.homography, generator)
+    warped = warp_images(images, homographies)
+    view0 = augment(images, config.augment, generator)
+    view1 = augment(warped, config.augment, generator)
+    batch = to_batch(torch.stack([view0, view1], 1).flatten(0, 1), model.config.in_channels)
+    with torch.autocast(device_type=images.device.type, dtype=torch.float16, enabled=use_amp):
+        logits, desc = net(batch, outputs=("logits", "dense_descriptors"))
+    map_size = tuple(logits.shape[-2:])
+    corr0, corr1 = dense_correspondences(homographies.to(images.device), model.grid, map_size)
+    return silk_loss(desc[0::2], desc[1::2], logits[0::2], logits[1::2], corr0, corr1, config.loss, generator)
+
+
+# ---------------------------------------------------------------------------------------------- validation
+def _validation_pairs(paths: list[Path], config: TrainConfig) -> dict[str, torch.Tensor] | None:
+    """Fixed synthetic pairs: a centre crop of each validation image and a fixed random homography."""
+    crops = []
+    for path in paths[: config.val_pairs]:
+        try:
+            crops.append(torch.from_numpy(np.ascontiguousarray(crop_image(load_image(path), config.crop))))
+        except SilkError as e:
+            warnings.warn(f"skipping unreadable validation image: {e}", stacklevel=2)
+    if not crops:
+        return None
+    generator = torch.Generator().manual_seed(config.seed + 12345)
+    homographies = sample_homographies(len(crops), config.crop, config.crop, config.homography, generator)
+    return {"images": torch.stack(crops).permute(0, 3, 1, 2), "homographies": homographies}
+
+
+@torch.no_grad()
+def validate(model: SiLK, pairs: dict[str, torch.Tensor], config: TrainConfig, chunk: int = 8) -> dict[str, float]:
+    """Loss metrics (eval-mode BatchNorm), repeatability and MMA at ``val_threshold`` px on synthetic pairs.
+
+    ``pairs``: ``images`` (P, 3, S, S) uint8 and ``homographies`` (P, 3, 3) view 0 -> view 1.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    sums: dict[str, float] = {}
+    count = pairs["images"].shape[0]
+    full_loss = replace(config.loss, cells=None)  # every cell: deterministic, comparable across runs
+    for s in range(0, count, chunk):
+        images = pairs["images"][s : s + chunk].to(device).float() / 255.0
+        hom = pairs["homographies"][s : s + chunk]
+        batch = to_batch(torch.stack([images, warp_images(images, hom)], 1).flatten(0, 1), model.config.in_channels)
+        logits, desc, kpts, kdesc = model(
+            batch,
+            outputs=("logits", "dense_descriptors", "sparse_positions", "sparse_descriptors"),
+            max_keypoints=config.val_keypoints,
+        )
+        corr0, corr1 = dense_correspondences(hom.to(device), model.grid, tuple(logits.shape[-2:]))
+        terms = silk_loss(desc[0::2], desc[1::2], logits[0::2], logits[1::2], corr0, corr1, full_loss)
+        values = {k: float(v) * hom.shape[0] for k, v in terms.items()}
+        size = (config.crop, config.crop)
+        for i in range(hom.shape[0]):
+            k0, k1, h = kpts[2 * i][:, :2].cpu(), kpts[2 * i + 1][:, :2].cpu(), hom[i]
+            values["repeatability"] = values.get("repeatability", 0.0) + repeatability(
+                k0, k1, h, size, config.val_threshold
+            )
+            values["mma"] = values.get("mma", 0.0) + matching_accuracy(
+                k0, k1, kdesc[2 * i].cpu(), kdesc[2 * i + 1].cpu(), h, config.val_threshold
+            )
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + v
+    model.train(was_training)
+    return {k: v / count for k, v in sums.items()}
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _build_model(config: TrainConfig, state: dict | None) -> SiLK:
+    if state is not None:
+        model = SiLK(SiLKConfig.from_dict(state["config"]["model"]))
+        model.load_state_dict(state["model"])
+        return model
+    if config.init_from:
+        source = Path(config.init_from)
+        return SiLK.from_checkpoint(source) if source.exists() else SiLK.from_pretrained(config.init_from)
+    if isinstance(config.model, dict):
+        try:
+            return SiLK(SiLKConfig.from_dict(config.model))
+        except (TypeError, ValueError) as e:
+            raise SilkError(f"invalid model config: {e}") from None
+    return SiLK(variant_config(config.model))
+
+
+def _step_seed(seed: int, rank: int, step: int) -> int:
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def _save_checkpoint(
+    path: Path,
+    model: SiLK,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    step: int,
+    best: dict | None,
+    config: TrainConfig,
+) -> None:
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "step": step,
+        "best": best,
+        "rng": {"torch": torch.get_rng_state()},
+        "config": {"model": model.config.to_dict(), "train": config.to_dict()},
+    }
+    try:
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+    except OSError as e:
+        raise SilkError(f"cannot write checkpoint {path} ({e}); the previous checkpoint is kept") from None
+
+
+def _load_checkpoint(path: Path) -> dict:
+    if not path.is_file():
+        raise SilkError(f"nothing to resume: {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file
+        raise SilkError(f"cannot read checkpoint {path}: {e}") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise SilkError(f"{path} is not a silk-keypoints training checkpoint")
+    return state
+
+
+def load_run_config(run: str | os.PathLike) -> TrainConfig:
+    """The training config stored in ``<run>/last.pt`` (what ``--resume`` continues with)."""
+    return TrainConfig.from_dict(_load_checkpoint(Path(run) / "last.pt")["config"]["train"])
+
+
+def resume_config(stored: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
+    """``stored`` with the ``changes`` a resumed run may make (:data:`RESUME_OVERRIDES`); others are refused."""
+    old = stored.to_dict()
+    merged = {k: {**old[k], **v} if isinstance(v, dict) and isinstance(old.get(k), dict) else v
+              for k, v in changes.items()}
+    wanted = TrainConfig.from_dict({**old, **merged})
+    new = wanted.to_dict()
+    refused = sorted(k for k in new if new[k] != old[k] and k not in RESUME_OVERRIDES)
+    if refused:
+        raise SilkError(
+            f"--resume continues the stored run exactly; these settings cannot change: {refused} "
+            f"(allowed: {list(RESUME_OVERRIDES)})"
+        )
+    return wanted
+
+
+def _setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = device_name.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        raise SilkError(f"--device {device_name}: CUDA is not available on this machine")
+    if world == 1:
+        return 0, 1, torch.device(device_name)
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return rank, world, device
+
+
+def _average(metrics: dict[str, float], world: int, device: torch.device) -> dict[str, float]:
+    if world == 1:
+        return metrics
+    values = torch.tensor([metrics[k] for k in SCALARS], dtype=torch.float64, device=device)
+    dist.all_reduce(values)
+    return {k: float(v) / world for k, v in zip(SCALARS, values)}
+
+
+def _summary_writer(run: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        warnings.warn("tensorboard is not installed (pip install tensorboard): no TensorBoard logs", stacklevel=2)
+        return None
+    return SummaryWriter(str(run))
+
+
+def _log(writer: Any, log_file: Any, prefix: str, step: int, values: dict[str, float]) -> None:
+    if writer is not None:
+        for k, v in values.items():
+            writer.add_scalar(f"{prefix}/{k}", v, step)
+    log_file.write(json.dumps({"split": prefix, "step": step, "time": time.time(), **values}) + "\n")
+    log_file.flush()
+
+
+class _StopOnSignal:
+    """Turns Ctrl-C (SIGINT) and SIGTERM into a flag checked between steps; restores the handlers after."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: no handler, Ctrl-C raises as usual
+                pass
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
