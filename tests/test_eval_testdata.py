@@ -1,0 +1,116 @@
+"""Generated benchmark data: layouts, and ground truth that agrees with the pixels."""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from silk_keypoints import SilkError
+from silk_keypoints.evaluation.hpatches import read_homography, read_hpatches
+from silk_keypoints.evaluation.registration import backproject, load_depth, read_rgbd_pairs
+from silk_keypoints.evaluation.testdata import (
+    Plane,
+    change_illumination,
+    fundamental_from_pose,
+    intrinsics,
+    look_at,
+    make_hpatches,
+    make_pose_dataset,
+    make_rgbd_dataset,
+    random_homography,
+    random_texture,
+    relative_pose,
+    render,
+    source_images,
+)
+
+IMAGES = Path(__file__).parent / "fixtures" / "images"
+
+
+def ncc(a, b):
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+
+def test_images_and_textures():
+    rng = np.random.default_rng(0)
+    t = random_texture((64, 48), rng)
+    assert t.shape == (48, 64, 3) and t.dtype == np.uint8 and t.std() > 20
+    np.testing.assert_array_equal(random_texture((64, 48), np.random.default_rng(0)), t)
+    imgs = source_images(IMAGES, 4, (100, 90), rng)
+    assert len(imgs) == 4 and all(i.shape == (90, 100, 3) for i in imgs)
+    with pytest.raises(SilkError, match="no images"):
+        source_images(Path(__file__).parent / "fixtures" / "parity", 1, (10, 10), rng)
+    changed = change_illumination(t, rng)
+    assert changed.shape == t.shape and ncc(changed.astype(float), t.astype(float)) > 0.5
+    H = random_homography((64, 48), rng)
+    assert H.shape == (3, 3) and not np.allclose(H, np.eye(3))
+
+
+def test_hpatches_ground_truth_matches_pixels(tmp_path):
+    root = make_hpatches(tmp_path / "hp", images=IMAGES, sequences=2, size=(160, 120), seed=5)
+    seqs = read_hpatches(root)
+    assert [s.name for s in seqs] == ["i_synth00", "v_synth01"]
+    ref = cv2.imread(str(root / "v_synth01/1.ppm"), cv2.IMREAD_GRAYSCALE).astype(float)
+    for k in range(2, 7):
+        H = read_homography(root / f"v_synth01/H_1_{k}")
+        img = cv2.imread(str(root / f"v_synth01/{k}.ppm"), cv2.IMREAD_GRAYSCALE).astype(float)
+        warped = cv2.warpPerspective(ref, H, (160, 120))
+        valid = cv2.warpPerspective(np.ones_like(ref), H, (160, 120)) > 0.99
+        assert ncc(warped[valid], img[valid]) > 0.9
+        np.testing.assert_array_equal(read_homography(root / f"i_synth00/H_1_{k}"), np.eye(3))
+    with pytest.raises(SilkError, match="sequences must be"):
+        make_hpatches(tmp_path / "x", sequences=0)
+
+
+def test_render_plane_depth_and_camera():
+    T = look_at(np.zeros(3), np.array([0, 0, 5.0]))
+    np.testing.assert_allclose(T, np.eye(4), atol=1e-12)
+    tex = np.full((8, 8, 3), 200, np.uint8)
+    plane = Plane(np.array([-10.0, -10, 2]), np.array([20.0, 0, 0]), np.array([0, 20.0, 0]), tex)
+    color, depth = render([plane], intrinsics((40, 30)), T, (40, 30))
+    np.testing.assert_allclose(depth, 2.0, atol=1e-6)
+    assert (color == 200).all()
+    color, depth = render([plane], intrinsics((40, 30)), look_at(np.zeros(3), np.array([0, 0, -1.0])), (40, 30))
+    assert (depth == 0).all() and (color == 0).all()  # looking away: nothing hit
+
+
+def test_pose_dataset_files(tmp_path):
+    root = make_pose_dataset(tmp_path / "pose", views=2, size=(64, 48), seed=1)
+    for name in ("images/view0.jpg", "images/view1.jpg", "pairs.json", "pairs.csv", "scene_info.npz",
+                 "imc2022/test.csv", "imc2022/ground_truth.csv", "imc2022/test_images/synth/view1.png"):
+        assert (root / name).is_file(), name
+    with pytest.raises(SilkError, match="views must be"):
+        make_pose_dataset(tmp_path / "x", views=1)
+
+
+def test_fundamental_from_pose():
+    K = intrinsics((100, 80))
+    T = relative_pose(look_at(np.zeros(3), np.array([0, 0, 3.0])), look_at(np.array([0.3, 0.1, 0]), np.array([0, 0, 3.0])))
+    X = np.random.default_rng(0).uniform([-1, -1, 2], [1, 1, 4], (20, 3))
+    x0 = X @ K.T
+    x1 = (X @ T[:3, :3].T + T[:3, 3]) @ K.T
+    x0, x1 = x0 / x0[:, 2:], x1 / x1[:, 2:]
+    F = fundamental_from_pose(K, K, T)
+    assert np.abs(np.einsum("ni,ij,nj->n", x1, F, x0)).max() < 1e-9 and np.linalg.norm(F) == pytest.approx(1)
+
+
+def test_rgbd_depth_and_poses_are_consistent(tmp_path):
+    root = make_rgbd_dataset(tmp_path / "scannet", frames=2, size=(120, 90), seed=3)
+    pair = read_rgbd_pairs(root)[0][0]
+    d0, d1 = load_depth(pair.frame0.depth), load_depth(pair.frame1.depth)
+    assert cv2.imread(str(pair.frame0.depth), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+    ys, xs = np.mgrid[0:90:3, 0:120:3]
+    X, valid = backproject(np.c_[xs.ravel(), ys.ravel()].astype(float), d0, pair.frame0.K)
+    X1 = X[valid] @ pair.T_0to1[:3, :3].T + pair.T_0to1[:3, 3]
+    p1 = X1 @ pair.frame1.K.T
+    p1 = p1[:, :2] / p1[:, 2:]
+    _, seen = backproject(p1, d1, pair.frame1.K)
+    z1 = d1[np.round(p1[seen, 1]).astype(int), np.round(p1[seen, 0]).astype(int)]
+    # most points of frame 0 seen in frame 1 land on the same surface (the rest are occlusions / edges)
+    assert seen.mean() > 0.6 and np.mean(np.abs(z1 - X1[seen, 2]) < 0.03) > 0.9
+    names = np.load(root / "test.npz")["name"]
+    assert names.tolist() == [[0, 0, 0, 20]]
+    with pytest.raises(SilkError, match="frames must be"):
+        make_rgbd_dataset(tmp_path / "x", frames=1)
