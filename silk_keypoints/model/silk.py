@@ -16,12 +16,21 @@ layers they need run, and shared work runs once):
 
 Coordinates: image pixels of the input, (x, y), centre of the top-left pixel = (0, 0); for VGG-4 the
 cell (row i, col j) is the pixel (j + 9, i + 9). See :mod:`silk_keypoints.model.coords`.
+
+Exact and fast paths: ``model(images, outputs)`` runs the modules as defined (the exact path: parity with
+the original, forward hooks, gradients). :meth:`SiLK.extract` — and ``model(images, outputs, fast=True)`` —
+use the fast path chosen by :meth:`SiLK.set_inference` (default ``"fast"``: BatchNorm folded, channels-last,
+fused heads, see :mod:`silk_keypoints.model.fast`; within 2e-4 of the exact path). The fast path is used only
+in eval mode with gradients off; otherwise the exact path runs. Dense maps from the fast path are
+channels-last in memory (same shapes and values).
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +42,7 @@ from .backbone import Backbone
 from .checkpoint import check_state_dict, load_weights, save_weights
 from .config import DETECTION_KEYS, SiLKConfig
 from .coords import GridMap, cell_grid
+from .fast import FusedSiLK, Selector
 from .heads import Head
 from .sparse import gather_descriptors, select_keypoints
 
@@ -47,6 +57,9 @@ OUTPUT_NAMES = (
     "dense_descriptors",
 )
 DEFAULT_OUTPUTS = ("sparse_positions", "sparse_descriptors")
+INFERENCE_MODES = ("fast", "bf16", "exact")
+_NEEDS_LOGITS = {"logits", "probability", "sparse_positions", "sparse_descriptors", "dense_positions"}
+_NEEDS_DESCRIPTORS = {"raw_descriptors", "sparse_descriptors", "dense_descriptors"}
 
 
 class SiLK(nn.Module):
@@ -74,13 +87,58 @@ class SiLK(nn.Module):
         self.register_buffer("descriptor_scale", torch.tensor(float(self.config.descriptor_scale)))
         self.grid: GridMap = self.backbone.grid.then(*self.keypoint_head.layer)
         self.min_size = _min_input_size(self.config)
+        self.inference = "fast"
+        self._fused: tuple[tuple, FusedSiLK] | None = None  # (weights key, network); not a submodule
+
+    # ------------------------------------------------------------------ exact / fast path
+    def set_inference(self, mode: str) -> SiLK:
+        """Choose the path of :meth:`extract` and ``forward(..., fast=True)`` in eval mode. Returns ``self``.
+
+        * ``"fast"`` (default): BatchNorm folded, channels-last, fused heads, float32; within 2e-4 of exact.
+        * ``"bf16"``: the fast network in bfloat16 (first two convs float32); ~2x faster again on CPUs with
+          AVX512-BF16/AMX and on GPUs, but logits move by ~1e-1 and descriptors by ~1e-2 (docs/performance.md).
+        * ``"exact"``: always the modules as defined.
+        """
+        if mode not in INFERENCE_MODES:
+            raise SilkError(f"unknown inference mode {mode!r}; available: {list(INFERENCE_MODES)}")
+        self.inference = mode
+        return self
+
+    def fused_network(self) -> FusedSiLK:
+        """The fast network (:class:`FusedSiLK`) of the current weights and mode, built on first use.
+
+        Cached; rebuilt when any parameter or buffer changes (in-place updates, ``load_state_dict``, ``.to()``).
+        """
+        dtype = torch.bfloat16 if self.inference == "bf16" else None
+        key = (self.inference, *(_tensor_key(t) for t in (*self.parameters(), *self.buffers())))
+        if self._fused is None or self._fused[0] != key:
+            self._fused = None  # free the old network before building the new one
+            self._fused = (key, FusedSiLK(self, dtype))
+        return self._fused[1]
+
+    def train(self, mode: bool = True) -> SiLK:
+        self._fused = None
+        return super().train(mode)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_fused"] = None  # a cache: not pickled, not deep-copied
+        return state
+
+    def _use_fast(self, fast: bool) -> bool:
+        return fast and self.inference != "exact" and not self.training and not torch.is_grad_enabled()
 
     # ------------------------------------------------------------------ named outputs
     def forward(
-        self, images: torch.Tensor, outputs: Sequence[str] | str | None = None, **detection: Any
+        self,
+        images: torch.Tensor,
+        outputs: Sequence[str] | str | None = None,
+        fast: bool = False,
+        **detection: Any,
     ) -> tuple[Any, ...] | Any:
         """Compute the named ``outputs`` (default: ``self.default_outputs``) for images (B, C, H, W) in [0, 1].
 
+        ``fast=True`` uses the fast path of :meth:`set_inference` (only in eval mode with gradients off).
         ``detection`` overrides the sparse-selection defaults of the config for this call
         (``detection_threshold``, ``max_keypoints``, ``nms_radius``, ``remove_borders``).
         A single name (str) returns that output alone; a sequence returns a tuple in that order.
@@ -88,12 +146,19 @@ class SiLK(nn.Module):
         single = isinstance(outputs, str)
         names = _check_names([outputs] if single else (outputs or self.default_outputs))
         self.check_images(images)
-        get = self._lazy_outputs(images, self._detection_options(detection))
+        fused = self.fused_network() if self._use_fast(fast) else None
+        get = self._lazy_outputs(images, self._detection_options(detection), fused, names)
         result = tuple(get(n) for n in names)
         return result[0] if single else result
 
-    def _lazy_outputs(self, images: torch.Tensor, opts: dict) -> Callable[[str], Any]:
-        """A memoising ``get(name)``: each output is computed on first request from the ones it needs."""
+    def _lazy_outputs(
+        self, images: torch.Tensor, opts: dict, fused: FusedSiLK | None = None, names: Sequence[str] = ()
+    ) -> Callable[[str], Any]:
+        """A memoising ``get(name)``: each output is computed on first request from the ones it needs.
+
+        With ``fused``, dense maps come from the fast network, which runs each head only if one of ``names``
+        needs it (its two heads share one convolution when both are needed).
+        """
         cache: dict[str, Any] = {}
 
         def get(name: str) -> Any:
@@ -105,16 +170,7 @@ class SiLK(nn.Module):
             return float(self.descriptor_scale)
 
         def sparse() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-            h, w = images.shape[-2:]
-            return select_keypoints(
-                get("probability"),
-                self.grid,
-                (w, h),
-                max_keypoints=opts["max_keypoints"],
-                threshold=opts["detection_threshold"],
-                nms_radius=opts["nms_radius"],
-                remove_borders=opts["remove_borders"],
-            )
+            return self._selector((images.shape[-1], images.shape[-2]), opts)(get("probability"))
 
         def dense_positions() -> torch.Tensor:
             prob = get("probability")
@@ -132,6 +188,10 @@ class SiLK(nn.Module):
             _, index = get("_sparse")
             return [gather_descriptors(raw[i], index[i], scale()) for i in range(raw.shape[0])]
 
+        def fused_heads() -> tuple[torch.Tensor | None, torch.Tensor | None]:
+            wanted = set(names)
+            return fused.heads(get("_backbone"), bool(wanted & _NEEDS_LOGITS), bool(wanted & _NEEDS_DESCRIPTORS))
+
         rules: dict[str, Callable[[], Any]] = {
             "features": lambda: self.backbone(images),
             "logits": lambda: self.keypoint_head(get("features")),
@@ -143,7 +203,27 @@ class SiLK(nn.Module):
             "dense_positions": dense_positions,
             "dense_descriptors": dense_descriptors,
         }
+        if fused is not None:
+            rules.update(
+                _backbone=lambda: fused.backbone_features(images),
+                _heads=fused_heads,
+                features=lambda: fused.features(get("_backbone")),
+                logits=lambda: get("_heads")[0],
+                raw_descriptors=lambda: get("_heads")[1],
+            )
         return get
+
+    def _selector(self, image_size: tuple[int, int], opts: dict[str, Any]) -> Selector:
+        """:func:`select_keypoints` for (W, H) images with the detection options ``opts`` bound."""
+        return functools.partial(
+            select_keypoints,
+            grid=self.grid,
+            image_size=image_size,
+            max_keypoints=opts["max_keypoints"],
+            threshold=opts["detection_threshold"],
+            nms_radius=opts["nms_radius"],
+            remove_borders=opts["remove_borders"],
+        )
 
     def _detection_options(self, detection: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(detection) - set(DETECTION_KEYS))
@@ -184,12 +264,14 @@ class SiLK(nn.Module):
         detection_threshold: float | None = None,
         nms_radius: int | None = None,
         remove_borders: int | None = None,
+        exact: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Detect and describe keypoints, LightGlue/glue-factory style.
 
         Args:
             image: torch (B, C, H, W) / (C, H, W) float in [0, 1], or numpy (H, W) / (H, W, 3) uint8.
             max_keypoints, detection_threshold, nms_radius, remove_borders: override the config's defaults.
+            exact: use the exact path instead of the one chosen by :meth:`set_inference` (default: fast).
 
         Returns:
             ``keypoints`` (B, N, 2) float (x, y), pixel centres at integers; ``keypoint_scores`` (B, N);
@@ -199,19 +281,20 @@ class SiLK(nn.Module):
         """
         device = next(self.parameters()).device
         x = to_batch(image, self.config.in_channels).to(device)
-        positions, descriptors = self(
-            x,
-            ("sparse_positions", "sparse_descriptors"),
-            max_keypoints=max_keypoints,
-            detection_threshold=detection_threshold,
-            nms_radius=nms_radius,
-            remove_borders=remove_borders,
-        )
+        detection = {"max_keypoints": max_keypoints, "detection_threshold": detection_threshold,
+                     "nms_radius": nms_radius, "remove_borders": remove_borders}
+        if self._use_fast(not exact):
+            self.check_images(x)
+            opts = self._detection_options(detection)
+            select = self._selector((x.shape[-1], x.shape[-2]), opts)
+            positions, descriptors = self.fused_network().extract(x, select)
+            return pack_keypoints(positions, descriptors, x.shape, 1.0)
+        positions, descriptors = self(x, ("sparse_positions", "sparse_descriptors"), **detection)
         return pack_keypoints(positions, descriptors, x.shape, float(self.descriptor_scale))
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, **overrides: Any) -> "SiLK":
+    def from_checkpoint(cls, path: str | os.PathLike, **overrides: Any) -> SiLK:
         """Load an original SiLK Lightning checkpoint (``pvgg-4.ckpt``, ``coco-rgb-aug.ckpt``), one of our
         ``.safetensors`` weight files, or one of our training checkpoints. Returns the model in eval mode.
 
@@ -224,7 +307,7 @@ class SiLK(nn.Module):
         return model.eval()
 
     @classmethod
-    def from_pretrained(cls, name: str | None = None, **overrides: Any) -> "SiLK":
+    def from_pretrained(cls, name: str | None = None, **overrides: Any) -> SiLK:
         """Load weights shipped inside the package (no download). ``None``: the default model."""
         from .zoo import pretrained_path
 
@@ -259,6 +342,11 @@ def pack_keypoints(
         mask[i, :k] = True
     size = torch.tensor([[w, h]], dtype=ref.dtype, device=ref.device).expand(b, 2).clone()
     return {"keypoints": kpts, "keypoint_scores": scores, "descriptors": desc, "image_size": size, "keypoint_mask": mask}
+
+
+def _tensor_key(t: torch.Tensor) -> tuple:
+    """Identity and version of a weight tensor (inference tensors have no version counter)."""
+    return t.data_ptr(), t.device, t.dtype, -1 if t.is_inference() else t._version
 
 
 def _check_names(names: Sequence[str]) -> tuple[str, ...]:

@@ -64,20 +64,19 @@ def select_keypoints(
     valid = (probability > threshold) & nms_mask(probability, nms_radius)
     if remove_borders > 0:
         valid &= border_mask(h, w, grid, image_size, remove_borders, probability.device)
-    scores = probability.reshape(b, h * w)
     valid = valid.reshape(b, h * w)
-    positions, indices = [], []
-    for i in range(b):
-        idx = torch.nonzero(valid[i]).squeeze(1)
-        s = scores[i, idx]
-        k = s.numel() if max_keypoints is None else min(max_keypoints, s.numel())
-        s, order = torch.topk(s, k, sorted=True)
-        idx = idx[order]
-        rows = torch.div(idx, w, rounding_mode="floor")
-        cells = torch.stack([idx - rows * w, rows], dim=-1).to(probability.dtype)
-        positions.append(torch.cat([grid.to_image(cells), s[:, None]], dim=-1))
-        indices.append(idx)
-    return positions, indices
+    counts = valid.sum(dim=1)
+    if max_keypoints is not None:
+        counts = counts.clamp(max=max_keypoints)
+    k = int(counts.max()) if b else 0
+    # one batched top-k (no full sort); invalid cells score -inf, so each image's keypoints are a prefix
+    scores = probability.reshape(b, h * w).masked_fill(~valid, float("-inf"))
+    top, idx = torch.topk(scores, k, dim=1, sorted=True)
+    rows = torch.div(idx, w, rounding_mode="floor")
+    cells = torch.stack([idx - rows * w, rows], dim=-1).to(probability.dtype)
+    positions = torch.cat([grid.to_image(cells), top[..., None]], dim=-1)
+    n = counts.tolist()
+    return [positions[i, : n[i]] for i in range(b)], [idx[i, : n[i]] for i in range(b)]
 
 
 def gather_descriptors(raw: torch.Tensor, index: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
