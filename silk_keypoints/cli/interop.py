@@ -1,0 +1,282 @@
+"""``silk pairs``, ``match-pairs``, ``colmap``, ``export-npz``: files for hloc, COLMAP, other tools."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..errors import SilkError
+from ..extraction import extract_image
+from ..interop.colmap import CAMERA_MODELS, check_database, write_database
+from ..interop.hloc import feature_names, match_pairs, read_features, read_matches
+from ..interop.npz import export_npz
+from ..interop.pairs import exhaustive_pairs, read_pairs, sequential_pairs, write_pairs
+from ..io import list_images
+from ..matching import METHODS, Matcher
+from .common import add_detection_args, add_model_args, detection_options, load_model
+from .extract import image_name
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    _register_pairs(sub)
+    _register_match_pairs(sub)
+    _register_colmap(sub)
+    _register_export_npz(sub)
+
+
+# ------------------------------------------------------------------------------------------------ pairs
+def _register_pairs(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pairs",
+        help="write an hloc pairs.txt (exhaustive or sequential)",
+        description="Write image pairs in hloc's pairs.txt format (one 'name0 name1' per line). Images are "
+        "the groups of --features, or the image files under --images named by their path relative to it, "
+        "in sorted order. exhaustive: every pair once; sequential: each image with the next --window images.",
+    )
+    p.add_argument("mode", choices=["exhaustive", "sequential"])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--features", metavar="H5", help="take the image names of this features.h5")
+    src.add_argument("--images", metavar="DIR", help="take the images under this folder")
+    p.add_argument(
+        "--window",
+        type=int,
+        default=10,
+        metavar="N",
+        help="sequential: pair each image with the next N (default: 10)",
+    )
+    p.add_argument("--out", required=True, metavar="TXT", help="output pairs file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=run_pairs)
+
+
+def run_pairs(args: argparse.Namespace) -> int:
+    names = feature_names(args.features) if args.features else _image_names(Path(args.images))
+    pairs = exhaustive_pairs(names) if args.mode == "exhaustive" else sequential_pairs(names, args.window)
+    out = write_pairs(args.out, pairs, overwrite=args.overwrite)
+    print(f"wrote {len(pairs)} pairs of {len(names)} images to {out}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ match-pairs
+def _add_matcher_args(p: argparse.ArgumentParser) -> None:
+    """The matching options of ``silk match`` (same names and meaning), plus ``--max-distance``."""
+    p.add_argument("--method", choices=METHODS, default="mnn", help="matching rule (default: mnn)")
+    p.add_argument(
+        "--match-threshold",
+        type=float,
+        default=None,
+        metavar="T",
+        help="ratio: keep best/second-best distance < T (default 0.6); double-softmax: keep 1 - P < T "
+        "(default 0.6)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        metavar="T",
+        help="double-softmax temperature for descriptors of norm 1.41 (default 0.1)",
+    )
+    p.add_argument(
+        "--max-distance",
+        type=float,
+        default=None,
+        metavar="D",
+        help="drop matches with cosine distance > D (any method)",
+    )
+
+
+def _matcher_options(args: argparse.Namespace) -> dict:
+    opts = {"temperature": args.temperature, "max_distance": args.max_distance}
+    opts["ratio_threshold" if args.method == "ratio" else "threshold"] = args.match_threshold
+    return {k: v for k, v in opts.items() if v is not None}
+
+
+def _register_match_pairs(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "match-pairs",
+        help="match the pairs of a pairs.txt, write hloc's matches.h5",
+        description="Match the descriptors of the image pairs listed in PAIRS (hloc format) from a "
+        "features.h5 and write hloc's matches.h5: per pair a group name0/name1 ('/' in names replaced by "
+        "'-') with matches0 (index in image 1 or -1 per keypoint of image 0) and matching_scores0.",
+    )
+    p.add_argument("pairs", metavar="PAIRS", help="pairs file, 'name0 name1' per line")
+    p.add_argument("--features", required=True, metavar="H5", help="features.h5 (e.g. from silk extract)")
+    p.add_argument("--out", required=True, metavar="H5", help="output matches.h5")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--device", default="cpu", help="torch device for matching (default: cpu)")
+    _add_matcher_args(p)
+    p.set_defaults(func=run_match_pairs)
+
+
+def run_match_pairs(args: argparse.Namespace) -> int:
+    if Path(args.out).exists() and not args.overwrite:
+        raise SilkError(f"{args.out} exists; pass --overwrite to replace it")
+    _check_device(args.device)
+    pairs = read_pairs(args.pairs, known=feature_names(args.features), where=args.features)
+    out = match_pairs(
+        args.features,
+        pairs,
+        args.out,
+        method=args.method,
+        overwrite=args.overwrite,
+        device=args.device,
+        progress=len(pairs) > 1,
+        **_matcher_options(args),
+    )
+    print(f"wrote matches of {len(pairs)} pairs to {out}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ colmap
+def _register_colmap(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "colmap",
+        help="import keypoints and verified matches into a COLMAP database",
+        description="Write keypoints (COLMAP convention: +0.5 px) and two-view matches into a COLMAP "
+        "database (created if missing) so that `colmap mapper` can run on it. Images are named by their "
+        "path relative to --images, as COLMAP's --image_path names them. Features are extracted here unless "
+        "--features is given; pairs are exhaustive unless --pairs is given; matches are computed unless "
+        "--matches is given. An existing database is added to: its cameras are kept and must have the "
+        "images' sizes.",
+    )
+    p.add_argument("--images", metavar="DIR", help="image folder (COLMAP's --image_path)")
+    p.add_argument("--database", required=True, metavar="DB", help="COLMAP database file")
+    p.add_argument("--pairs", metavar="TXT", help="pairs to match (default: all pairs)")
+    p.add_argument("--features", metavar="H5", help="use this features.h5 instead of extracting")
+    p.add_argument("--matches", metavar="H5", help="use this matches.h5 instead of matching")
+    p.add_argument(
+        "--camera-model",
+        choices=list(CAMERA_MODELS),
+        default="SIMPLE_RADIAL",
+        help="model of new cameras (default: SIMPLE_RADIAL, focal 1.2 * max(W, H))",
+    )
+    p.add_argument("--single-camera", action="store_true", help="all new images share one camera")
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="write all matches as verified instead of the inliers of a RANSAC fundamental matrix",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace keypoints (and their matches) of images the database already has keypoints for",
+    )
+    _add_matcher_args(p)
+    add_model_args(p)
+    add_detection_args(p)
+    p.set_defaults(func=run_colmap)
+
+
+def run_colmap(args: argparse.Namespace) -> int:
+    if not args.images and not args.features:
+        raise SilkError("give the images (--images DIR), their features (--features H5) or both")
+    if args.matches and not args.features:
+        raise SilkError("--matches needs the --features its keypoint indices refer to")
+    root = Path(args.images) if args.images else None
+    names = _image_names(root) if root else feature_names(args.features)
+    check_database(args.database, dict.fromkeys(names), overwrite=args.overwrite)
+    pairs = (
+        read_pairs(args.pairs, known=names, where=args.images or args.features)
+        if args.pairs
+        else exhaustive_pairs(names)
+    )
+    if args.features:
+        missing = sorted(set(names) - set(feature_names(args.features)))
+        if missing:
+            raise SilkError(f"{len(missing)} image(s) are not in {args.features}, e.g. {missing[0]}")
+        features = {n: read_features(args.features, n) for n in names}
+    else:
+        model, opts = load_model(args), detection_options(args)
+        features = {
+            n: extract_image(model, root / n, resize=args.resize, **opts)
+            for n in tqdm(names, desc="extract", unit="img", disable=len(names) < 2)
+        }
+    if args.matches:
+        matches: Iterator = ((a, b, read_matches(args.matches, a, b)[0]) for a, b in pairs)
+    else:
+        matcher = Matcher(args.method, **_matcher_options(args))
+        matches = ((a, b, _match(matcher, features[a], features[b])) for a, b in pairs)
+    counts = write_database(
+        args.database,
+        features,
+        matches,
+        camera_model=args.camera_model,
+        single_camera=args.single_camera,
+        verify=not args.no_verify,
+        overwrite=args.overwrite,
+        progress=len(pairs) > 1,
+    )
+    print(
+        f"wrote {counts['images']} images, matches of {counts['pairs']} pairs "
+        f"({counts['verified_pairs']} with two-view geometry) to {args.database}"
+    )
+    return 0
+
+
+def _match(matcher: Matcher, feats0: dict, feats1: dict) -> np.ndarray:
+    d0, d1 = (torch.from_numpy(f["descriptors"]).float() for f in (feats0, feats1))
+    return matcher({"image0": {"descriptors": d0}, "image1": {"descriptors": d1}})["matches"][0].numpy()
+
+
+# ------------------------------------------------------------------------------------------------ export-npz
+def _register_export_npz(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export-npz",
+        help="one .npz of keypoints and descriptors per image",
+        description="Write one OUT/<name>.npz per image with keypoints (N x 2, x y, pixel centres at "
+        "integers), scores (N), descriptors (N x D) and image_size (W, H): from IMAGE files (extracted "
+        "here) or from the images of --features.",
+    )
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (or give --features)")
+    p.add_argument("--features", metavar="H5", help="export the images of this features.h5")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--root", default=None, help="name images by their path relative to this folder")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    add_model_args(p)
+    add_detection_args(p)
+    p.set_defaults(func=run_export_npz)
+
+
+def run_export_npz(args: argparse.Namespace) -> int:
+    if bool(args.images) == bool(args.features):
+        raise SilkError("give either IMAGE files or --features H5")
+    if args.features:
+        names = feature_names(args.features)
+
+        def features(name: str) -> dict:
+            return read_features(args.features, name)
+    else:
+        root = Path(args.root) if args.root else None
+        paths = {image_name(Path(p), root): Path(p) for p in args.images}
+        if len(paths) != len(args.images):
+            raise SilkError(
+                "two IMAGE files get the same name: pass --root to name them by their relative path"
+            )
+        names = list(paths)
+        model, opts = load_model(args), detection_options(args)
+
+        def features(name: str) -> dict:
+            return extract_image(model, paths[name], resize=args.resize, **opts)
+
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    written = export_npz(names, features, args.out, overwrite=args.overwrite, progress=len(names) > 1)
+    print(f"wrote {len(written)} .npz files to {args.out}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _image_names(root: Path) -> list[str]:
+    names = [p.relative_to(root).as_posix() for p in list_images(root)]
+    if not names:
+        raise SilkError(f"no images in {root}")
+    return names
+
+
+def _check_device(device: str) -> None:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SilkError(f"--device {device}: CUDA is not available on this machine")

@@ -1,0 +1,369 @@
+"""COLMAP database import: schema, +0.5 pixel convention, pair ids, verification, existing databases, a
+synthetic scene that pycolmap's incremental mapper reconstructs, and `silk colmap`."""
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+import pytest
+
+from silk_keypoints import SilkError
+from silk_keypoints.cli import main
+from silk_keypoints.interop.colmap import (
+    CALIBRATED,
+    CAMERA_MODELS,
+    UNCALIBRATED,
+    check_database,
+    default_camera,
+    image_ids_to_pair_id,
+    pair_id_to_image_ids,
+    to_colmap_keypoints,
+    verify_matches,
+    write_database,
+)
+from silk_keypoints.interop.hloc import write_features, write_matches
+from silk_keypoints.model import SiLK
+from silk_keypoints.model.zoo import variant_config
+
+IMAGES = Path(__file__).parent / "fixtures" / "images"
+W, H = 640, 480
+
+
+def scene(n_views=4, n_points=300, outliers=0, seed=0):
+    """Views of random 3D points from cameras on a line, all looking at the cloud's centre: features (our
+    pixel convention) and the true matches, keypoints in a different order in each image."""
+    rng = np.random.default_rng(seed)
+    points = rng.uniform([-2, -1.5, 6], [2, 1.5, 10], (n_points, 3))
+    f = 500.0
+    feats, order = {}, []
+    for i in range(n_views):
+        centre = np.array([1.2 * (i - (n_views - 1) / 2), 0.1 * i, 0])
+        yaw = np.arctan2(centre[0], 8.0)  # turn towards (0, 0, 8)
+        rot = np.array([[np.cos(yaw), 0, np.sin(yaw)], [0, 1, 0], [-np.sin(yaw), 0, np.cos(yaw)]])
+        cam = (points - centre) @ rot.T
+        # COLMAP pixel = f * X / Z + principal point (W/2, H/2) in its +0.5 frame; ours is 0.5 less
+        colmap_px = f * cam[:, :2] / cam[:, 2:] + [W / 2, H / 2]
+        assert (colmap_px > 0).all() and (colmap_px < [W, H]).all()
+        perm = rng.permutation(n_points)
+        feats[f"im{i}.jpg"] = {
+            "keypoints": (colmap_px - 0.5)[perm].astype(np.float32),
+            "image_size": np.array([W, H]),
+        }
+        order.append(np.argsort(perm))  # point p is keypoint order[i][p] of image i
+    matches = []
+    for i in range(n_views):
+        for j in range(i + 1, n_views):
+            m = np.stack([order[i], order[j]], 1)
+            if outliers:
+                m[:outliers, 1] = rng.permutation(m[:outliers, 1])
+            matches.append((f"im{i}.jpg", f"im{j}.jpg", m))
+    return feats, matches
+
+
+def read_table(path, sql):
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+# --- small functions --------------------------------------------------------------------------------------
+def test_pair_ids_are_colmaps():
+    assert image_ids_to_pair_id(1, 2) == image_ids_to_pair_id(2, 1) == 2147483647 + 2
+    assert pair_id_to_image_ids(image_ids_to_pair_id(7, 3)) == (3, 7)
+
+
+def test_keypoints_get_colmaps_half_pixel():
+    ours = np.array([[0.0, 0.0], [10.0, 5.5]])
+    out = to_colmap_keypoints(ours)
+    assert out.dtype == np.float32 and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, [[0.5, 0.5], [10.5, 6.0]])
+
+
+def test_default_camera_is_colmaps():
+    for name, (model_id, n) in {
+        "SIMPLE_PINHOLE": (0, 3),
+        "PINHOLE": (1, 4),
+        "SIMPLE_RADIAL": (2, 4),
+        "RADIAL": (3, 5),
+        "OPENCV": (4, 8),
+    }.items():
+        model, params = default_camera(name, 640, 480)
+        assert (model, len(params)) == (model_id, n) == (CAMERA_MODELS[name], n)
+        assert int(getattr(pycolmap.CameraModelId, name)) == model_id
+        assert params[0] == 768.0 and params.dtype == np.float64
+    np.testing.assert_array_equal(default_camera("SIMPLE_RADIAL", 640, 480)[1], [768.0, 320.0, 240.0, 0.0])
+    with pytest.raises(SilkError, match="unknown camera model"):
+        default_camera("FISHEYE9", 1, 1)
+
+
+def test_verify_matches_rejects_outliers():
+    feats, matches = scene(n_views=2, outliers=60)
+    k0, k1 = feats["im0.jpg"]["keypoints"], feats["im1.jpg"]["keypoints"]
+    inliers, F = verify_matches(k0, k1, matches[0][2])
+    truth = {tuple(m) for m in scene(n_views=2)[1][0][2]}
+    true_kept = sum(tuple(m) in truth for m in inliers)
+    assert true_kept >= 235 and len(inliers) - true_kept <= 10  # a few outliers lie near their epipolar line
+    x0 = np.c_[k0[inliers[:, 0]], np.ones(len(inliers))]
+    x1 = np.c_[k1[inliers[:, 1]], np.ones(len(inliers))]
+    lines = x0 @ F.T  # epipolar lines in image 1
+    dist = np.abs(np.sum(lines * x1, 1)) / np.linalg.norm(lines[:, :2], axis=1)
+    is_true = np.array([tuple(m) in truth for m in inliers])
+    assert dist[is_true].max() < 0.01  # F is the true geometry, x1^T F x0 = 0
+    empty, none = verify_matches(k0, k1, matches[0][2][:10])
+    assert empty.shape == (0, 2) and none is None
+
+
+# --- write_database -----------------------------------------------------------------------------------------
+def test_new_database_read_by_pycolmap(tmp_path):
+    feats, matches = scene(n_views=3, outliers=30)
+    matches[0] = (
+        matches[0][1],
+        matches[0][0],
+        matches[0][2][:, ::-1],
+    )  # given as (im1, im0): stored by id order
+    db = tmp_path / "db.db"
+    counts = write_database(db, feats, matches)
+    assert counts == {"images": 3, "pairs": 3, "verified_pairs": 3}
+    tables = {r[0] for r in read_table(db, "SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"cameras", "images", "keypoints", "descriptors", "matches", "two_view_geometries"} <= tables
+    rows, cols = read_table(db, "SELECT rows, cols FROM keypoints WHERE image_id = 1")[0]
+    assert (rows, cols) == (300, 2)
+
+    database = pycolmap.Database.open(str(db))
+    try:
+        cams = {c.camera_id: c for c in database.read_all_cameras()}
+        images = {im.name: im for im in database.read_all_images()}
+        assert sorted(images) == ["im0.jpg", "im1.jpg", "im2.jpg"] and len(cams) == 3
+        cam = cams[images["im0.jpg"].camera_id]
+        assert (cam.model, cam.width, cam.height) == (pycolmap.CameraModelId.SIMPLE_RADIAL, W, H)
+        np.testing.assert_allclose(cam.params, [768, 320, 240, 0])
+        for name, im in images.items():
+            np.testing.assert_allclose(database.read_keypoints(im.image_id), feats[name]["keypoints"] + 0.5)
+        id0, id1 = images["im0.jpg"].image_id, images["im1.jpg"].image_id
+        assert id0 < id1
+        np.testing.assert_array_equal(database.read_matches(id0, id1), scene(n_views=3, outliers=30)[1][0][2])
+        geometry = database.read_two_view_geometry(id0, id1)
+        assert int(geometry.config) == UNCALIBRATED and 250 <= len(geometry.inlier_matches) <= 300
+    finally:
+        database.close()
+
+
+def test_mapper_reconstructs_the_imported_scene(tmp_path):
+    feats, matches = scene(n_views=4, outliers=40, seed=1)
+    db = tmp_path / "db.db"
+    write_database(db, feats, matches, camera_model="SIMPLE_PINHOLE", single_camera=True)
+    assert read_table(db, "SELECT COUNT(*) FROM cameras")[0][0] == 1
+    out = tmp_path / "sparse"
+    out.mkdir()
+    options = pycolmap.IncrementalPipelineOptions()
+    options.num_threads = 1
+    recs = pycolmap.incremental_mapping(str(db), str(tmp_path), str(out), options)
+    assert len(recs) == 1
+    rec = recs[0]
+    assert rec.num_reg_images() == 4 and rec.num_points3D() >= 250
+    assert rec.compute_mean_reprojection_error() < 0.1  # exact projections
+    assert rec.cameras[1].params[0] == pytest.approx(500, rel=0.02)  # the true focal, from the prior 768
+
+
+def test_no_verify_writes_every_match_as_calibrated(tmp_path):
+    feats, matches = scene(n_views=2, outliers=30)
+    db = tmp_path / "db.db"
+    assert write_database(db, feats, matches, verify=False)["verified_pairs"] == 1
+    ((config, rows),) = read_table(db, "SELECT config, rows FROM two_view_geometries")
+    assert (config, rows) == (CALIBRATED, 300)
+
+
+def test_existing_database_is_added_to_and_guarded(tmp_path):
+    feats, matches = scene(n_views=3)
+    db = tmp_path / "db.db"
+    write_database(db, {k: feats[k] for k in ("im0.jpg", "im1.jpg")}, matches[:1])
+    before = db.read_bytes()
+    with pytest.raises(SilkError, match=r"already has keypoints for 2 of these images \(e.g. im0.jpg\)"):
+        write_database(db, feats, matches)
+    assert db.read_bytes() == before
+    assert check_database(db, dict.fromkeys(feats), overwrite=True) == {"im0.jpg": 1, "im1.jpg": 2}
+
+    fewer = {k: {**v, "keypoints": v["keypoints"][:200]} for k, v in feats.items()}
+    few_matches = [(a, b, m[(m < 200).all(1)]) for a, b, m in matches]
+    write_database(
+        db, {"im1.jpg": fewer["im1.jpg"], "im2.jpg": fewer["im2.jpg"]}, few_matches[2:], overwrite=True
+    )
+    database = pycolmap.Database.open(str(db))
+    try:
+        ids = {im.name: im.image_id for im in database.read_all_images()}
+        assert ids == {"im0.jpg": 1, "im1.jpg": 2, "im2.jpg": 3}  # kept ids, new image appended
+        assert len(database.read_keypoints(1)) == 300 and len(database.read_keypoints(2)) == 200
+        assert not database.exists_matches(1, 2)  # im1's keypoints changed: its old matches are gone
+        assert database.exists_matches(2, 3) and database.num_cameras() == 3
+    finally:
+        database.close()
+
+
+def test_different_cameras_are_refused_and_file_untouched(tmp_path):
+    db = tmp_path / "db.db"
+    database = pycolmap.Database.open(str(db))  # a COLMAP-made database (current schema)
+    try:
+        cam_id = database.write_camera(
+            pycolmap.Camera.create_from_model_id(1, pycolmap.CameraModelId.PINHOLE, 500.0, 800, 600)
+        )
+        database.write_image(pycolmap.Image(name="im0.jpg", camera_id=cam_id))
+    finally:
+        database.close()
+    before = db.read_bytes()
+    feats, matches = scene(n_views=2)
+    with pytest.raises(
+        SilkError, match=r"different cameras: im0.jpg is 640x480 but its camera 1 in the database is 800x600"
+    ):
+        write_database(db, feats, matches, overwrite=True)
+    assert db.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["db.db"]
+
+    feats["im0.jpg"]["image_size"] = np.array([800, 600])  # now it fits: COLMAP's own camera is kept
+    write_database(db, feats, matches)
+    database = pycolmap.Database.open(str(db))
+    try:
+        cams = {c.camera_id: c for c in database.read_all_cameras()}
+        assert cams[1].model == pycolmap.CameraModelId.PINHOLE and cams[1].width == 800
+        assert database.num_keypoints_for_image(1) == 300 and database.exists_two_view_geometry(1, 2)
+    finally:
+        database.close()
+
+
+def test_bad_databases_and_inputs(tmp_path):
+    feats, matches = scene(n_views=2)
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(SilkError, match="COLMAP database"):
+        write_database(garbage, feats, matches)
+    empty = tmp_path / "other.db"
+    sqlite3.connect(empty).execute("CREATE TABLE t (x)").connection.close()
+    with pytest.raises(SilkError, match="is not a COLMAP database"):
+        write_database(empty, feats, matches)
+    db = tmp_path / "db.db"
+    write_database(db, {"im0.jpg": feats["im0.jpg"]}, [])
+    Path(f"{db}-wal").write_bytes(b"")
+    with pytest.raises(SilkError, match="open in another program"):
+        write_database(db, feats, matches, overwrite=True)
+    Path(f"{db}-wal").unlink()
+    sqlite3.connect(db).executescript(
+        "CREATE TABLE frames (frame_id INTEGER); INSERT INTO frames VALUES (1);"
+    ).close()
+    with pytest.raises(SilkError, match="rigs and frames but not for 1 of these images"):
+        write_database(db, feats, matches, overwrite=True)
+
+    new = tmp_path / "new.db"
+    bad = [("im0.jpg", "im1.jpg", np.array([[0, 300]]))]
+    with pytest.raises(SilkError, match=r"refer to keypoints that im1\.jpg does not have"):
+        write_database(new, feats, bad)
+    with pytest.raises(SilkError, match="has no features"):
+        write_database(new, feats, [("im0.jpg", "x.jpg", np.zeros((0, 2)))])
+    with pytest.raises(SilkError, match="given twice"):
+        write_database(new, feats, [matches[0], (matches[0][1], matches[0][0], matches[0][2][:, ::-1])])
+    with pytest.raises(SilkError, match="unknown camera model"):
+        write_database(new, feats, matches, camera_model="nope")
+    sizes = {**feats, "im1.jpg": {**feats["im1.jpg"], "image_size": np.array([10, 10])}}
+    with pytest.raises(SilkError, match="one size"):
+        write_database(new, sizes, matches, single_camera=True)
+    assert not new.exists() and sorted(p.name for p in tmp_path.iterdir()) == [
+        "db.db",
+        "garbage.db",
+        "other.db",
+    ]
+
+
+# --- silk colmap -------------------------------------------------------------------------------------------
+def test_cli_colmap_from_h5_files(tmp_path, capsys):
+    feats, matches = scene(n_views=3)
+    rng = np.random.default_rng(0)
+    for f in feats.values():
+        f["scores"] = np.ones(len(f["keypoints"]), np.float32)
+        f["descriptors"] = rng.normal(size=(len(f["keypoints"]), 8)).astype(np.float32)
+    h5 = write_features(tmp_path / "features.h5", feats.items())
+    mh5 = write_matches(
+        tmp_path / "matches.h5", [(a, b, _matches0(m, 300), np.ones(300)) for a, b, m in matches]
+    )
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("im0.jpg im1.jpg\nim2.jpg im1.jpg\n")
+    db = tmp_path / "db.db"
+    args = [
+        "colmap",
+        "--features",
+        str(h5),
+        "--matches",
+        str(mh5),
+        "--database",
+        str(db),
+        "--pairs",
+        str(pairs),
+    ]
+    assert main(args) == 0
+    assert "wrote 3 images, matches of 2 pairs (2 with two-view geometry)" in capsys.readouterr().out
+    database = pycolmap.Database.open(str(db))
+    try:
+        assert database.num_matched_image_pairs() == 2 and database.num_verified_image_pairs() == 2
+        expected = matches[2][2][
+            np.argsort(matches[2][2][:, 0])
+        ]  # matches.h5 lists them by keypoint of image 0
+        np.testing.assert_array_equal(database.read_matches(2, 3), expected)
+    finally:
+        database.close()
+    before = db.read_bytes()
+    assert main(args) == 2
+    assert "already has keypoints" in capsys.readouterr().err and db.read_bytes() == before
+    pairs.write_text("im0.jpg im9.jpg\n")
+    assert main([*args, "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "names 1 image(s) not in" in err and "im9.jpg" in err
+    assert db.read_bytes() == before
+    assert main(["colmap", "--database", str(db)]) == 2
+    assert "give the images" in capsys.readouterr().err
+    assert main(["colmap", "--images", str(IMAGES), "--matches", str(mh5), "--database", str(db)]) == 2
+    assert "--matches needs the --features" in capsys.readouterr().err
+
+
+def _matches0(m, n0):
+    out = np.full(n0, -1)
+    out[m[:, 0]] = m[:, 1]
+    return out
+
+
+def test_cli_colmap_extracts_and_matches_shipped_images(tmp_path, capsys):
+    weights = tmp_path / "tiny.safetensors"
+    SiLK(variant_config("tiny")).save(weights)
+    db = tmp_path / "db.db"
+    assert (
+        main(
+            [
+                "colmap",
+                "--images",
+                str(IMAGES),
+                "--database",
+                str(db),
+                "--checkpoint",
+                str(weights),
+                "--max-keypoints",
+                "200",
+                "--resize",
+                "256",
+                "--camera-model",
+                "PINHOLE",
+            ]
+        )
+        == 0
+    )
+    assert "wrote 3 images, matches of 3 pairs" in capsys.readouterr().out
+    database = pycolmap.Database.open(str(db))
+    try:
+        images = {im.name: im for im in database.read_all_images()}
+        assert sorted(images) == ["opencv_box.jpg", "opencv_left.jpg", "opencv_right.jpg"]
+        cams = {c.camera_id: c for c in database.read_all_cameras()}
+        left = images["opencv_left.jpg"]
+        assert (cams[left.camera_id].width, cams[left.camera_id].height) == (612, 459)
+        k = database.read_keypoints(left.image_id)
+        assert len(k) == 200 and k.min() >= 0.5 and k[:, 0].max() <= 611.5 and k[:, 1].max() <= 458.5
+        assert database.num_matched_image_pairs() == 3
+    finally:
+        database.close()
