@@ -13,8 +13,19 @@ Coordinates everywhere: image pixels (x, y), centre of the top-left pixel = (0, 
 from .errors import SilkError
 from .extraction import extract_image
 from .io import load_image
+from .matching import Matcher, match_descriptors
 from .model import OUTPUT_NAMES, SiLK, SiLKConfig
 
 __version__ = "0.1.0"
 
-__all__ = ["OUTPUT_NAMES", "SiLK", "SiLKConfig", "SilkError", "extract_image", "load_image", "__version__"]
+__all__ = [
+    "OUTPUT_NAMES",
+    "Matcher",
+    "SiLK",
+    "SiLKConfig",
+    "SilkError",
+    "__version__",
+    "extract_image",
+    "load_image",
+    "match_descriptors",
+]

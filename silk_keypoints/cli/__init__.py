@@ -13,7 +13,13 @@ from ..errors import SilkError
 
 # one module per sub-command group, each exposing register(subparsers)
 COMMAND_MODULES = [
+    "train",
     "extract",
+    "match",
+    "demo",
+    "interop",
+    "evaluate",
+    "export",
 ]
 
 

@@ -1,0 +1,67 @@
+"""Validation table of the shipped models next to OpenCV SIFT and ORB, measured in one run.
+
+Writes an HPatches-layout set from the *validation* split of a photo folder (files with
+``crc32(name) % 10 == 0``, never trained on: :func:`silk_keypoints.training.data.split_train_val`) —
+random homographies (``v_*``) and illumination changes (``i_*``), fixed seed — and evaluates every method
+at the same keypoint budget: repeatability@3, MMA@1/3/5, homography accuracy @1/3/5 px (mean corner error
+of a RANSAC fit), #keypoints, #matches, ms per image. Our convention (pixel centres at integers), images
+at their generated size, plain mutual nearest neighbours.
+
+    python benchmarks/validation.py --photos ../shared/data/train-photos --models fast tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from silk_keypoints.evaluation.extractors import build_extractors
+from silk_keypoints.evaluation.hpatches import evaluate_hpatches, get_protocol
+from silk_keypoints.evaluation.report import hpatches_table, write_json
+from silk_keypoints.evaluation.testdata import make_hpatches
+from silk_keypoints.io import list_images
+from silk_keypoints.training.data import split_train_val
+
+COLUMNS = ("rep@3", "mma@1", "mma@3", "mma@5", "h_acc@1", "h_acc@3", "h_acc@5")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--photos", default="../shared/data/train-photos", help="photo folder (its validation split is used)")
+    p.add_argument("--models", nargs="*", default=["fast", "tiny"], help="shipped model names")
+    p.add_argument("--checkpoint", nargs="*", default=[], help="extra weight files")
+    p.add_argument("--baselines", default="sift,orb")
+    p.add_argument("--max-keypoints", type=int, default=2048)
+    p.add_argument("--sequences", type=int, default=20)
+    p.add_argument("--size", default="480x360", help="WxH of the generated images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=None, help="folder for the JSON results (optional)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    _, val = split_train_val(list_images(args.photos))
+    size = tuple(int(v) for v in args.size.lower().split("x"))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "val-images"
+        folder.mkdir()
+        for path in val:
+            shutil.copy(path, folder / path.name)
+        data = make_hpatches(Path(tmp) / "hpatches", folder, args.sequences, size, args.seed)
+        extractors = build_extractors(args.models, args.checkpoint, args.baselines.split(","), args.max_keypoints)
+        protocol = get_protocol("d2net", max_keypoints=args.max_keypoints, table=COLUMNS)
+        result = evaluate_hpatches(data, extractors, protocol, seed=args.seed, progress=False)
+    print(f"{len(val)} validation photos -> {args.sequences} sequences of {args.size}, "
+          f"{args.max_keypoints} keypoints, mutual NN, seed {args.seed}\n")
+    print(hpatches_table(result))
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        print("wrote", write_json(Path(args.out) / "validation.json", result))
+
+
+if __name__ == "__main__":
+    main()
