@@ -56,7 +56,9 @@ class NaiveSiLK(nn.Module):
             if s in cfg.pool_after:
                 layers.append(nn.MaxPool2d(2, 2))
         self.backbone = nn.Sequential(*layers)
-        self.keypoint_head = nn.Sequential(*self._block(model.keypoint_head.hidden), *self._block(model.keypoint_head.out))
+        self.keypoint_head = nn.Sequential(
+            *self._block(model.keypoint_head.hidden), *self._block(model.keypoint_head.out)
+        )
         self.descriptor_head = nn.Sequential(
             *self._block(model.descriptor_head.hidden), *self._block(model.descriptor_head.out)
         )
@@ -83,8 +85,11 @@ class NaiveSiLK(nn.Module):
             keypoints.append(torch.stack([cols, rows], -1).float() * self.grid.stride + self.grid.offset)
             scores.append(s)
             descriptors.append(F.normalize(raw[i][:, rows, cols].t(), dim=1))
-        return {"keypoints": torch.stack(keypoints), "keypoint_scores": torch.stack(scores),
-                "descriptors": torch.stack(descriptors)}
+        return {
+            "keypoints": torch.stack(keypoints),
+            "keypoint_scores": torch.stack(scores),
+            "descriptors": torch.stack(descriptors),
+        }
 
 
 def conv_gmac(model: SiLK, height: int, width: int) -> float:
@@ -122,8 +127,10 @@ def test_image(height: int, width: int, path: str | None) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def backends(name: str, batch: int, image: np.ndarray, k: int, onnx_dir: Path, wanted: set[str]) -> dict[str, Callable]:
-    """One zero-argument callable per backend, extracting ``k`` keypoints from ``batch`` copies of ``image``."""
+def backends(
+    name: str, batch: int, image: np.ndarray, k: int, onnx_dir: Path, wanted: set[str]
+) -> dict[str, Callable]:
+    """One zero-argument callable per backend: ``k`` keypoints from each of ``batch`` copies of ``image``."""
     torch.manual_seed(0)
     model = SiLK(variant_config(name)).eval()
     x = torch.from_numpy(image).float().div(255)[None, None].expand(batch, 1, -1, -1).contiguous()
@@ -177,10 +184,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (median reported)")
     parser.add_argument("--size", type=int, nargs=2, default=[480, 640], metavar=("H", "W"))
     parser.add_argument("--max-keypoints", type=int, default=10000)
-    parser.add_argument("--threads", type=int, default=None, help="torch / onnxruntime / OpenCV threads (default: all)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch / onnxruntime / OpenCV threads (default: all)"
+    )
     parser.add_argument("--image", default=None, help="test image (default: a synthetic textured scene)")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="wall-clock time, or CPU time of the process (all threads; steadier on a shared machine)")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall-clock time, or CPU time of the process (all threads; steadier on a shared machine)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.batches, args.rounds = [1], 1
@@ -193,11 +206,16 @@ def main() -> None:
 
     import onnxruntime
 
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads; "
-          f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, OpenCV {cv2.__version__}")
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{torch.get_num_threads()} threads; "
+        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, OpenCV {cv2.__version__}"
+    )
     what = "ms per image" if args.clock == "wall" else "CPU ms per image (all threads)"
-    print(f"# extract(max_keypoints={args.max_keypoints}) on {h}x{w}; {what} (median of {args.rounds} "
-          "interleaved rounds); in brackets: naive / backend")
+    print(
+        f"# extract(max_keypoints={args.max_keypoints}) on {h}x{w}; {what} (median of {args.rounds} "
+        "interleaved rounds); in brackets: naive / backend"
+    )
     header = "| variant | GMAC | batch | " + " | ".join(args.backends) + " |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))

@@ -1,4 +1,4 @@
-"""The fast inference path: BN folding, fused network, caching, batched sparse selection; equal to the exact path."""
+"""The fast inference path (BN folding, fused network, caching, batched top-k) equals the exact path."""
 
 import copy
 import pickle
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import original_to_ours
+from conftest import FIXTURES, original_to_ours
 from torch import nn
 
-from silk_keypoints import SiLK, SiLKConfig, SilkError
+from silk_keypoints import SiLK, SiLKConfig, SilkError, load_image
 from silk_keypoints.model import fast
 from silk_keypoints.model.coords import GridMap
 from silk_keypoints.model.fast import (
@@ -22,7 +22,7 @@ from silk_keypoints.model.fast import (
     inplace_conv_available,
 )
 from silk_keypoints.model.sparse import select_keypoints
-from silk_keypoints.model.zoo import variant_config
+from silk_keypoints.model.zoo import available_pretrained, variant_config
 
 DENSE = ("features", "logits", "probability", "raw_descriptors", "dense_descriptors", "dense_positions")
 
@@ -123,7 +123,9 @@ def test_fast_extract_keypoints_equal_exact_and_original(parity_model, parity_re
     image = torch.from_numpy(parity_ref["image"])
     fast = parity_model.extract(image, max_keypoints=k)
     exact = parity_model.extract(image, max_keypoints=k, exact=True)
-    rows = [torch.cat([o["keypoints"][0], o["keypoint_scores"][0, :, None]], 1).numpy() for o in (fast, exact)]
+    rows = [
+        torch.cat([o["keypoints"][0], o["keypoint_scores"][0, :, None]], 1).numpy() for o in (fast, exact)
+    ]
     pairs = same_keypoints(rows[0], rows[1], tie_tol)
     assert len(pairs) >= k - 2
     np.testing.assert_allclose(rows[0][pairs[:, 0], 2], rows[1][pairs[:, 1], 2], atol=2e-5)
@@ -137,9 +139,12 @@ def test_fast_extract_keypoints_equal_exact_and_original(parity_model, parity_re
 VARIANT_CONFIGS = {
     **{name: variant_config(name) for name in ("vgg4", "fast", "tiny")},
     # BN after the ReLU with zero padding and pooling: BNs that cannot fold stay explicit affines
-    "relu-bn-padded-pooled": SiLKConfig(channels=(8, 16), padding=1, pool_after=(0,), head_channels=16,
-                                        descriptor_dim=8),
-    "rgb-no-bn": SiLKConfig(in_channels=3, channels=(8, 8), batch_norm=False, head_channels=8, descriptor_dim=8),
+    "relu-bn-padded-pooled": SiLKConfig(
+        channels=(8, 16), padding=1, pool_after=(0,), head_channels=16, descriptor_dim=8
+    ),
+    "rgb-no-bn": SiLKConfig(
+        in_channels=3, channels=(8, 8), batch_norm=False, head_channels=8, descriptor_dim=8
+    ),
 }
 
 
@@ -154,12 +159,40 @@ def test_every_variant_fast_equals_exact(name):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-5, msg=lambda m, n=n: f"{n}: {m}")
 
 
+@pytest.mark.parametrize("name", ["fast", "tiny"])
+def test_trained_weights_fast_equals_exact(name):
+    if name not in available_pretrained():
+        pytest.skip(f"no shipped {name} weights")
+    model = SiLK.from_pretrained(name)
+    image = load_image(FIXTURES / "images" / "opencv_box.jpg", gray=True)
+    fast, exact = model.extract(image, max_keypoints=500), model.extract(image, max_keypoints=500, exact=True)
+    rows = [
+        torch.cat([o["keypoints"][0], o["keypoint_scores"][0, :, None]], 1).numpy() for o in (fast, exact)
+    ]
+    pairs = same_keypoints(rows[0], rows[1], tie_tol=1e-5)
+    assert len(pairs) >= 498
+    np.testing.assert_allclose(
+        fast["descriptors"][0, pairs[:, 0]], exact["descriptors"][0, pairs[:, 1]], atol=1e-5
+    )
+
+
 def test_unfoldable_batchnorm_stays_an_explicit_affine():
     model = make_model(VARIANT_CONFIGS["relu-bn-padded-pooled"])
     kinds = [type(m).__name__ for m in FusedSiLK(model).backbone]
-    assert kinds == ["FusedConv", "ChannelAffine", "FusedConv", "ChannelAffine", "MaxPool",
-                     "FusedConv", "ChannelAffine", "FusedConv", "ChannelAffine"]
-    assert [type(m).__name__ for m in FusedSiLK(make_model(variant_config("vgg4"))).backbone] == ["FusedConv"] * 8
+    assert kinds == [
+        "FusedConv",
+        "ChannelAffine",
+        "FusedConv",
+        "ChannelAffine",
+        "MaxPool",
+        "FusedConv",
+        "ChannelAffine",
+        "FusedConv",
+        "ChannelAffine",
+    ]
+    assert [type(m).__name__ for m in FusedSiLK(make_model(variant_config("vgg4"))).backbone] == [
+        "FusedConv"
+    ] * 8
 
 
 def test_single_head_outputs_run_only_that_head():
@@ -219,11 +252,15 @@ def test_fast_network_rebuilt_when_weights_change():
         model.descriptor_head.out.conv.weight.mul_(-1)  # an optimizer step would do the same
     assert model.fused_network() is not fused
     changed = model.extract(x, max_keypoints=50)
-    torch.testing.assert_close(changed["descriptors"], model.extract(x, max_keypoints=50, exact=True)["descriptors"])
+    torch.testing.assert_close(
+        changed["descriptors"], model.extract(x, max_keypoints=50, exact=True)["descriptors"]
+    )
     assert not torch.allclose(changed["descriptors"], first["descriptors"])
     model.load_state_dict(make_model(variant_config("tiny"), seed=1).state_dict())
     reloaded = model.extract(x, max_keypoints=50)
-    torch.testing.assert_close(reloaded["keypoint_scores"], model.extract(x, max_keypoints=50, exact=True)["keypoint_scores"])
+    torch.testing.assert_close(
+        reloaded["keypoint_scores"], model.extract(x, max_keypoints=50, exact=True)["keypoint_scores"]
+    )
 
 
 def test_bf16_mode_is_close_and_returns_float32():
@@ -259,16 +296,19 @@ def reference_selection(prob: torch.Tensor, k, threshold, nms, border, grid, siz
     return out
 
 
-@pytest.mark.parametrize("k,threshold,nms,border", [(40, 0.0, 0, 0), (None, 0.6, 0, 0), (25, 0.2, 2, 0),
-                                                    (1000, 0.0, 1, 12), (3, 0.99, 0, 0)])
+@pytest.mark.parametrize(
+    "k,threshold,nms,border",
+    [(40, 0.0, 0, 0), (None, 0.6, 0, 0), (25, 0.2, 2, 0), (1000, 0.0, 1, 12), (3, 0.99, 0, 0)],
+)
 def test_batched_selection_matches_reference(k, threshold, nms, border):
     torch.manual_seed(0)
     prob = torch.rand(3, 1, 20, 30)
     prob[1] *= 0.7  # different counts per image
     grid = GridMap(2.0, 4.5)
     size = (64, 48)
-    pos, idx = select_keypoints(prob, grid, size, max_keypoints=k, threshold=threshold, nms_radius=nms,
-                                remove_borders=border)
+    pos, idx = select_keypoints(
+        prob, grid, size, max_keypoints=k, threshold=threshold, nms_radius=nms, remove_borders=border
+    )
     expected = reference_selection(prob, k, threshold, nms, border, grid, size)
     for p, i, e, pr in zip(pos, idx, expected, prob[:, 0]):
         assert set(i.tolist()) == e

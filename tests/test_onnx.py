@@ -1,18 +1,19 @@
-"""ONNX export and the onnxruntime runner: same outputs as torch, dynamic shapes, clear errors, atomic writes."""
+"""ONNX export and onnxruntime runner: same outputs as torch, dynamic shapes, clear errors, atomic writes."""
 
 import os
 
 import numpy as np
 import pytest
 import torch
+from conftest import FIXTURES
 from test_fast import make_model, same_keypoints
 
-from silk_keypoints import SiLK, SiLKConfig, SilkError
+from silk_keypoints import SiLK, SiLKConfig, SilkError, load_image
 from silk_keypoints.cli import main
 from silk_keypoints.export import OnnxSiLK, export_onnx, select_keypoints_numpy, supported_opsets
 from silk_keypoints.model.coords import GridMap
 from silk_keypoints.model.sparse import select_keypoints
-from silk_keypoints.model.zoo import variant_config
+from silk_keypoints.model.zoo import available_pretrained, variant_config
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -41,7 +42,11 @@ def test_dense_outputs_equal_torch_on_parity_fixture(parity_model, parity_onnx, 
     image = torch.from_numpy(parity_ref["image"])
     dense = parity_onnx.dense(image.numpy())
     names = ("logits", "probability", "dense_descriptors")
-    ours = (dense["logits"], dense["probability"], dense["descriptors"].reshape(1, 128, -1).transpose(0, 2, 1) * 1.41)
+    ours = (
+        dense["logits"],
+        dense["probability"],
+        dense["descriptors"].reshape(1, 128, -1).transpose(0, 2, 1) * 1.41,
+    )
     with torch.inference_mode():
         exact = parity_model(image, names)
         fast = parity_model(image, names, fast=True)
@@ -57,8 +62,10 @@ def assert_same_extraction(a: dict, b: dict, tie_tol: float = 1e-5) -> None:
     for key in ("image_size", "keypoint_mask"):
         torch.testing.assert_close(a[key], b[key])
     for i in range(a["keypoints"].shape[0]):
-        rows = [torch.cat([o["keypoints"][i], o["keypoint_scores"][i, :, None]], 1)[o["keypoint_mask"][i]].numpy()
-                for o in (a, b)]
+        rows = [
+            torch.cat([o["keypoints"][i], o["keypoint_scores"][i, :, None]], 1)[o["keypoint_mask"][i]].numpy()
+            for o in (a, b)
+        ]
         pairs = same_keypoints(rows[0], rows[1], tie_tol)
         np.testing.assert_allclose(rows[0][pairs[:, 0], 2], rows[1][pairs[:, 1], 2], atol=1e-4)
         desc = [o["descriptors"][i][o["keypoint_mask"][i]].numpy() for o in (a, b)]
@@ -71,6 +78,17 @@ def test_extract_equals_torch_on_parity_fixture(parity_model, parity_onnx, parit
         ours = parity_onnx.extract(image, max_keypoints=k)
         assert ours["keypoints"].shape == (1, k, 2) and ours["descriptors"].shape == (1, k, 128)
         assert_same_extraction(ours, parity_model.extract(image, max_keypoints=k), tie_tol=5e-5)
+
+
+def test_trained_tiny_model(tmp_path):
+    if "tiny" not in available_pretrained():
+        pytest.skip("no shipped tiny weights")
+    model = SiLK.from_pretrained("tiny")
+    runner = OnnxSiLK(export_onnx(model, tmp_path / "tiny.onnx", example_size=(64, 80)))
+    image = load_image(FIXTURES / "images" / "opencv_left.jpg", gray=True)
+    ours = runner.extract(image, max_keypoints=1000)
+    assert_same_extraction(ours, model.extract(image, max_keypoints=1000))
+    assert_same_extraction(ours, model.extract(image, max_keypoints=1000, exact=True))
 
 
 def test_one_file_two_sizes_and_a_batch(tiny, tiny_onnx):
@@ -129,8 +147,24 @@ def tiny_weights(tmp_path, tiny):
 
 def test_cli_export(tmp_path, tiny, tiny_weights, capsys):
     out = tmp_path / "tiny.onnx"
-    assert main(["export", "onnx", "--checkpoint", str(tiny_weights), "--out", str(out), "--dynamic",
-                 "--height", "64", "--width", "80"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "onnx",
+                "--checkpoint",
+                str(tiny_weights),
+                "--out",
+                str(out),
+                "--dynamic",
+                "--height",
+                "64",
+                "--width",
+                "80",
+            ]
+        )
+        == 0
+    )
     assert "onnxruntime vs torch: max |diff|" in capsys.readouterr().out
     runner = OnnxSiLK(out)
     x = torch.rand(1, 1, 72, 88)
@@ -151,7 +185,10 @@ def test_cli_errors_leave_no_file(tmp_path, tiny_weights, parity_ckpt, capsys):
     for args, message in cases:
         assert main(["export", "onnx", *args, "--out", str(out)]) == 2
         assert message in capsys.readouterr().err
-    assert main(["export", "onnx", "--checkpoint", str(tiny_weights), "--out", str(tmp_path / "no" / "m.onnx")]) == 2
+    assert (
+        main(["export", "onnx", "--checkpoint", str(tiny_weights), "--out", str(tmp_path / "no" / "m.onnx")])
+        == 2
+    )
     assert "output folder does not exist" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.ckpt", "tiny.safetensors"]
 
@@ -218,9 +255,12 @@ def test_not_a_silk_onnx_file(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     path = tmp_path / "other.onnx"
     onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
     with pytest.raises(SilkError, match="not a silk-keypoints ONNX export"):

@@ -1,4 +1,7 @@
-"""Export to other runtimes: ONNX files and an onnxruntime runner (needs ``pip install 'silk-keypoints[onnx]'``)."""
+"""Export to other runtimes: ONNX files and an onnxruntime runner.
+
+Needs ``pip install 'silk-keypoints[onnx]'`` (onnx, onnxscript, onnxruntime).
+"""
 
 from .onnx import OnnxSiLK, export_onnx, select_keypoints_numpy, supported_opsets
 

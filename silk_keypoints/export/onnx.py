@@ -1,16 +1,16 @@
-"""ONNX export of the dense SiLK network and an onnxruntime runner with the same ``extract()`` as :class:`SiLK`.
+"""ONNX export of the dense SiLK network, and an onnxruntime runner with the ``extract()`` of :class:`SiLK`.
 
 The exported graph is the fast network (:class:`~silk_keypoints.model.fast.FusedSiLK`, BatchNorm folded,
 float32) in plain NCHW ops, written by torch's ``torch.export``-based exporter (opset 18 or newer):
 
-====================== ================================ =========================================================
-name                   shape                            meaning
-====================== ================================ =========================================================
-input ``images``       (B, C, H, W) float32             gray (C=1) or RGB (C=3) in [0, 1], no normalisation
-output ``logits``      (B, 1, Hf, Wf) float32           keypoint logits
-output ``probability`` (B, 1, Hf, Wf) float32           ``sigmoid(logits)``
-output ``descriptors`` (B, D, Hf, Wf) float32           descriptors, unit L2 norm (x 1.41 for the original's)
-====================== ================================ =========================================================
+====================== ======================== ==================================================
+name                   shape (float32)          meaning
+====================== ======================== ==================================================
+input ``images``       (B, C, H, W)             gray (C=1) or RGB (C=3) in [0, 1], not normalised
+output ``logits``      (B, 1, Hf, Wf)           keypoint logits
+output ``probability`` (B, 1, Hf, Wf)           ``sigmoid(logits)``
+output ``descriptors`` (B, D, Hf, Wf)           unit L2 norm (x 1.41 for the original's)
+====================== ======================== ==================================================
 
 With ``dynamic=True`` B, H and W are free; otherwise the graph is fixed to the example size. Sparse
 selection (threshold, NMS, border, top-k) is not in the graph: :func:`select_keypoints_numpy` does it on the
@@ -49,7 +49,7 @@ OUTPUT_NAMES = ("logits", "probability", "descriptors")
 
 
 def supported_opsets() -> range:
-    """Opsets the exporter writes: 18 (the torch exporter's lowest) up to the newest the installed onnx knows."""
+    """Opsets the exporter writes: 18 (torch's exporter's lowest) to the newest the installed onnx knows."""
     onnx = _require("onnx")
     return range(18, onnx.defs.onnx_opset_version() + 1)
 
@@ -90,10 +90,14 @@ def export_onnx(
     path = Path(path)
     opsets = supported_opsets()
     if opset not in opsets:
-        raise SilkError(f"unsupported ONNX opset {opset}: this exporter writes opsets {opsets[0]}..{opsets[-1]}")
+        raise SilkError(
+            f"unsupported ONNX opset {opset}: this exporter writes opsets {opsets[0]}..{opsets[-1]}"
+        )
     h, w = example_size
     if min(h, w) < model.min_size:
-        raise SilkError(f"example size {w}x{h} is too small: this model needs at least {model.min_size} px a side")
+        raise SilkError(
+            f"example size {w}x{h} is too small: this model needs at least {model.min_size} px a side"
+        )
     _check_writable(path)
     _require("onnxscript")
     network = DenseNetwork(model).eval()
@@ -103,7 +107,9 @@ def export_onnx(
     if dynamic:
         dim = torch.export.Dim
         size = {"min": model.min_size, "max": 1 << 16}
-        dims = {"images": {0: dim("batch", min=1, max=1024), 2: dim("height", **size), 3: dim("width", **size)}}
+        dims = {
+            "images": {0: dim("batch", min=1, max=1024), 2: dim("height", **size), 3: dim("width", **size)}
+        }
     try:
         with _quiet_exporter():
             program = torch.onnx.export(
@@ -158,7 +164,7 @@ def _check_writable(path: Path) -> None:
 
 @contextmanager
 def _quiet_exporter() -> Iterator[None]:
-    """Silence the exporter's log lines ('torchvision is not installed') and torch-internal deprecation warnings."""
+    """Silence the exporter's log lines ('torchvision is not installed') and torch-internal deprecations."""
     logger = logging.getLogger("torch.onnx")
     level = logger.level
     logger.setLevel(logging.ERROR)
@@ -247,18 +253,24 @@ class OnnxSiLK:
         threads: intra-op threads (default: onnxruntime's choice, all cores).
     """
 
-    def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None, threads: int | None = None):
+    def __init__(
+        self, path: str | os.PathLike, providers: Sequence[str] | None = None, threads: int | None = None
+    ):
         ort = _require("onnxruntime")
         path = Path(path)
         if not path.is_file():
             raise SilkError(f"ONNX model not found: {path}")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.enable_mem_pattern = False  # patterns planned per input shape waste memory with dynamic shapes
+        options.enable_mem_pattern = (
+            False  # patterns planned per input shape waste memory with dynamic shapes
+        )
         if threads:
             options.intra_op_num_threads = threads
         available = ort.get_available_providers()
-        providers = list(providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available])
+        providers = list(
+            providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        )
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types
@@ -273,9 +285,11 @@ class OnnxSiLK:
         self.input_shape = self.session.get_inputs()[0].shape  # ints for fixed axes, names for dynamic ones
 
     def dense(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """(B, C, H, W) float32 images in [0, 1] -> ``logits``, ``probability``, ``descriptors`` (unit norm)."""
+        """(B, C, H, W) float32 images in [0, 1] -> ``logits``, ``probability``, unit-norm ``descriptors``."""
         self._check(images)
-        outputs = self.session.run(list(OUTPUT_NAMES), {"images": np.ascontiguousarray(images, dtype=np.float32)})
+        outputs = self.session.run(
+            list(OUTPUT_NAMES), {"images": np.ascontiguousarray(images, dtype=np.float32)}
+        )
         return dict(zip(OUTPUT_NAMES, outputs))
 
     def extract(
@@ -309,8 +323,10 @@ class OnnxSiLK:
             )
             desc = dense["descriptors"]
             positions += [torch.from_numpy(p) for p in pos]
-            descriptors += [torch.from_numpy(desc[i].reshape(desc.shape[1], -1)[:, idx].T.copy())
-                            for i, idx in enumerate(indices)]
+            descriptors += [
+                torch.from_numpy(desc[i].reshape(desc.shape[1], -1)[:, idx].T.copy())
+                for i, idx in enumerate(indices)
+            ]
         return pack_keypoints(positions, descriptors, x.shape, 1.0)
 
     def _fixed_batch(self) -> bool:
@@ -328,12 +344,15 @@ class OnnxSiLK:
         if c != self.config.in_channels:
             raise SilkError(f"this model takes {self.config.in_channels}-channel images, got {c} channels")
         if h < self.min_size or w < self.min_size:
-            raise SilkError(f"image {w}x{h} is too small: this model needs at least {self.min_size}x{self.min_size} px")
+            raise SilkError(
+                f"image {w}x{h} is too small: this model needs at least {self.min_size}x{self.min_size} px"
+            )
         fixed = [(axis, n) for axis, n in zip("BCHW", self.input_shape) if isinstance(n, int)]
         wrong = [f"{axis}={n}" for axis, n in fixed if images.shape["BCHW".index(axis)] != n]
         if wrong:
             raise SilkError(
-                f"this ONNX model was exported for a fixed input shape {self.input_shape}, got {list(images.shape)} "
+                f"this ONNX model was exported for a fixed input shape {self.input_shape}, "
+                f"got {list(images.shape)} "
                 f"(mismatch: {', '.join(wrong)}); re-export it with --dynamic"
             )
         if not np.isfinite(images).all():

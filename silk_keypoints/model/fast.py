@@ -26,7 +26,7 @@ outputs with fewer, larger operations:
 * **bf16** (``dtype=torch.bfloat16``): weights and activations in bfloat16 with float32 accumulation, except
   the first ``FLOAT32_CONVS`` convs (the cheap ones that see the raw image and absorb the first BN, whose
   near-zero variances make bf16 rounding errors blow up). ~2x faster on CPUs with AVX512-BF16/AMX and on
-  GPUs, at the price of ~1e-1 error on logits (see docs/performance.md): an option, never the default.
+  GPUs, at the price of 0.02-0.2 error on logits (see docs/performance.md): an option, never the default.
 
 Dense outputs are float32 (the dtype of the source model), NCHW-shaped tensors in channels-last memory.
 """
@@ -45,7 +45,9 @@ from torch import nn
 from .backbone import ConvBlock
 
 FLOAT32_CONVS = 2  # in bf16 mode, the first convs that still compute in float32
-WORKSPACE_PIXELS = 1 << 18  # CPU extraction: images per workspace pass ~ this many pixels (at least one image)
+WORKSPACE_PIXELS = (
+    1 << 18
+)  # CPU extraction: images per workspace pass ~ this many pixels (at least one image)
 # smaller activations come from malloc's heap anyway (glibc maps blocks above 32 MB freshly on every call)
 WORKSPACE_MIN_BYTES = 32 << 20
 Affine = tuple[torch.Tensor, torch.Tensor]  # per-channel (scale, shift): y = scale * x + shift
@@ -65,7 +67,7 @@ def bn_affine(bn: nn.Module) -> Affine | None:
 
 
 def fold_output_affine(w: torch.Tensor, b: torch.Tensor, affine: Affine) -> tuple[torch.Tensor, torch.Tensor]:
-    """``affine(conv_{w,b}(x)) = conv_{w',b'}(x)``: scale the output channels of weight (O, I, k, k), bias (O,)."""
+    """``affine(conv_{w,b}(x)) = conv_{w',b'}(x)``: scale the outputs of weight (O, I, k, k), bias (O,)."""
     scale, shift = affine
     return w * scale[:, None, None, None], b * scale + shift
 
@@ -93,11 +95,18 @@ def inplace_conv_available() -> bool:
 
 
 def _conv_add_(
-    out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int, relu: bool
+    out: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    padding: int,
+    relu: bool,
 ) -> torch.Tensor:
     """``out = relu?(conv(x, weight, bias) + out)`` in place (stride 1), channels-last tensors."""
     op = torch.ops.mkldnn._convolution_pointwise_.binary
-    return op(out, x, weight, bias, [padding] * 2, [1, 1], [1, 1], 1, "add", 1.0, "relu" if relu else None, [], "")
+    return op(
+        out, x, weight, bias, [padding] * 2, [1, 1], [1, 1], 1, "add", 1.0, "relu" if relu else None, [], ""
+    )
 
 
 class Workspace:
@@ -112,7 +121,9 @@ class Workspace:
         """Start a new pass: hand out the slots in the same order as the previous pass (no re-allocation)."""
         self._turn.clear()
 
-    def take(self, shape: tuple[int, int, int, int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    def take(
+        self, shape: tuple[int, int, int, int], dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor:
         n, c, h, w = shape
         slot = self._turn.get(dtype, 0)
         self._turn[dtype] = 1 - slot
@@ -130,8 +141,15 @@ class Workspace:
 class FusedConv(nn.Module):
     """Conv (+ ReLU) with folded weights. ``im2col``: single-channel input as one matrix product (CPU)."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, padding: int, relu: bool, dtype: torch.dtype,
-                 channels_last: bool) -> None:
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        padding: int,
+        relu: bool,
+        dtype: torch.dtype,
+        channels_last: bool,
+    ) -> None:
         super().__init__()
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.register_buffer("weight", weight.to(dtype).contiguous(memory_format=memory_format))
@@ -173,12 +191,17 @@ class FusedConv(nn.Module):
             out = out.permute(0, 3, 1, 2)
         else:
             out = ws.take((b, cout, ho, wo), x.dtype, x.device)
-            torch.addmm(self.bias, patches, self.weight.reshape(cout, k * k).t(), out=out.permute(0, 2, 3, 1).view(-1, cout))
+            torch.addmm(
+                self.bias,
+                patches,
+                self.weight.reshape(cout, k * k).t(),
+                out=out.permute(0, 2, 3, 1).view(-1, cout),
+            )
         return F.relu(out, inplace=True) if self.relu else out
 
 
 class ChannelAffine(nn.Module):
-    """A BatchNorm that could not be folded: ``y = scale * x + shift`` per channel (in place with a workspace)."""
+    """An unfoldable BatchNorm: per channel ``y = scale * x + shift`` (in place with a workspace)."""
 
     def __init__(self, affine: Affine, dtype: torch.dtype) -> None:
         super().__init__()
@@ -225,7 +248,9 @@ class FusedSiLK(nn.Module):
         channels_last: NHWC activations and CPU-specific kernels (set False for export: plain NCHW ops).
     """
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype | None = None, channels_last: bool = True) -> None:
+    def __init__(
+        self, model: nn.Module, dtype: torch.dtype | None = None, channels_last: bool = True
+    ) -> None:
         super().__init__()
         self.out_dtype = model.descriptor_scale.dtype
         self.dtype = dtype or self.out_dtype
@@ -237,7 +262,7 @@ class FusedSiLK(nn.Module):
                 layers.append(ChannelAffine(pending, self.dtype))
                 pending = None
             self.backbone = nn.ModuleList(layers)
-            # `features` of the named outputs = feature_affine(backbone output) when the last BN was folded away
+            # named output `features` = feature_affine(backbone output) when the last BN was folded away
             self.feature_affine = ChannelAffine(pending, self.dtype) if pending is not None else None
             self.hidden, out = self._fold_heads(heads, pending)
         self.head_channels = model.config.head_channels
@@ -267,7 +292,9 @@ class FusedSiLK(nn.Module):
                     pending = None
                 w, b, pending = _fold_block(block, pending)
                 n_convs = sum(isinstance(m, FusedConv) for m in layers)
-                dtype = self.out_dtype if n_convs < FLOAT32_CONVS and self.dtype == torch.bfloat16 else self.dtype
+                dtype = (
+                    self.out_dtype if n_convs < FLOAT32_CONVS and self.dtype == torch.bfloat16 else self.dtype
+                )
                 layers.append(FusedConv(w, b, block.conv.padding[0], block.relu, dtype, self.channels_last))
             if s in backbone.pool_after:
                 if pending is not None:
@@ -277,11 +304,13 @@ class FusedSiLK(nn.Module):
         return layers, pending
 
     def _fold_heads(self, heads: tuple[nn.Module, ...], pending: Affine | None) -> tuple[FusedConv, list]:
-        """Both heads' first convs as one conv; their 1x1 output convs (with both BNs folded) as (O, C) matrices."""
+        """Both heads' first convs as one conv; their 1x1 output convs (BNs folded) as (O, C) matrices."""
         hidden = [_fold_block(h.hidden, pending) for h in heads]
         w = torch.cat([h[0] for h in hidden])
         b = torch.cat([h[1] for h in hidden])
-        conv = FusedConv(w, b, heads[0].hidden.conv.padding[0], heads[0].hidden.relu, self.dtype, self.channels_last)
+        conv = FusedConv(
+            w, b, heads[0].hidden.conv.padding[0], heads[0].hidden.relu, self.dtype, self.channels_last
+        )
         out = []
         for head, (_, _, hidden_bn) in zip(heads, hidden):
             wo, bo, _ = _fold_block(head.out, hidden_bn)
@@ -305,7 +334,7 @@ class FusedSiLK(nn.Module):
     def heads(
         self, backbone_out: torch.Tensor, logits: bool = True, descriptors: bool = True
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Backbone output -> (logits (B, 1, Hf, Wf), raw descriptors (B, D, Hf, Wf)); skipped ones are None."""
+        """Backbone output -> (logits (B, 1, Hf, Wf), raw descriptors (B, D, Hf, Wf)); skipped: None."""
         ch = self.head_channels
         conv = self.hidden
         backbone_out = backbone_out.to(self.dtype)
@@ -337,7 +366,9 @@ class FusedSiLK(nn.Module):
         logits, raw = self.heads(self.backbone_features(images))
         return logits, raw
 
-    def extract(self, images: torch.Tensor, select: Selector) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def extract(
+        self, images: torch.Tensor, select: Selector
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Sparse keypoints of (B, C, H, W) images, without the dense descriptor map.
 
         Args:
@@ -346,20 +377,25 @@ class FusedSiLK(nn.Module):
                 e.g. :func:`~silk_keypoints.model.sparse.select_keypoints` with the detection options bound.
 
         Returns:
-            positions: B tensors (N_i, 3) from ``select``; descriptors: B tensors (N_i, D), unit L2 norm, float32.
+            positions: B tensors (N_i, 3) from ``select``; descriptors: B tensors (N_i, D), unit norm,
+            float32.
         """
         ch = self.head_channels
         use_ws = self.channels_last and images.device.type == "cpu" and inplace_conv_available()
         ws = self._workspace if use_ws and self._lock.acquire(blocking=False) else None
         try:
-            per_pass = max(1, WORKSPACE_PIXELS // (images.shape[-1] * images.shape[-2])) if ws else images.shape[0]
+            per_pass = (
+                max(1, WORKSPACE_PIXELS // (images.shape[-1] * images.shape[-2])) if ws else images.shape[0]
+            )
             positions: list[torch.Tensor] = []
             descriptors: list[torch.Tensor] = []
             for chunk in images.split(per_pass):
                 if ws is not None:
                     ws.restart()
                 hidden = self.hidden(self.backbone_features(chunk, ws), ws)
-                probability = torch.sigmoid(self._conv1x1(hidden[:, :ch], self.keypoint_weight, self.keypoint_bias))
+                probability = torch.sigmoid(
+                    self._conv1x1(hidden[:, :ch], self.keypoint_weight, self.keypoint_bias)
+                )
                 pos, index = select(probability)
                 positions += pos
                 descriptors += [self._descriptors_at(h[ch:], i) for h, i in zip(hidden, index)]

@@ -96,7 +96,8 @@ class SiLK(nn.Module):
 
         * ``"fast"`` (default): BatchNorm folded, channels-last, fused heads, float32; within 2e-4 of exact.
         * ``"bf16"``: the fast network in bfloat16 (first two convs float32); ~2x faster again on CPUs with
-          AVX512-BF16/AMX and on GPUs, but logits move by ~1e-1 and descriptors by ~1e-2 (docs/performance.md).
+          AVX512-BF16/AMX and on GPUs, but logits move by 0.02-0.2 and ~1% of the keypoints change
+          (docs/performance.md).
         * ``"exact"``: always the modules as defined.
         """
         if mode not in INFERENCE_MODES:
@@ -107,7 +108,8 @@ class SiLK(nn.Module):
     def fused_network(self) -> FusedSiLK:
         """The fast network (:class:`FusedSiLK`) of the current weights and mode, built on first use.
 
-        Cached; rebuilt when any parameter or buffer changes (in-place updates, ``load_state_dict``, ``.to()``).
+        Cached; rebuilt when any parameter or buffer changes (in-place updates, ``load_state_dict``,
+        ``.to()``).
         """
         dtype = torch.bfloat16 if self.inference == "bf16" else None
         key = (self.inference, *(_tensor_key(t) for t in (*self.parameters(), *self.buffers())))
@@ -190,7 +192,8 @@ class SiLK(nn.Module):
 
         def fused_heads() -> tuple[torch.Tensor | None, torch.Tensor | None]:
             wanted = set(names)
-            return fused.heads(get("_backbone"), bool(wanted & _NEEDS_LOGITS), bool(wanted & _NEEDS_DESCRIPTORS))
+            logits, descriptors = bool(wanted & _NEEDS_LOGITS), bool(wanted & _NEEDS_DESCRIPTORS)
+            return fused.heads(get("_backbone"), logits, descriptors)
 
         rules: dict[str, Callable[[], Any]] = {
             "features": lambda: self.backbone(images),
