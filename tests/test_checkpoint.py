@@ -151,8 +151,9 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 
 
 def test_pickle_stub_is_inert():
-    from silk_keypoints.model.checkpoint import _RestrictedUnpickler
     import io
+
+    from silk_keypoints.model.checkpoint import _RestrictedUnpickler
 
     payload = pickle.dumps(Exploit(), protocol=2)
     obj = _RestrictedUnpickler(io.BytesIO(payload)).load()

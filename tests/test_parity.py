@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import original_to_ours, sort_rows
 
 

@@ -57,7 +57,7 @@ class _Inert:
     def __setstate__(self, state: Any) -> None:
         pass
 
-    def __call__(self, *args: Any, **kwargs: Any) -> "_Inert":
+    def __call__(self, *args: Any, **kwargs: Any) -> _Inert:
         return _Inert()
 
 
@@ -96,7 +96,7 @@ def rename_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Original SiLK names (``_mods.model.`` prefix optional) -> this package's names. Unknown keys kept as is."""
     out = {}
     for key, value in state.items():
-        name = key[len(ORIGINAL_PREFIX):] if key.startswith(ORIGINAL_PREFIX) else key
+        name = key.removeprefix(ORIGINAL_PREFIX)
         for pattern, repl in _RENAMES:
             new, n = re.subn(pattern, repl, name)
             if n:
@@ -132,7 +132,7 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], SiLK
         return _load_safetensors(path)
     try:
         obj = _torch_load(path)
-    except Exception as e:  # truncated zip, garbage bytes, ...
+    except Exception as e:  # noqa: BLE001 -- truncated zip, garbage bytes: any failure means a bad file
         raise SilkError(f"cannot read checkpoint {path}: the file is corrupt, truncated or not a torch file ({e})") from None
     if not isinstance(obj, dict):
         raise SilkError(f"cannot read checkpoint {path}: expected a dict, found {type(obj).__name__}")

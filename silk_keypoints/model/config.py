@@ -75,14 +75,14 @@ class SiLKConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SiLKConfig":
+    def from_dict(cls, d: dict[str, Any]) -> SiLKConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"invalid SiLK config: unknown keys {unknown} (known: {sorted(known)})")
         return cls(**d)
 
-    def replace(self, **changes: Any) -> "SiLKConfig":
+    def replace(self, **changes: Any) -> SiLKConfig:
         return SiLKConfig.from_dict({**self.to_dict(), **changes})
 
 

@@ -24,7 +24,7 @@ class GridMap:
     stride: float = 1.0
     offset: float = 0.0
 
-    def then(self, stride: float, offset: float) -> "GridMap":
+    def then(self, stride: float, offset: float) -> GridMap:
         """Compose with a layer whose output index ``j`` looks at input index ``stride * j + offset``."""
         return GridMap(self.stride * stride, self.stride * offset + self.offset)
 
