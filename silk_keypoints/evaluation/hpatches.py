@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -108,9 +108,7 @@ def get_protocol(name: str, **overrides) -> HPatchesProtocol:
     """A protocol of :data:`PROTOCOLS` with some fields replaced (None values are ignored)."""
     if name not in PROTOCOLS:
         raise SilkError(f"unknown HPatches protocol {name!r}; available: {', '.join(PROTOCOLS)}")
-    p = asdict(PROTOCOLS[name])
-    p.update({k: v for k, v in overrides.items() if v is not None})
-    return HPatchesProtocol(**p)
+    return replace(PROTOCOLS[name], **{k: v for k, v in overrides.items() if v is not None})
 
 
 # ---------------------------------------------------------------------------------------------- reading

@@ -42,7 +42,7 @@ import pickle
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -82,9 +82,7 @@ def get_protocol(name: str, **overrides: Any) -> PoseProtocol:
     """A protocol of :data:`PROTOCOLS` with some fields replaced (None values are ignored)."""
     if name not in PROTOCOLS:
         raise SilkError(f"unknown pose protocol {name!r}; available: {', '.join(PROTOCOLS)}")
-    p = asdict(PROTOCOLS[name])
-    p.update({k: v for k, v in overrides.items() if v is not None})
-    return PoseProtocol(**p)
+    return replace(PROTOCOLS[name], **{k: v for k, v in overrides.items() if v is not None})
 
 
 @dataclass
