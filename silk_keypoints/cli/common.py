@@ -37,3 +37,11 @@ def load_model(args: argparse.Namespace) -> SiLK:
         raise SilkError(f"--device {args.device}: CUDA is not available on this machine")
     model = SiLK.from_checkpoint(args.checkpoint) if args.checkpoint else SiLK.from_pretrained(args.model)
     return model.to(args.device).eval()
+
+
+def matcher_options(method: str, args: argparse.Namespace) -> dict:
+    """:class:`~silk_keypoints.matching.Matcher` options from ``--match-threshold``, ``--temperature`` and,
+    where the command has it, ``--max-distance``; options left unset are left out (the matcher's defaults)."""
+    opts = {"temperature": args.temperature, "max_distance": getattr(args, "max_distance", None)}
+    opts["ratio_threshold" if method == "ratio" else "threshold"] = args.match_threshold
+    return {k: v for k, v in opts.items() if v is not None}

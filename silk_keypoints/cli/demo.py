@@ -7,8 +7,8 @@ import argparse
 from ..demo import DEMO_PAIR, make_output_dir, run_demo
 from ..errors import SilkError
 from ..matching import METHODS
-from .common import add_model_args, load_model
-from .match import matcher_options, progress_printer, weights_description
+from .common import add_model_args, load_model, matcher_options
+from .match import progress_printer, weights_description
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     say(f"loading {weights}")
     model = load_model(args)
     result, written = run_demo(model, args.out, progress=say, method=args.method,
-                               matcher_options=matcher_options(args), max_keypoints=args.max_keypoints)
+                               matcher_options=matcher_options(args.method, args),
+                               max_keypoints=args.max_keypoints)
     print(result.summary())
     print(f"weights: {weights}")
     for path in written:

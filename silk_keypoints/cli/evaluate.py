@@ -13,6 +13,7 @@ from ..errors import SilkError
 from ..evaluation import hpatches, pose, registration, report, testdata
 from ..evaluation.extractors import BASELINES, build_extractors
 from ..matching import METHODS, Matcher
+from .common import matcher_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -120,12 +121,7 @@ def _extractors(args: argparse.Namespace, default_keypoints: int):
 
 
 def _matcher(args: argparse.Namespace) -> Matcher:
-    opts = {}
-    if args.match_threshold is not None:
-        opts["ratio_threshold" if args.matcher == "ratio" else "threshold"] = args.match_threshold
-    if args.temperature is not None:
-        opts["temperature"] = args.temperature
-    return Matcher(args.matcher, **opts)
+    return Matcher(args.matcher, **matcher_options(args.matcher, args))
 
 
 def _seed(seed: int) -> None:

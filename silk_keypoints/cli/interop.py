@@ -18,7 +18,7 @@ from ..interop.npz import export_npz
 from ..interop.pairs import exhaustive_pairs, read_pairs, sequential_pairs, write_pairs
 from ..io import list_images
 from ..matching import METHODS, Matcher
-from .common import add_detection_args, add_model_args, detection_options, load_model
+from .common import add_detection_args, add_model_args, detection_options, load_model, matcher_options
 from .extract import image_name
 
 
@@ -90,12 +90,6 @@ def _add_matcher_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _matcher_options(args: argparse.Namespace) -> dict:
-    opts = {"temperature": args.temperature, "max_distance": args.max_distance}
-    opts["ratio_threshold" if args.method == "ratio" else "threshold"] = args.match_threshold
-    return {k: v for k, v in opts.items() if v is not None}
-
-
 def _register_match_pairs(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "match-pairs",
@@ -126,7 +120,7 @@ def run_match_pairs(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         device=args.device,
         progress=len(pairs) > 1,
-        **_matcher_options(args),
+        **matcher_options(args.method, args),
     )
     print(f"wrote matches of {len(pairs)} pairs to {out}")
     return 0
@@ -199,7 +193,7 @@ def run_colmap(args: argparse.Namespace) -> int:
     if args.matches:
         matches: Iterator = ((a, b, read_matches(args.matches, a, b)[0]) for a, b in pairs)
     else:
-        matcher = Matcher(args.method, **_matcher_options(args))
+        matcher = Matcher(args.method, **matcher_options(args.method, args))
         matches = ((a, b, _match(matcher, features[a], features[b])) for a, b in pairs)
     counts = write_database(
         args.database,

@@ -11,7 +11,7 @@ from ..demo import GEOMETRIES, keypoints_picture, make_output_dir, match_pair, s
 from ..matching import METHODS
 from ..model.zoo import pretrained_path
 from ..viz import check_output_path, save_image
-from .common import add_detection_args, add_model_args, detection_options, load_model
+from .common import add_detection_args, add_model_args, detection_options, load_model, matcher_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,15 +46,6 @@ def add_matcher_args(p: argparse.ArgumentParser) -> None:
                    help="inlier threshold in pixels (default: 3 for a homography, 1 for a fundamental matrix)")
 
 
-def matcher_options(args: argparse.Namespace) -> dict:
-    opts = {}
-    if args.match_threshold is not None:
-        opts["ratio_threshold" if args.method == "ratio" else "threshold"] = args.match_threshold
-    if args.temperature is not None:
-        opts["temperature"] = args.temperature
-    return opts
-
-
 def weights_description(args: argparse.Namespace) -> str:
     if args.checkpoint:
         return f"checkpoint {args.checkpoint}"
@@ -80,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     weights = weights_description(args)
     say(f"loading {weights}")
     model = load_model(args)
-    result = match_pair(model, args.image0, args.image1, method=args.method, matcher_options=matcher_options(args),
+    result = match_pair(model, args.image0, args.image1, method=args.method,
+                        matcher_options=matcher_options(args.method, args),
                         geometry=args.geometry, ransac_threshold=args.ransac_threshold, resize=args.resize,
                         progress=say, **detection_options(args))
     say("drawing pictures")
