@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from ..errors import SilkError
+
 BLOCK_ORDERS = ("conv-relu-bn", "conv-bn-relu")
 
 
@@ -63,7 +65,7 @@ class SiLKConfig:
         if self.nms_radius < 0 or self.remove_borders < 0:
             problems.append("nms_radius and remove_borders must be >= 0")
         if problems:
-            raise ValueError("invalid SiLK config: " + "; ".join(problems))
+            raise SilkError("invalid SiLK config: " + "; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -76,14 +78,19 @@ class SiLKConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SiLKConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"invalid SiLK config: unknown keys {unknown} (known: {sorted(known)})")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "SiLK config")
 
     def replace(self, **changes: Any) -> SiLKConfig:
         return SiLKConfig.from_dict({**self.to_dict(), **changes})
+
+
+def dataclass_from_dict(cls: type, d: dict[str, Any], what: str) -> Any:
+    """``cls(**d)``, refusing keys that are not fields of ``cls`` with a :class:`SilkError` naming them."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise SilkError(f"invalid {what}: unknown keys {unknown} (known: {sorted(known)})")
+    return cls(**d)
 
 
 DETECTION_KEYS = ("detection_threshold", "max_keypoints", "nms_radius", "remove_borders")

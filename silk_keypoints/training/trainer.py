@@ -29,7 +29,7 @@ import signal
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from ..errors import SilkError
 from ..io import load_image, to_batch
 from ..model import SiLK, SiLKConfig
 from ..model.checkpoint import atomic_write
+from ..model.config import dataclass_from_dict
 from ..model.zoo import variant_config
 from .augment import RECIPES, augment
 from .data import EpochSampler, ImageCrops, batches_per_epoch, crop_image, scan_images, split_train_val
@@ -119,11 +120,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise SilkError(f"invalid training config: unknown keys {unknown} (known: {sorted(known)})")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "training config")
 
 
 # ---------------------------------------------------------------------------------------------- the loop
