@@ -5,7 +5,9 @@ Writes an HPatches-layout set from the *validation* split of a photo folder (fil
 random homographies (``v_*``) and illumination changes (``i_*``), fixed seed — and evaluates every method
 at the same keypoint budget: repeatability@3, MMA@1/3/5, homography accuracy @1/3/5 px (mean corner error
 of a RANSAC fit), #keypoints, #matches, ms per image. Our convention (pixel centres at integers), images
-at their generated size, plain mutual nearest neighbours.
+at their generated size, plain mutual nearest neighbours; matched SiLK points are refined below the cell
+size as ``Matcher`` does by default (:mod:`silk_keypoints.refinement`; ``--no-refine``: the ablation).
+Repeatability always uses the keypoints as detected.
 
     python benchmarks/validation.py --photos ../shared/data/train-photos --models fast tiny
 """
@@ -41,6 +43,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None, help="folder for the JSON results (optional)")
+    p.add_argument("--no-refine", action="store_true", help="keep matched points on the cell grid (an ablation)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -53,10 +56,11 @@ def main() -> None:
             shutil.copy(path, folder / path.name)
         data = make_hpatches(Path(tmp) / "hpatches", folder, args.sequences, size, args.seed)
         extractors = build_extractors(args.models, args.checkpoint, args.baselines.split(","), args.max_keypoints)
-        protocol = get_protocol("d2net", max_keypoints=args.max_keypoints, table=COLUMNS)
+        protocol = get_protocol("d2net", max_keypoints=args.max_keypoints, table=COLUMNS, refine=not args.no_refine)
         result = evaluate_hpatches(data, extractors, protocol, seed=args.seed, progress=False)
+    refine = "matches refined below the cell size" if protocol.refine else "matches on the cell grid"
     print(f"{len(val)} validation photos -> {args.sequences} sequences of {args.size}, "
-          f"{args.max_keypoints} keypoints, mutual NN, seed {args.seed}\n")
+          f"{args.max_keypoints} keypoints, mutual NN ({refine}), seed {args.seed}\n")
     print(hpatches_table(result))
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -43,7 +43,9 @@ class PairResult:
 
     ``features`` are :func:`extract_image` dicts (``keypoints`` (N, 2), ``scores``, ``descriptors``,
     ``image_size`` (W, H)); ``matches`` (K, 2) index pairs, ``scores`` (K,) match scores (see
-    :func:`~silk_keypoints.matching.match_descriptors`); ``geometry`` the fitted model (None if not asked).
+    :func:`~silk_keypoints.matching.match_descriptors`); ``points`` the matched positions (K, 2) in each
+    image, refined below the cell size (:mod:`silk_keypoints.refinement`) unless the matcher was told not
+    to; ``geometry`` the model fitted to ``points`` (None if not asked).
     """
 
     names: tuple[str, str]
@@ -51,6 +53,7 @@ class PairResult:
     features: tuple[dict[str, np.ndarray], dict[str, np.ndarray]]
     matches: np.ndarray
     scores: np.ndarray
+    points: tuple[np.ndarray, np.ndarray]
     geometry: Estimate | None
     matcher: dict[str, Any] = field(default_factory=dict)
 
@@ -100,6 +103,8 @@ class PairResult:
             "matcher": self.matcher,
             "matches": self.matches.tolist(),
             "match_scores": np.round(self.scores.astype(np.float64), 6).tolist(),
+            "match_points0": np.round(self.points[0].astype(np.float64), 3).tolist(),
+            "match_points1": np.round(self.points[1].astype(np.float64), 3).tolist(),
             "geometry": geo,
         }
 
@@ -140,19 +145,19 @@ def match_pair(
         net_input = rgb_to_gray_uint8(rgb) if model.config.in_channels == 1 and rgb.ndim == 3 else rgb
         names.append(name)
         images.append(rgb)
-        features.append(extract_image(model, net_input, resize=resize, **detection))
+        features.append(extract_image(model, net_input, resize=resize, neighbours=matcher.refine, **detection))
     say("matching")
     device = next(model.parameters()).device
-    out = matcher({f"image{i}": {"descriptors": torch.from_numpy(f["descriptors"]).to(device)}
-                   for i, f in enumerate(features)})
+    feats = [{k: torch.as_tensor(v).to(device) for k, v in f.items() if k != "image_size"} for f in features]
+    out = matcher({"image0": feats[0], "image1": feats[1]})
     matches, scores = out["matches"][0].cpu().numpy(), out["scores"][0].cpu().numpy()
+    points = (out["points0"][0].cpu().numpy(), out["points1"][0].cpu().numpy())
     estimate = None
     if geometry != "none":
         say(f"fitting a {geometry} (USAC_MAGSAC)")
-        pts0, pts1 = features[0]["keypoints"][matches[:, 0]], features[1]["keypoints"][matches[:, 1]]
         fit = estimate_homography if geometry == "homography" else estimate_fundamental
-        estimate = fit(pts0, pts1, threshold=ransac_threshold or _RANSAC_DEFAULTS[geometry])
-    return PairResult(tuple(names), tuple(images), tuple(features), matches, scores, estimate,
+        estimate = fit(*points, threshold=ransac_threshold or _RANSAC_DEFAULTS[geometry])
+    return PairResult(tuple(names), tuple(images), tuple(features), matches, scores, points, estimate,
                       {"method": method, **(matcher_options or {})})
 
 

@@ -28,6 +28,7 @@ def extract_image(
     model: SiLK,
     image: str | os.PathLike | np.ndarray,
     resize: int | None = None,
+    neighbours: bool = False,
     **options: Any,
 ) -> dict[str, np.ndarray]:
     """Keypoints of one image (file path or numpy array) in the pixel coordinates of the *original* image.
@@ -37,6 +38,8 @@ def extract_image(
         image: path or numpy (H, W) / (H, W, 3) uint8.
         resize: if set, the image is downscaled so its long side is at most this many pixels; keypoints are
             mapped back (``x_orig = (x + 0.5) * s - 0.5``).
+        neighbours: also return ``neighbour_descriptors`` (N, 9, D) and ``neighbour_spacing`` (original
+            pixels) for sub-cell match refinement (:mod:`silk_keypoints.refinement`).
         options: ``max_keypoints``, ``detection_threshold``, ``nms_radius``, ``remove_borders``.
 
     Returns:
@@ -48,13 +51,17 @@ def extract_image(
     h, w = image.shape[:2]
     small, scale = resize_long_side(image, resize)
     with torch.inference_mode():
-        pred = model.extract(small, **options)
+        pred = model.extract(small, neighbours=neighbours, **options)
     kpts = pred["keypoints"][0].cpu().numpy()
     if scale != 1.0:
         kpts = (kpts + 0.5) * scale - 0.5
-    return {
+    out = {
         "keypoints": kpts.astype(np.float32),
         "scores": pred["keypoint_scores"][0].cpu().numpy().astype(np.float32),
         "descriptors": pred["descriptors"][0].cpu().numpy().astype(np.float32),
         "image_size": np.array([w, h], dtype=np.int64),
     }
+    if neighbours:
+        out["neighbour_descriptors"] = pred["neighbour_descriptors"][0].cpu().numpy().astype(np.float32)
+        out["neighbour_spacing"] = np.float32(pred["neighbour_spacing"][0].item() * scale)
+    return out

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import SilkError
+from .refinement import DEFAULT_TEMPERATURE, refine_matches
 
 METHODS = ("mnn", "ratio", "double-softmax")
 _BLOCK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26}  # similarity entries per block (16 MB / 256 MB float32)
@@ -104,12 +105,26 @@ class Matcher(nn.Module):
         descriptor_scale: the norm the descriptors are assumed to have for the double-softmax temperature
             (1.41: the original's, so its temperatures and thresholds mean the same here). Descriptors are
             L2-normalised first; ``"mnn"`` and ``"ratio"`` do not depend on it.
+        refine: move matched points below the cell size when the features carry ``neighbour_descriptors``
+            (:func:`~silk_keypoints.refinement.refine_matches`); ``refine_temperature`` is its soft-argmax
+            temperature.
         **conf: other options of :func:`match_descriptors` (``ratio_threshold``, ``temperature``,
             ``threshold``, ``mutual``, ``max_distance``, ``chunk_size``).
     """
 
-    def __init__(self, method: str = "mnn", descriptor_scale: float = 1.41, **conf) -> None:
+    def __init__(
+        self,
+        method: str = "mnn",
+        descriptor_scale: float = 1.41,
+        refine: bool = True,
+        refine_temperature: float = DEFAULT_TEMPERATURE,
+        **conf,
+    ) -> None:
         super().__init__()
+        if not refine_temperature > 0:
+            raise SilkError(f"refine_temperature must be > 0, got {refine_temperature}")
+        self.refine = bool(refine)
+        self.refine_temperature = float(refine_temperature)
         unknown = sorted(set(conf) - {"ratio_threshold", "temperature", "threshold", "mutual", "max_distance",
                                       "chunk_size"})
         if unknown:
@@ -130,7 +145,9 @@ class Matcher(nn.Module):
             ``matches0`` (B, N0) int64 index into image 1 or -1, ``matching_scores0`` (B, N0) (0 if unmatched),
             ``matches1`` / ``matching_scores1`` (B, N1) the same seen from image 1 (with ``mutual=False`` one of
             the rows matched to a column), ``matches`` list of B (K, 2) int64 index pairs and ``scores`` list
-            of B (K,) scores (see :func:`match_descriptors`).
+            of B (K,) scores (see :func:`match_descriptors`). When both images have ``keypoints`` (B, N, 2):
+            ``points0`` / ``points1`` lists of B (K, 2) matched positions in pixels, refined below the cell
+            size if ``refine`` and the features have ``neighbour_descriptors`` (else the keypoints).
         """
         desc0, mask0 = _descriptors_and_mask(data, "image0")
         desc1, mask1 = _descriptors_and_mask(data, "image1")
@@ -159,7 +176,22 @@ class Matcher(nn.Module):
             out["matching_scores1"][i, m[:, 1]] = s
             out["matches"].append(m)
             out["scores"].append(s)
+        if "keypoints" in data["image0"] and "keypoints" in data["image1"]:
+            pairs = [self.points({k: v[i] for k, v in _batched(data["image0"]).items()},
+                                 {k: v[i] for k, v in _batched(data["image1"]).items()}, m)
+                     for i, m in enumerate(out["matches"])]
+            out["points0"], out["points1"] = [p[0] for p in pairs], [p[1] for p in pairs]
         return out
+
+    def points(
+        self, feats0: dict[str, torch.Tensor], feats1: dict[str, torch.Tensor], matches: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K, 2) positions of ``matches`` (K, 2) in each image (one image per dict, no batch dimension),
+        refined if this matcher refines and the features allow it (see ``refine``)."""
+        if not self.refine:
+            feats0 = {k: v for k, v in feats0.items() if k != "neighbour_descriptors"}
+            feats1 = {k: v for k, v in feats1.items() if k != "neighbour_descriptors"}
+        return refine_matches(feats0, feats1, matches, self.refine_temperature)
 
 
 # ---------------------------------------------------------------------------------------------- the methods
@@ -324,3 +356,17 @@ def _descriptors_and_mask(data: dict, key: str) -> tuple[torch.Tensor, torch.Ten
     else:
         mask = torch.as_tensor(mask, device=desc.device).bool().reshape(desc.shape[:2])
     return desc, mask
+
+
+_POINT_KEYS = ("keypoints", "descriptors", "neighbour_descriptors", "neighbour_spacing")
+
+
+def _batched(feats: dict) -> dict[str, torch.Tensor]:
+    """The keys refinement needs, as tensors with a batch dimension (added if the dict has none)."""
+    single = torch.as_tensor(feats["descriptors"]).ndim == 2
+    out = {}
+    for k in _POINT_KEYS:
+        if k in feats:
+            v = torch.as_tensor(feats[k])
+            out[k] = v[None] if single else v
+    return out

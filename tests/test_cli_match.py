@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -47,6 +48,21 @@ def test_match_writes_pictures_json_and_summary(tmp_path, checkpoint, capsys):
     assert len(data["image0"]["keypoints"]) == 300 and data["image1"]["image_size"] == [512, 384]
     assert len(data["matches"]) == len(data["match_scores"]) == len(data["geometry"]["inliers"])
     assert data["geometry"]["kind"] == "homography" and data["matcher"] == {"method": "mnn"}
+    # matched positions, refined below the 2 px cell of the tiny model: within a pixel of the keypoints
+    k0, m = np.array(data["image0"]["keypoints"]), np.array(data["matches"])
+    p0 = np.array(data["match_points0"])
+    assert p0.shape == (len(m), 2) and np.abs(p0 - k0[m[:, 0]]).max() <= 1.0 + 1e-3
+    assert np.abs(p0 - k0[m[:, 0]]).max() > 0
+
+
+def test_match_no_refine_keeps_the_keypoints(tmp_path, checkpoint, capsys):
+    js = tmp_path / "r.json"
+    assert main(["match", BOX, SCENE, "--checkpoint", checkpoint, "--max-keypoints", "200", "--out",
+                 str(tmp_path / "m.png"), "--json", str(js), "--no-refine"]) == 0
+    data = json.loads(js.read_text())
+    assert data["matcher"] == {"method": "mnn", "refine": False}
+    k1, m = np.array(data["image1"]["keypoints"]), np.array(data["matches"])
+    np.testing.assert_allclose(np.array(data["match_points1"]), k1[m[:, 1]], atol=1e-3)
 
 
 @pytest.mark.parametrize("extra", [["--method", "ratio", "--match-threshold", "0.95"],

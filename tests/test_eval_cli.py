@@ -41,6 +41,22 @@ def test_eval_hpatches_silk_protocol_dense(work, capsys):
     assert "protocol silk, dense" in capsys.readouterr().out
 
 
+def test_eval_hpatches_refine_switch(work, capsys):
+    """d2net refines matched points by default; --no-refine keeps them on the cell grid: same keypoints and
+    matches, different 1 px accuracy."""
+    results = {}
+    for flag in ("--refine", "--no-refine"):
+        out = work / f"res{flag}"
+        assert main(["eval", "hpatches", str(work / "hpatches"), "--protocol", "d2net", "--max-keypoints", "200",
+                     "--checkpoint", str(work / "tiny.safetensors"), "--out", str(out), "--no-progress", flag]) == 0
+        results[flag] = json.loads((out / "hpatches-d2net.json").read_text())
+    assert results["--refine"]["protocol"]["refine"] and not results["--no-refine"]["protocol"]["refine"]
+    a, b = (results[f]["methods"]["tiny"]["pairs"] for f in ("--refine", "--no-refine"))
+    assert [p["matches"] for p in a] == [p["matches"] for p in b]
+    assert [p["repeatability"] for p in a] == [p["repeatability"] for p in b]
+    assert [p["mma"] for p in a] != [p["mma"] for p in b]
+
+
 def test_eval_pose_and_imc2022(work, capsys):
     args = ["eval", "pose", str(work / "pose/pairs.json"), str(work / "pose/pairs.csv"), "--baselines", "sift",
             "--resize", "160", "--matcher", "ratio", "--match-threshold", "0.9", "--out", str(work / "res"),

@@ -104,7 +104,7 @@ def test_build_extractors_names_and_errors(tmp_path, tiny):
     tiny.save(path)
     es = build_extractors(checkpoints=[str(path), str(path)], baselines=["sift", " ORB "], max_keypoints=50)
     assert [e.name for e in es] == ["tiny", "tiny#2", "sift", "orb"]
-    assert es[0].options == {"max_keypoints": 50}
+    assert es[0].options == {"neighbours": True, "max_keypoints": 50}
     with pytest.raises(SilkError, match="unknown baseline"):
         build_extractors(baselines=["surf"])
     with pytest.raises(SilkError, match="no shipped weights"):
@@ -113,8 +113,30 @@ def test_build_extractors_names_and_errors(tmp_path, tiny):
 
 def test_match_features_mutual_nearest_neighbours():
     d = np.eye(4, dtype=np.float32)
-    f0 = {"descriptors": d}
-    f1 = {"descriptors": d[[2, 0, 3, 1]]}
-    m = match_features(f0, f1, Matcher("mnn"))
+    k = np.arange(8, dtype=np.float64).reshape(4, 2)
+    f0 = {"keypoints": k, "descriptors": d}
+    f1 = {"keypoints": k[[2, 0, 3, 1]] + 100, "descriptors": d[[2, 0, 3, 1]]}
+    m, p0, p1 = match_features(f0, f1, Matcher("mnn"))
     assert m.tolist() == [[0, 1], [1, 3], [2, 0], [3, 2]]
-    assert match_features({"descriptors": d[:0]}, f1, Matcher("mnn")).shape == (0, 2)
+    # no neighbour descriptors: the matched points are the keypoints
+    np.testing.assert_array_equal(p0, k)
+    np.testing.assert_array_equal(p1, k + 100)
+    m, p0, _ = match_features({"keypoints": k[:0], "descriptors": d[:0]}, f1, Matcher("mnn"))
+    assert m.shape == (0, 2) and p0.shape == (0, 2)
+
+
+def test_match_features_refines_with_neighbour_descriptors():
+    """Image 1's neighbour at +1 cell in x holds image 0's descriptor: the point moves towards it."""
+    d = np.eye(4, dtype=np.float32)
+    k = np.zeros((4, 2))
+    around = np.zeros((4, 9, 4), dtype=np.float32)
+    around[:, 4] = d
+    around[:, 5] = d
+    f0 = {"keypoints": k, "descriptors": d}
+    f1 = {"keypoints": k, "descriptors": d, "neighbour_descriptors": around, "neighbour_spacing": 2.0}
+    _, p0, p1 = match_features(f0, f1, Matcher("mnn"))
+    np.testing.assert_array_equal(p0, k)
+    np.testing.assert_allclose(p1[:, 0], 1.0, atol=1e-3)  # half-way between two equally good cells 2 px apart
+    np.testing.assert_allclose(p1[:, 1], 0.0, atol=1e-3)
+    _, _, p1 = match_features(f0, f1, Matcher("mnn", refine=False))
+    np.testing.assert_array_equal(p1, k)

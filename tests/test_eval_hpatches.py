@@ -83,6 +83,8 @@ def test_protocols():
     d2 = get_protocol("d2net")
     assert d2.exclude == LARGE_SEQUENCES and len(LARGE_SEQUENCES) == 8 and d2.short_side is None
     assert get_protocol("silk", short_side=240, max_keypoints=None).short_side == 240
+    assert not get_protocol("silk").refine and d2.refine  # the original matched on the cell grid
+    assert get_protocol("silk", refine=True).refine and not get_protocol("d2net", refine=False).refine
     with pytest.raises(SilkError, match="unknown HPatches protocol"):
         get_protocol("nope")
 

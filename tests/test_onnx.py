@@ -70,6 +70,10 @@ def assert_same_extraction(a: dict, b: dict, tie_tol: float = 1e-5) -> None:
         np.testing.assert_allclose(rows[0][pairs[:, 0], 2], rows[1][pairs[:, 1], 2], atol=1e-4)
         desc = [o["descriptors"][i][o["keypoint_mask"][i]].numpy() for o in (a, b)]
         np.testing.assert_allclose(desc[0][pairs[:, 0]], desc[1][pairs[:, 1]], atol=1e-4)
+        if "neighbour_descriptors" in a:
+            around = [o["neighbour_descriptors"][i][o["keypoint_mask"][i]].numpy() for o in (a, b)]
+            np.testing.assert_allclose(around[0][pairs[:, 0]], around[1][pairs[:, 1]], atol=1e-4)
+            torch.testing.assert_close(a["neighbour_spacing"], b["neighbour_spacing"])
 
 
 def test_extract_equals_torch_on_parity_fixture(parity_model, parity_onnx, parity_ref):
@@ -86,19 +90,19 @@ def test_trained_tiny_model(tmp_path):
     model = SiLK.from_pretrained("tiny")
     runner = OnnxSiLK(export_onnx(model, tmp_path / "tiny.onnx", example_size=(64, 80)))
     image = load_image(FIXTURES / "images" / "opencv_left.jpg", gray=True)
-    ours = runner.extract(image, max_keypoints=1000)
-    assert_same_extraction(ours, model.extract(image, max_keypoints=1000))
-    assert_same_extraction(ours, model.extract(image, max_keypoints=1000, exact=True))
+    ours = runner.extract(image, max_keypoints=1000, neighbours=True)
+    assert_same_extraction(ours, model.extract(image, max_keypoints=1000, neighbours=True))
+    assert_same_extraction(ours, model.extract(image, max_keypoints=1000, exact=True, neighbours=True))
 
 
 def test_one_file_two_sizes_and_a_batch(tiny, tiny_onnx):
     assert tiny_onnx.input_shape[2:] == ["height", "width"]
     for shape in [(1, 1, 64, 80), (2, 1, 97, 121)]:
         x = torch.rand(*shape)
-        ours = tiny_onnx.extract(x, max_keypoints=150, nms_radius=1)
+        ours = tiny_onnx.extract(x, max_keypoints=150, nms_radius=1, neighbours=True)
         hf, wf = tiny.output_shape(*shape[2:])
         assert tiny_onnx.dense(x.numpy())["descriptors"].shape == (shape[0], 64, hf, wf)
-        assert_same_extraction(ours, tiny.extract(x, max_keypoints=150, nms_radius=1))
+        assert_same_extraction(ours, tiny.extract(x, max_keypoints=150, nms_radius=1, neighbours=True))
 
 
 def test_large_batches_run_in_chunks(tiny_onnx, monkeypatch):

@@ -41,7 +41,16 @@ def load_model(args: argparse.Namespace) -> SiLK:
 
 def matcher_options(method: str, args: argparse.Namespace) -> dict:
     """:class:`~silk_keypoints.matching.Matcher` options from ``--match-threshold``, ``--temperature`` and,
-    where the command has it, ``--max-distance``; options left unset are left out (the matcher's defaults)."""
+    where the command has them, ``--max-distance`` and ``--no-refine``; options left unset are left out (the
+    matcher's defaults)."""
     opts = {"temperature": args.temperature, "max_distance": getattr(args, "max_distance", None)}
     opts["ratio_threshold" if method == "ratio" else "threshold"] = args.match_threshold
+    if getattr(args, "no_refine", False):
+        opts["refine"] = False
     return {k: v for k, v in opts.items() if v is not None}
+
+
+def add_refine_arg(p: argparse.ArgumentParser) -> None:
+    """``--no-refine``: keep matched points on the model's cell grid (see :mod:`silk_keypoints.refinement`)."""
+    p.add_argument("--no-refine", action="store_true",
+                   help="do not refine matched points below the cell size (default: refine, see docs/conventions.md)")

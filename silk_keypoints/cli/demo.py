@@ -7,7 +7,7 @@ import argparse
 from ..demo import DEMO_PAIR, make_output_dir, run_demo
 from ..errors import SilkError
 from ..matching import METHODS
-from .common import add_model_args, load_model, matcher_options
+from .common import add_model_args, add_refine_arg, load_model, matcher_options
 from .match import progress_printer, weights_description
 
 
@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=METHODS, default="mnn", help="matching rule (default: mnn)")
     p.add_argument("--match-threshold", type=float, default=None, metavar="T", help="see `silk match --help`")
     p.add_argument("--temperature", type=float, default=None, metavar="T", help="see `silk match --help`")
+    add_refine_arg(p)
     add_model_args(p)
     p.set_defaults(func=run)
 

@@ -13,7 +13,7 @@ from ..errors import SilkError
 from ..evaluation import hpatches, pose, registration, report, testdata
 from ..evaluation.extractors import BASELINES, build_extractors
 from ..matching import METHODS, Matcher
-from .common import matcher_options
+from .common import add_refine_arg, matcher_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--protocol", choices=sorted(hpatches.PROTOCOLS), default="silk",
                    help="silk: the SiLK paper's; d2net: D2-Net / glue-factory's (default: silk)")
     p.add_argument("--dense", action="store_true", help="match the dense descriptors of every cell (SiLK models only)")
+    p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
+                   help="refine matched points below the cell size (default: the protocol's: off for silk, on for d2net)")
     p.add_argument("--short-side", type=int, default=None, metavar="PX",
                    help="override the protocol's resize of the shorter image side (0: keep the original size)")
     _extractor_args(p, "the protocol's: silk 10001, d2net 4096")
@@ -106,6 +108,7 @@ def _matcher_args(p: argparse.ArgumentParser) -> None:
                    help="ratio: best/second-best < T (default 0.6); double-softmax: keep 1 - P < T (default 0.6)")
     p.add_argument("--temperature", type=float, default=None, metavar="T",
                    help="double-softmax temperature for descriptors of norm 1.41 (default 0.1)")
+    add_refine_arg(p)
 
 
 def _output_args(p: argparse.ArgumentParser) -> None:
@@ -132,7 +135,7 @@ def _seed(seed: int) -> None:
 
 def run_hpatches(args: argparse.Namespace) -> int:
     _seed(args.seed)
-    protocol = hpatches.get_protocol(args.protocol, short_side=args.short_side)
+    protocol = hpatches.get_protocol(args.protocol, short_side=args.short_side, refine=args.refine)
     sequences = hpatches.read_hpatches(args.root, protocol.exclude)
     extractors = _extractors(args, protocol.max_keypoints)
     result = hpatches.evaluate_hpatches(sequences, extractors, protocol, dense=args.dense, seed=args.seed,

@@ -11,7 +11,14 @@ from ..demo import GEOMETRIES, keypoints_picture, make_output_dir, match_pair, s
 from ..matching import METHODS
 from ..model.zoo import pretrained_path
 from ..viz import check_output_path, save_image
-from .common import add_detection_args, add_model_args, detection_options, load_model, matcher_options
+from .common import (
+    add_detection_args,
+    add_model_args,
+    add_refine_arg,
+    detection_options,
+    load_model,
+    matcher_options,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,6 +47,7 @@ def add_matcher_args(p: argparse.ArgumentParser) -> None:
                    "1 - P < T (default 0.6; the original's examples use 0.9 and 0.99)")
     p.add_argument("--temperature", type=float, default=None, metavar="T",
                    help="double-softmax temperature for descriptors of norm 1.41 (default 0.1)")
+    add_refine_arg(p)
     p.add_argument("--geometry", choices=GEOMETRIES, default="homography",
                    help="two-view model to fit (default: homography)")
     p.add_argument("--ransac-threshold", type=float, default=None, metavar="PX",

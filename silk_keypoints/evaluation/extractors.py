@@ -79,19 +79,21 @@ class Extractor:
 
 class SiLKExtractor(Extractor):
     """A SiLK model. ``options``: detection overrides (``max_keypoints``, ``detection_threshold``,
-    ``nms_radius``, ``remove_borders``); None keeps the model's defaults."""
+    ``nms_radius``, ``remove_borders``); None keeps the model's defaults. Features include the neighbour
+    descriptors for sub-cell match refinement (``neighbours=False`` to leave them out)."""
 
     has_dense = True
 
     def __init__(self, model: SiLK, name: str = "silk", **options: Any) -> None:
         super().__init__(name)
         self.model = model.eval()
-        self.options = {k: v for k, v in options.items() if v is not None}
+        self.options = {"neighbours": True} | {k: v for k, v in options.items() if v is not None}
 
     def _extract(self, image: np.ndarray) -> dict[str, torch.Tensor]:
         with torch.inference_mode():
             out = self.model.extract(image, **self.options)
-        return {"keypoints": out["keypoints"][0], "scores": out["keypoint_scores"][0], "descriptors": out["descriptors"][0]}
+        return {k: v[0] for k, v in out.items() if k not in ("image_size", "keypoint_mask")} | {
+            "scores": out["keypoint_scores"][0]}
 
     def _dense(self, image: np.ndarray) -> dict[str, torch.Tensor]:
         device = next(self.model.parameters()).device
@@ -173,17 +175,35 @@ def check_features(out: Any, name: str) -> dict[str, np.ndarray]:
         )
     if not (np.isfinite(kpts).all() and np.isfinite(desc).all()):
         raise SilkError(f"extractor {name!r} returned NaN or inf keypoints or descriptors")
-    return {"keypoints": kpts, "scores": scores, "descriptors": desc}
+    feats = {"keypoints": kpts, "scores": scores, "descriptors": desc}
+    if out.get("neighbour_descriptors") is not None:
+        around = arr(out["neighbour_descriptors"]).astype(np.float32)
+        around = around[0] if around.ndim == 4 and around.shape[0] == 1 else around
+        if around.shape[:2] != (n, 9) or around.shape[2] != desc.shape[1]:
+            raise SilkError(f"extractor {name!r}: neighbour_descriptors must be ({n}, 9, {desc.shape[1]}), "
+                            f"got {around.shape}")
+        feats["neighbour_descriptors"] = around
+        feats["neighbour_spacing"] = float(arr(out["neighbour_spacing"]).reshape(-1)[0])
+    return feats
 
 
-def match_features(feats0: dict[str, np.ndarray], feats1: dict[str, np.ndarray], matcher: Matcher) -> np.ndarray:
-    """Matches (K, 2) int64 ``[index in feats0, index in feats1]`` of two extractor outputs.
+def match_features(
+    feats0: dict[str, np.ndarray], feats1: dict[str, np.ndarray], matcher: Matcher
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Matches of two extractor outputs: (K, 2) int64 ``[index in feats0, index in feats1]`` and the matched
+    positions (K, 2) float64 in each image, refined below the cell size when the matcher refines and the
+    features have ``neighbour_descriptors`` (see :mod:`silk_keypoints.refinement`).
 
     ``matcher`` is a :class:`~silk_keypoints.matching.Matcher`: its temperatures / thresholds mean what they
     mean for the original SiLK (descriptors are treated as if scaled to norm 1.41)."""
-    out = matcher({"image0": {"descriptors": torch.from_numpy(feats0["descriptors"])},
-                   "image1": {"descriptors": torch.from_numpy(feats1["descriptors"])}})
-    return out["matches"][0].cpu().numpy()
+    t0, t1 = _torch_features(feats0), _torch_features(feats1)
+    m = matcher({"image0": {"descriptors": t0["descriptors"]}, "image1": {"descriptors": t1["descriptors"]}})["matches"][0]
+    p0, p1 = matcher.points(t0, t1, m.cpu())
+    return m.cpu().numpy(), p0.double().numpy(), p1.double().numpy()
+
+
+def _torch_features(feats: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.as_tensor(v) for k, v in feats.items() if k != "scores"}
 
 
 def build_extractors(

@@ -48,6 +48,7 @@ from ..errors import SilkError
 from ..geometry import corner_error
 from ..io import IMAGE_SUFFIXES, load_image
 from ..matching import match_descriptors
+from ..refinement import refine_matches
 from .extractors import Extractor
 from .metrics import accuracy, error_auc, matching_accuracy, repeatability
 
@@ -80,6 +81,8 @@ class HPatchesProtocol:
         exclude: sequence names left out.
         ransac_threshold: reprojection threshold of ``cv2.findHomography`` (plain RANSAC), pixels.
         table: metric columns of the printed table, e.g. ``"mma@3"``, ``"h_acc@1"``, ``"h_auc@5"``, ``"rep@1"``.
+        refine: refine matched points below the cell size where the features allow it
+            (:mod:`silk_keypoints.refinement`); off for ``silk``, whose original matched on the cell grid.
     """
 
     name: str
@@ -90,11 +93,12 @@ class HPatchesProtocol:
     exclude: tuple[str, ...] = ()
     ransac_threshold: float = 3.0
     table: tuple[str, ...] = ()
+    refine: bool = True
 
 
 PROTOCOLS = {
     "silk": HPatchesProtocol(
-        "silk", short_side=480, multiple=8, max_keypoints=10001, pixel_offset=0.5,
+        "silk", short_side=480, multiple=8, max_keypoints=10001, pixel_offset=0.5, refine=False,
         table=("rep@1", "rep@3", "mma@1", "mma@2", "mma@3", "h_acc@1", "h_acc@2", "h_acc@3", "h_auc@3"),
     ),
     "d2net": HPatchesProtocol(
@@ -230,6 +234,7 @@ def evaluate_pair(
     ransac_threshold: float = 3.0,
     seed: int = 0,
     device: str = "cpu",
+    refine: bool = True,
 ) -> dict:
     """Metrics of one pair.
 
@@ -240,6 +245,8 @@ def evaluate_pair(
         pixel_offset, ransac_threshold: see :class:`HPatchesProtocol`.
         seed: seed of the RANSAC.
         device: torch device for matching and the repeatability's nearest neighbours.
+        refine: refine matched points below the cell size when the features have ``neighbour_descriptors``
+            (:mod:`silk_keypoints.refinement`); repeatability always uses the keypoints as detected.
 
     Returns:
         dict: ``keypoints0``, ``keypoints1``, ``matches`` (counts), ``repeatability`` and ``mma``
@@ -248,8 +255,13 @@ def evaluate_pair(
     k0 = feats0["keypoints"] + pixel_offset
     k1 = feats1["keypoints"] + pixel_offset
     d0, d1 = (torch.as_tensor(f["descriptors"], device=device) for f in (feats0, feats1))
-    matches = match_descriptors(d0, d1, "mnn")[0].cpu().numpy()
-    p0, p1 = k0[matches[:, 0]], k1[matches[:, 1]]
+    matches = match_descriptors(d0, d1, "mnn")[0].cpu()
+    if refine:
+        t0, t1 = ({k: torch.as_tensor(v) for k, v in f.items() if k != "scores"} for f in (feats0, feats1))
+        p0, p1 = (p.double().numpy() + pixel_offset for p in refine_matches(t0, t1, matches))
+    else:
+        p0, p1 = k0[matches[:, 0]], k1[matches[:, 1]]
+    matches = matches.numpy()
     H_est = find_homography(p0, p1, ransac_threshold, seed)
     err = corner_error(H_est, H, size0)
     return {
@@ -330,7 +342,8 @@ def evaluate_hpatches(
             for k, ((img, s1), H) in enumerate(zip(others, seq.homographies), start=2):
                 H_resized = scale_matrix(*s1, o) @ H @ np.linalg.inv(scale_matrix(*s0, o))
                 r = evaluate_pair(feats0, extract(img), H_resized, _size(ref), _size(img), o,
-                                  protocol.ransac_threshold, seed + pair_index + k - 2, device)
+                                  protocol.ransac_threshold, seed + pair_index + k - 2, device,
+                                  protocol.refine)
                 results[e.name].append({"sequence": seq.name, "index": k, "kind": seq.kind, **r})
         pair_index += len(seq.homographies)
     return {

@@ -329,7 +329,10 @@ def extract_original(extractor: Extractor, path: Path, long_side: int | None) ->
     """Features of the image file resized to ``long_side``, keypoints in the original image's pixels."""
     img, scale = load_resized(path, long_side)
     feats = extractor(img)
-    return {**feats, "keypoints": to_original_pixels(feats["keypoints"], scale)}
+    out = {**feats, "keypoints": to_original_pixels(feats["keypoints"], scale)}
+    if "neighbour_spacing" in feats:
+        out["neighbour_spacing"] = feats["neighbour_spacing"] / float(np.mean(scale))
+    return out
 
 
 def evaluate_pose_pair(
@@ -337,8 +340,8 @@ def evaluate_pose_pair(
 ) -> dict:
     """Match, estimate the essential matrix, compare the pose. Returns ``matches``, ``inliers``,
     ``rotation_error``, ``translation_error``, ``pose_error`` (degrees, inf on failure) and ``message``."""
-    m = match_features(feats0, feats1, matcher)
-    est = estimate_essential(feats0["keypoints"][m[:, 0]], feats1["keypoints"][m[:, 1]], pair.K0, pair.K1,
+    m, pts0, pts1 = match_features(feats0, feats1, matcher)
+    est = estimate_essential(pts0, pts1, pair.K0, pair.K1,
                              threshold=ransac_threshold)
     if est.success:
         err_r, err_t = pose_errors(est.R, est.t, pair.T_0to1[:3, :3], pair.T_0to1[:3, 3])
@@ -460,8 +463,8 @@ def imc2022_submission(
     rows, failures = [], 0
     for pair in tqdm(pairs, desc=f"imc2022 {extractor.name}", unit="pair", disable=not progress):
         f0, f1 = cache(pair.image0), cache(pair.image1)
-        m = match_features(f0, f1, matcher)
-        est = estimate_fundamental(f0["keypoints"][m[:, 0]], f1["keypoints"][m[:, 1]], threshold=ransac_threshold)
+        _, pts0, pts1 = match_features(f0, f1, matcher)
+        est = estimate_fundamental(pts0, pts1, threshold=ransac_threshold)
         failures += not est.success
         rows.append((pair.sample_id, est.model))
     path = write_imc2022_submission(out, rows)

@@ -258,9 +258,9 @@ def evaluate_registration_pair(
 ) -> dict:
     """Register one pair; returns ``matches``, ``correspondences`` (matches with depth at both ends),
     ``inliers``, ``success`` and the :func:`registration_errors` (identity pose on failure)."""
-    m = match_features(feats0, feats1, matcher)
-    P, v0 = backproject(feats0["keypoints"][m[:, 0]], depth0, pair.frame0.K)
-    Q, v1 = backproject(feats1["keypoints"][m[:, 1]], depth1, pair.frame1.K)
+    m, pts0, pts1 = match_features(feats0, feats1, matcher)
+    P, v0 = backproject(pts0, depth0, pair.frame0.K)
+    Q, v1 = backproject(pts1, depth1, pair.frame1.K)
     valid = v0 & v1
     T, inliers = ransac_rigid(P[valid], Q[valid], inlier_threshold, seed=seed)
     errors = registration_errors(T if T is not None else np.eye(4), pair.T_0to1,

@@ -42,6 +42,7 @@ from ..model.config import DETECTION_KEYS, SiLKConfig
 from ..model.coords import GridMap
 from ..model.fast import FusedSiLK
 from ..model.silk import SiLK, pack_keypoints
+from ..refinement import gather_neighbours
 
 DEFAULT_OPSET = 18
 RUN_PIXELS = 1 << 18  # OnnxSiLK.extract: pixels per onnxruntime run (at least one image)
@@ -299,6 +300,7 @@ class OnnxSiLK:
         detection_threshold: float | None = None,
         nms_radius: int | None = None,
         remove_borders: int | None = None,
+        neighbours: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Same arguments and result as :meth:`SiLK.extract` (CPU torch tensors).
 
@@ -309,6 +311,7 @@ class OnnxSiLK:
         opts = {k: getattr(self.config, k) if v is None else v for k, v in given.items()}
         positions: list[torch.Tensor] = []
         descriptors: list[torch.Tensor] = []
+        around: list[torch.Tensor] = []
         chunks = [x.numpy()] if self._fixed_batch() else np.array_split(x.numpy(), self._chunks(x.shape))
         for chunk in chunks:
             dense = self.dense(chunk)
@@ -327,7 +330,10 @@ class OnnxSiLK:
                 torch.from_numpy(desc[i].reshape(desc.shape[1], -1)[:, idx].T.copy())
                 for i, idx in enumerate(indices)
             ]
-        return pack_keypoints(positions, descriptors, x.shape, 1.0)
+            if neighbours:
+                around += [gather_neighbours(torch.from_numpy(desc[i]), torch.from_numpy(idx))
+                           for i, idx in enumerate(indices)]
+        return pack_keypoints(positions, descriptors, x.shape, 1.0, around if neighbours else None, self.grid.stride)
 
     def _fixed_batch(self) -> bool:
         return isinstance(self.input_shape[0], int)

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..refinement import neighbour_descriptors
 from .backbone import ConvBlock
 
 FLOAT32_CONVS = 2  # in bf16 mode, the first convs that still compute in float32
@@ -367,18 +368,20 @@ class FusedSiLK(nn.Module):
         return logits, raw
 
     def extract(
-        self, images: torch.Tensor, select: Selector
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        self, images: torch.Tensor, select: Selector, neighbours: bool = False
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor] | None]:
         """Sparse keypoints of (B, C, H, W) images, without the dense descriptor map.
 
         Args:
             images: the batch.
             select: ``probability (b, 1, Hf, Wf) -> (positions, flat cell indices)``, one entry per image,
                 e.g. :func:`~silk_keypoints.model.sparse.select_keypoints` with the detection options bound.
+            neighbours: also describe the 3x3 cells around each keypoint.
 
         Returns:
             positions: B tensors (N_i, 3) from ``select``; descriptors: B tensors (N_i, D), unit norm,
-            float32.
+            float32; neighbours: B tensors (N_i, 9, D) (see :func:`~silk_keypoints.refinement.gather_neighbours`)
+            or None.
         """
         ch = self.head_channels
         use_ws = self.channels_last and images.device.type == "cpu" and inplace_conv_available()
@@ -389,6 +392,7 @@ class FusedSiLK(nn.Module):
             )
             positions: list[torch.Tensor] = []
             descriptors: list[torch.Tensor] = []
+            around: list[torch.Tensor] = []
             for chunk in images.split(per_pass):
                 if ws is not None:
                     ws.restart()
@@ -399,16 +403,22 @@ class FusedSiLK(nn.Module):
                 pos, index = select(probability)
                 positions += pos
                 descriptors += [self._descriptors_at(h[ch:], i) for h, i in zip(hidden, index)]
+                if neighbours:
+                    around += [self._neighbours_at(h[ch:], i) for h, i in zip(hidden, index)]
         finally:
             if ws is not None:
                 self._lock.release()
-        return positions, descriptors
+        return positions, descriptors, around if neighbours else None
 
     def _descriptors_at(self, hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Descriptor-head hidden map (Ch, Hf, Wf) -> unit descriptors (N, D) of flat cells ``index``."""
         rows = hidden.permute(1, 2, 0).reshape(-1, hidden.shape[0])[index]
         d = torch.addmm(self.descriptor_bias, rows, self.descriptor_weight.t())
         return F.normalize(d.to(self.out_dtype), p=2, dim=1)
+
+    def _neighbours_at(self, hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Unit descriptors (N, 9, D) of the 3x3 cells around flat cells ``index``, zeros outside the map."""
+        return neighbour_descriptors(lambda cells: self._descriptors_at(hidden, cells), index, *hidden.shape[-2:])
 
     def release_workspace(self) -> None:
         """Free the CPU workspace buffers (they are re-allocated by the next :meth:`extract`)."""

@@ -1,0 +1,140 @@
+"""Sub-cell refinement of matches (silk_keypoints.refinement) and its plumbing through extract / Matcher."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from silk_keypoints import SiLK
+from silk_keypoints.errors import SilkError
+from silk_keypoints.matching import Matcher
+from silk_keypoints.model.zoo import variant_config
+from silk_keypoints.refinement import (
+    NEIGHBOUR_OFFSETS,
+    gather_neighbours,
+    neighbour_cells,
+    refine_matches,
+    subcell_offsets,
+)
+
+
+def test_neighbour_cells_row_major_and_clamped_at_borders():
+    cells, valid = neighbour_cells(torch.tensor([6, 0]), height=3, width=4)  # (row 1, col 2) and the corner
+    assert cells[0].tolist() == [1, 2, 3, 5, 6, 7, 9, 10, 11]
+    assert valid[0].all()
+    assert valid[1].tolist() == [False, False, False, False, True, True, False, True, True]
+    assert cells[1][valid[1]].tolist() == [0, 1, 4, 5]
+    assert NEIGHBOUR_OFFSETS[4].tolist() == [0, 0] and NEIGHBOUR_OFFSETS[5].tolist() == [1, 0]
+
+
+def test_gather_neighbours_unit_centre_and_zeros_outside():
+    raw = torch.randn(5, 3, 4)
+    around = gather_neighbours(raw, torch.tensor([6, 0]))
+    assert around.shape == (2, 9, 5)
+    torch.testing.assert_close(around[0, 4], F.normalize(raw[:, 1, 2], dim=0))
+    torch.testing.assert_close(around[0, 0], F.normalize(raw[:, 0, 1], dim=0))
+    assert (around[1, :4] == 0).all() and around[1, 4].norm() == pytest.approx(1.0)
+
+
+def test_subcell_offsets_follow_the_best_neighbour_and_ignore_outside_cells():
+    d = torch.eye(3)
+    around = torch.zeros(3, 9, 3)
+    around[0, 5] = d[0]  # only the right neighbour looks like descriptor 0 -> +1 cell in x
+    around[1, 1] = d[1]  # only the upper neighbour -> -1 cell in y
+    around[2, 4] = d[2]  # the centre
+    around[:, 4] += 0.0
+    off = subcell_offsets(d, around, temperature=0.01)
+    torch.testing.assert_close(off, torch.tensor([[1.0, 0.0], [0.0, -1.0], [0.0, 0.0]]), atol=1e-3, rtol=0)
+    with pytest.raises(SilkError, match="temperature"):
+        subcell_offsets(d, around, temperature=0)
+
+
+def _field(xy: torch.Tensor, dim: int = 48, seed: int = 0) -> torch.Tensor:
+    """A smooth random descriptor field at pixel positions (N, 2) -> (N, dim) unit vectors."""
+    g = torch.Generator().manual_seed(seed)
+    freq = (torch.rand(dim, 2, generator=g) - 0.5) * 1.2
+    phase = torch.rand(dim, generator=g) * 2 * math.pi
+    return F.normalize(torch.sin(xy.double() @ freq.double().T + phase.double()).float(), dim=1)
+
+
+def test_refinement_recovers_a_sub_cell_shift():
+    """Two stride-2 grids of a smooth descriptor field, image 1 shifted by a fraction of a cell: matched cells
+    are off by the shift, refined points are much closer to the true correspondence."""
+    stride, h, w = 2.0, 24, 24
+    shift = torch.tensor([0.7, -0.6])  # image 1 at position q shows image 0's content at q + shift
+    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    pos = torch.stack([cols.reshape(-1), rows.reshape(-1)], 1).float() * stride + 0.5
+    feats = []
+    for offset in (torch.zeros(2), shift):
+        desc = _field(pos + offset)
+        raw = desc.T.reshape(-1, h, w)
+        inner = ((rows > 0) & (rows < h - 1) & (cols > 0) & (cols < w - 1)).reshape(-1).nonzero()[:, 0]
+        feats.append({"keypoints": pos[inner], "descriptors": desc[inner],
+                      "neighbour_descriptors": gather_neighbours(raw, inner), "neighbour_spacing": stride})
+    d0, d1 = feats[0]["descriptors"], feats[1]["descriptors"]
+    best = (d0 @ d1.T).argmax(1)
+    matches = torch.stack([torch.arange(len(d0)), best], 1)
+    p0, p1 = refine_matches(feats[0], feats[1], matches)
+    truth_before = (feats[0]["keypoints"][matches[:, 0]] - shift - feats[1]["keypoints"][matches[:, 1]]).norm(dim=1)
+    truth_after = (p0 - shift - p1).norm(dim=1)
+    assert truth_before.median() > 0.5
+    assert truth_after.median() < 0.5 * truth_before.median()
+    # one side only: the other keeps its keypoints
+    one = {k: v for k, v in feats[0].items() if k != "neighbour_descriptors"}
+    q0, q1 = refine_matches(one, feats[1], matches)
+    torch.testing.assert_close(q0, feats[0]["keypoints"][matches[:, 0]])
+    assert (q0 - shift - q1).norm(dim=1).median() < 0.5 * truth_before.median()
+
+
+def test_refine_needs_the_spacing():
+    f = {"keypoints": torch.zeros(1, 2), "descriptors": torch.ones(1, 4), "neighbour_descriptors": torch.ones(1, 9, 4)}
+    with pytest.raises(SilkError, match="neighbour_spacing"):
+        refine_matches(f, f, torch.zeros(1, 2, dtype=torch.long))
+
+
+@pytest.fixture(scope="module")
+def strided():
+    torch.manual_seed(0)
+    return SiLK(variant_config("tiny")).eval()
+
+
+def test_extract_neighbours_fast_equals_exact(strided):
+    x = torch.rand(2, 1, 40, 52)
+    fast = strided.extract(x, max_keypoints=40, neighbours=True)
+    exact = strided.extract(x, max_keypoints=40, exact=True, neighbours=True)
+    assert fast["neighbour_descriptors"].shape == (2, 40, 9, 64)
+    assert fast["neighbour_spacing"].tolist() == [2.0, 2.0]
+    torch.testing.assert_close(fast["neighbour_descriptors"], exact["neighbour_descriptors"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(fast["neighbour_descriptors"][:, :, 4], fast["descriptors"])
+    assert "neighbour_descriptors" not in strided.extract(x, max_keypoints=40)  # off by default
+
+
+def test_vgg4_neighbours_are_one_pixel_apart(parity_model):
+    out = parity_model.extract(torch.rand(1, 1, 30, 34), max_keypoints=5, neighbours=True)
+    assert out["neighbour_spacing"].tolist() == [1.0]
+    torch.testing.assert_close(out["neighbour_descriptors"][:, :, 4], out["descriptors"])
+
+
+def test_matcher_points_refined_or_not(strided):
+    x = torch.rand(1, 1, 40, 52)
+    a = strided.extract(x, max_keypoints=60, neighbours=True)
+    b = strided.extract(x.flip(-1), max_keypoints=60, neighbours=True)
+    data = {"image0": a, "image1": b}
+    out = Matcher()(data)
+    m = out["matches"][0]
+    plain = Matcher(refine=False)(data)
+    torch.testing.assert_close(plain["points0"][0], a["keypoints"][0][m[:, 0]])
+    torch.testing.assert_close(plain["points1"][0], b["keypoints"][0][m[:, 1]])
+    moved = (out["points1"][0] - plain["points1"][0]).abs()
+    assert moved.max() <= 1.0 + 1e-5  # at most half of the 2 px cell spacing on each side, per axis
+    assert moved.max() > 0
+    same = Matcher()({"image0": a, "image1": a})  # an image with itself: both ends of a match move together
+    self_match = same["matches"][0][:, 0] == same["matches"][0][:, 1]
+    assert self_match.sum() > 10
+    torch.testing.assert_close(same["points0"][0][self_match], same["points1"][0][self_match])
+    assert "points0" not in Matcher()({"image0": {"descriptors": a["descriptors"]}, "image1": b})
+    with pytest.raises(SilkError, match="refine_temperature"):
+        Matcher(refine_temperature=-1)
