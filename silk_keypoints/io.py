@@ -117,3 +117,22 @@ def list_images(root: str | os.PathLike, recursive: bool = True) -> list[Path]:
         raise SilkError(f"image folder not found: {root}")
     it = root.rglob("*") if recursive else root.iterdir()
     return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_text_matrix(path: str | os.PathLike, what: str, shapes: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """A whitespace-separated text matrix (HPatches ``H_1_k``, ScanNet poses and intrinsics) -> float64 array.
+
+    Raises a :class:`SilkError` naming ``what`` (e.g. "homography") if the file is missing, not numbers, or
+    not of one of ``shapes``. Values are not checked (non-finite entries are returned as they are).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SilkError(f"{what} file not found: {path}")
+    try:
+        m = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    except (ValueError, OSError) as e:
+        raise SilkError(f"malformed {what} file {path}: {e}") from None
+    if m.shape not in shapes:
+        wanted = " or ".join(f"{r} rows of {c} numbers" for r, c in shapes)
+        raise SilkError(f"malformed {what} file {path}: expected {wanted}, got shape {m.shape}")
+    return m

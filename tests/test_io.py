@@ -7,7 +7,7 @@ import torch
 
 from silk_keypoints import SilkError, load_image
 from silk_keypoints.extraction import extract_image, resize_long_side
-from silk_keypoints.io import list_images, to_batch
+from silk_keypoints.io import list_images, read_text_matrix, to_batch
 from silk_keypoints.model import SiLK
 from silk_keypoints.model.zoo import variant_config
 
@@ -68,3 +68,18 @@ def test_resize_long_side_and_extract_image_maps_back():
     assert out["image_size"].tolist() == [200, 120]
     ref = model.extract(small, max_keypoints=30)["keypoints"][0].numpy()
     np.testing.assert_allclose(out["keypoints"], (ref + 0.5) * 2 - 0.5)
+
+
+def test_read_text_matrix(tmp_path):
+    f = tmp_path / "m.txt"
+    f.write_text("1 0 0\n0 1 0\n0 0 1\n")
+    np.testing.assert_array_equal(read_text_matrix(f, "homography", ((3, 3),)), np.eye(3))
+    f.write_text("1 0 0 0\n0 1 0 0\n0 0 1 0\n0 0 0 -inf\n")
+    assert np.isneginf(read_text_matrix(f, "pose", ((3, 3), (4, 4)))[3, 3])  # values are the caller's business
+    with pytest.raises(SilkError, match="malformed pose file .*expected 3 rows of 3 numbers, got shape"):
+        read_text_matrix(f, "pose", ((3, 3),))
+    f.write_text("1 0 x\n")
+    with pytest.raises(SilkError, match="malformed intrinsics file"):
+        read_text_matrix(f, "intrinsics", ((3, 3),))
+    with pytest.raises(SilkError, match="homography file not found"):
+        read_text_matrix(tmp_path / "none.txt", "homography", ((3, 3),))

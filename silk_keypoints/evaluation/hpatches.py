@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from ..errors import SilkError
 from ..geometry import corner_error
-from ..io import IMAGE_SUFFIXES, load_image
+from ..io import IMAGE_SUFFIXES, load_image, read_text_matrix
 from ..matching import match_descriptors
 from ..refinement import refine_matches
 from .extractors import Extractor
@@ -131,13 +131,7 @@ class HPatchesSequence:
 
 def read_homography(path: str | os.PathLike) -> np.ndarray:
     """Read an HPatches ``H_1_k`` file (3 rows of 3 numbers) -> (3, 3) float64, normalised to H[2, 2] = 1."""
-    path = Path(path)
-    try:
-        H = np.loadtxt(path, dtype=np.float64, ndmin=2)
-    except (ValueError, OSError) as e:
-        raise SilkError(f"malformed homography file {path}: {e}") from None
-    if H.shape != (3, 3):
-        raise SilkError(f"malformed homography file {path}: expected 3 rows of 3 numbers, got shape {H.shape}")
+    H = read_text_matrix(path, "homography", ((3, 3),))
     if not np.isfinite(H).all() or abs(np.linalg.det(H)) < 1e-12 or H[2, 2] == 0:
         raise SilkError(f"malformed homography file {path}: not a finite invertible homography")
     return H / H[2, 2]

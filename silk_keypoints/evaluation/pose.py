@@ -52,7 +52,7 @@ from tqdm import tqdm
 
 from ..errors import SilkError
 from ..geometry import estimate_essential, estimate_fundamental, pose_errors
-from ..io import load_image
+from ..io import load_image, read_text_matrix
 from ..matching import Matcher
 from ..model.checkpoint import atomic_write
 from .extractors import Extractor, match_features
@@ -239,15 +239,7 @@ def _read_scannet_index(data: dict[str, np.ndarray], base: Path, intrinsics: Pat
 def read_pose_file(path: Path) -> np.ndarray:
     """A 4x4 text matrix (ScanNet ``pose/<frame>.txt``, camera-to-world). Non-finite entries are kept (ScanNet
     marks frames without tracking with ``-inf``); callers decide."""
-    if not path.is_file():
-        raise SilkError(f"pose file not found: {path}")
-    try:
-        T = np.loadtxt(path, dtype=np.float64, ndmin=2)
-    except ValueError as e:
-        raise SilkError(f"malformed pose file {path}: {e}") from None
-    if T.shape != (4, 4):
-        raise SilkError(f"malformed pose file {path}: expected 4 rows of 4 numbers, got shape {T.shape}")
-    return T
+    return read_text_matrix(path, "pose", ((4, 4),))
 
 
 class _ArrayUnpickler(pickle.Unpickler):

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from ..errors import SilkError
 from ..geometry import pose_errors
-from ..io import load_image
+from ..io import load_image, read_text_matrix
 from ..matching import Matcher
 from .extractors import Extractor, match_features
 from .metrics import accuracy, chamfer_distance, transform_points
@@ -75,14 +75,9 @@ class RGBDPair:
 # ---------------------------------------------------------------------------------------------- reading
 def read_intrinsics(path: Path) -> np.ndarray:
     """ScanNet ``intrinsic_*.txt`` (4x4 or 3x3 text) -> K (3, 3)."""
-    if not path.is_file():
-        raise SilkError(f"intrinsics file not found: {path}")
-    try:
-        K = np.loadtxt(path, dtype=np.float64, ndmin=2)
-    except ValueError as e:
-        raise SilkError(f"malformed intrinsics file {path}: {e}") from None
-    if K.shape not in ((3, 3), (4, 4)) or not np.isfinite(K).all():
-        raise SilkError(f"malformed intrinsics file {path}: expected a 3x3 or 4x4 matrix, got shape {K.shape}")
+    K = read_text_matrix(path, "intrinsics", ((3, 3), (4, 4)))
+    if not np.isfinite(K).all():
+        raise SilkError(f"malformed intrinsics file {path}: not all entries are finite")
     return K[:3, :3]
 
 
