@@ -7,6 +7,8 @@ Backends, all returning ``max_keypoints`` keypoints with descriptors (random wei
              Runs as fast as the original SiLK code; every ratio is ``naive ms / backend ms``.
 * ``exact``  ``SiLK.extract(exact=True)``: this package's modules as defined.
 * ``fast``   ``SiLK.extract()``: BatchNorm folded, channels-last, fused heads, batched top-k (the default).
+* ``fast+nb`` ``SiLK.extract(neighbours=True)``: the fast path plus the 3x3 neighbour descriptors that
+             sub-cell match refinement needs (what ``silk match`` and the evaluations use).
 * ``bf16``   ``SiLK.set_inference("bf16").extract()``: the fast network in bfloat16 (an option).
 * ``ort``    ``OnnxSiLK.extract()``: the exported ONNX file on onnxruntime (CPU), NumPy top-k.
 * ``sift`` / ``orb``: OpenCV ``SIFT_create`` / ``ORB_create(nfeatures=max_keypoints)`` on the uint8 image.
@@ -40,7 +42,7 @@ from torch import nn
 from silk_keypoints import SiLK
 from silk_keypoints.model.zoo import VARIANTS, variant_config
 
-BACKENDS = ("naive", "exact", "fast", "bf16", "ort", "sift", "orb")
+BACKENDS = ("naive", "exact", "fast", "fast+nb", "bf16", "ort", "sift", "orb")
 
 
 class NaiveSiLK(nn.Module):
@@ -142,6 +144,8 @@ def backends(
         calls["exact"] = lambda: model.extract(x, max_keypoints=k, exact=True)
     if "fast" in wanted:
         calls["fast"] = lambda: model.extract(x, max_keypoints=k)
+    if "fast+nb" in wanted:
+        calls["fast+nb"] = lambda: model.extract(x, max_keypoints=k, neighbours=True)
     if "bf16" in wanted:  # a second model: each caches the fast network of its own mode
         bf16 = copy.deepcopy(model).set_inference("bf16")
         calls["bf16"] = lambda: bf16.extract(x, max_keypoints=k)

@@ -55,7 +55,8 @@ def main() -> None:
         for path in val:
             shutil.copy(path, folder / path.name)
         data = make_hpatches(Path(tmp) / "hpatches", folder, args.sequences, size, args.seed)
-        extractors = build_extractors(args.models, args.checkpoint, args.baselines.split(","), args.max_keypoints)
+        baselines = [b for b in args.baselines.split(",") if b.strip()]
+        extractors = build_extractors(args.models, args.checkpoint, baselines, args.max_keypoints)
         protocol = get_protocol("d2net", max_keypoints=args.max_keypoints, table=COLUMNS, refine=not args.no_refine)
         result = evaluate_hpatches(data, extractors, protocol, seed=args.seed, progress=False)
     refine = "matches refined below the cell size" if protocol.refine else "matches on the cell grid"

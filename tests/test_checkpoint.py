@@ -8,7 +8,7 @@ import torch
 
 from silk_keypoints import SiLK, SilkError
 from silk_keypoints.model.checkpoint import ORIGINAL_PREFIX, atomic_write, load_weights, rename_original
-from silk_keypoints.model.zoo import available_pretrained, pretrained_path, variant_config
+from silk_keypoints.model.zoo import VARIANTS, available_pretrained, pretrained_path, variant_config
 
 
 def to_original_names(state: dict) -> dict:
@@ -132,6 +132,23 @@ def test_pretrained_registry():
         assert pretrained_path(name).is_file()
     with pytest.raises(SilkError, match="shipped weights"):
         pretrained_path("no-such-model")
+
+
+ARCHITECTURE = ("in_channels", "channels", "blocks_per_stage", "padding", "pool_after", "block_order", "batch_norm",
+                "head_channels", "head_kernel", "descriptor_dim")
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_every_variant_is_shipped_with_its_architecture_and_a_model_card(name):
+    """from_pretrained works offline for every variant, the weights are the variant's architecture, and the
+    package stays small."""
+    assert name in available_pretrained()
+    model = SiLK.from_pretrained(name)
+    expected = variant_config(name)
+    assert {k: getattr(model.config, k) for k in ARCHITECTURE} == {k: getattr(expected, k) for k in ARCHITECTURE}
+    card = pretrained_path(name).with_suffix(".md")
+    assert card.is_file() and "license" in card.read_text().lower()
+    assert sum(pretrained_path(n).stat().st_size for n in available_pretrained()) <= 15 * 2**20
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):

@@ -48,10 +48,10 @@ def test_match_writes_pictures_json_and_summary(tmp_path, checkpoint, capsys):
     assert len(data["image0"]["keypoints"]) == 300 and data["image1"]["image_size"] == [512, 384]
     assert len(data["matches"]) == len(data["match_scores"]) == len(data["geometry"]["inliers"])
     assert data["geometry"]["kind"] == "homography" and data["matcher"] == {"method": "mnn"}
-    # matched positions, refined below the 2 px cell of the tiny model: within a pixel of the keypoints
+    # matched positions, refined below the 4 px cell of the tiny model: each end moves at most half a cell
     k0, m = np.array(data["image0"]["keypoints"]), np.array(data["matches"])
     p0 = np.array(data["match_points0"])
-    assert p0.shape == (len(m), 2) and np.abs(p0 - k0[m[:, 0]]).max() <= 1.0 + 1e-3
+    assert p0.shape == (len(m), 2) and np.abs(p0 - k0[m[:, 0]]).max() <= 2.0 + 1e-3
     assert np.abs(p0 - k0[m[:, 0]]).max() > 0
 
 

@@ -159,7 +159,7 @@ def test_every_variant_fast_equals_exact(name):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-5, msg=lambda m, n=n: f"{n}: {m}")
 
 
-@pytest.mark.parametrize("name", ["fast", "tiny"])
+@pytest.mark.parametrize("name", ["vgg4", "fast", "tiny"])
 def test_trained_weights_fast_equals_exact(name):
     if name not in available_pretrained():
         pytest.skip(f"no shipped {name} weights")

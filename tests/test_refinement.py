@@ -98,14 +98,14 @@ def test_refine_needs_the_spacing():
 @pytest.fixture(scope="module")
 def strided():
     torch.manual_seed(0)
-    return SiLK(variant_config("tiny")).eval()
+    return SiLK(variant_config("fast")).eval()  # output stride 2
 
 
 def test_extract_neighbours_fast_equals_exact(strided):
     x = torch.rand(2, 1, 40, 52)
     fast = strided.extract(x, max_keypoints=40, neighbours=True)
     exact = strided.extract(x, max_keypoints=40, exact=True, neighbours=True)
-    assert fast["neighbour_descriptors"].shape == (2, 40, 9, 64)
+    assert fast["neighbour_descriptors"].shape == (2, 40, 9, 128)
     assert fast["neighbour_spacing"].tolist() == [2.0, 2.0]
     torch.testing.assert_close(fast["neighbour_descriptors"], exact["neighbour_descriptors"], atol=1e-4, rtol=0)
     torch.testing.assert_close(fast["neighbour_descriptors"][:, :, 4], fast["descriptors"])

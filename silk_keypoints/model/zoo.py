@@ -3,7 +3,10 @@
 * ``vgg4``: the original SiLK VGG-4 (unpadded, no downsampling, 0.94 M parameters, ~274 GMAC at 480x640).
 * ``fast``: padded VGG (Conv -> BN -> ReLU), one 2x2 max-pool after the first stage (output stride 2),
   narrow heads: ~22 GMAC at 480x640 (SuperPoint-class cost), 0.27 M parameters.
-* ``tiny``: output stride 2, 8/16/32 channels, 1x1 heads, 64-D descriptors: ~1.8 GMAC (XFeat class).
+* ``tiny``: 8/24/64 channels, 2x2 max-pools after the first two stages (output stride 4), 1x1 heads,
+  64-D descriptors: ~1.9 GMAC at 480x640 (XFeat class), 72 k parameters. Spending the budget on a
+  coarser, deeper map gave far better descriptors than a stride-2 map with 32 channels (MMA@3 0.93 vs
+  0.84 on the validation set); sub-cell match refinement recovers most of the 1-px accuracy.
 
 Strided variants keep the named-output contract: maps are on a coarser grid, and positions are still
 image pixels (the :class:`~silk_keypoints.model.coords.GridMap` of the model does the conversion).
@@ -27,11 +30,11 @@ VARIANTS: dict[str, SiLKConfig] = {
         head_kernel=3,
     ),
     "tiny": SiLKConfig(
-        channels=(8, 16, 32),
+        channels=(8, 24, 64),
         padding=1,
-        pool_after=(0,),
+        pool_after=(0, 1),
         block_order="conv-bn-relu",
-        head_channels=32,
+        head_channels=64,
         head_kernel=1,
         descriptor_dim=64,
     ),
