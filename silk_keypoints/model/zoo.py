@@ -5,7 +5,7 @@
   narrow heads: ~22 GMAC at 480x640 (SuperPoint-class cost), 0.27 M parameters.
 * ``tiny``: 8/24/64 channels, 2x2 max-pools after the first two stages (output stride 4), 1x1 heads,
   64-D descriptors: ~1.9 GMAC at 480x640 (XFeat class), 72 k parameters. Spending the budget on a
-  coarser, deeper map gave far better descriptors than a stride-2 map with 32 channels (MMA@3 0.93 vs
+  coarser, deeper map gave far better descriptors than a stride-2 map with 32 channels (MMA@3 0.95 vs
   0.84 on the validation set); sub-cell match refinement recovers most of the 1-px accuracy.
 
 Strided variants keep the named-output contract: maps are on a coarser grid, and positions are still
