@@ -177,8 +177,8 @@ class Matcher(nn.Module):
             out["matches"].append(m)
             out["scores"].append(s)
         if "keypoints" in data["image0"] and "keypoints" in data["image1"]:
-            pairs = [self.points({k: v[i] for k, v in _batched(data["image0"]).items()},
-                                 {k: v[i] for k, v in _batched(data["image1"]).items()}, m)
+            f0, f1 = _batched(data["image0"]), _batched(data["image1"])
+            pairs = [self.points({k: v[i] for k, v in f0.items()}, {k: v[i] for k, v in f1.items()}, m)
                      for i, m in enumerate(out["matches"])]
             out["points0"], out["points1"] = [p[0] for p in pairs], [p[1] for p in pairs]
         return out

@@ -104,18 +104,17 @@ def refine_matches(
         temperature: of the soft-argmax (see the module doc).
 
     Returns:
-        points0, points1: (K, 2) float32 matched positions in pixels; the keypoints themselves where neither
-        image has neighbour descriptors.
+        points0, points1: (K, 2) matched positions in pixels, in the keypoints' dtype; the keypoints
+        themselves where neither image has neighbour descriptors.
     """
     i0, i1 = matches[:, 0], matches[:, 1]
-    p0 = feats0["keypoints"][i0].float().clone()
-    p1 = feats1["keypoints"][i1].float().clone()
+    p0, p1 = feats0["keypoints"][i0].clone(), feats1["keypoints"][i1].clone()
     n0, n1 = feats0.get("neighbour_descriptors"), feats1.get("neighbour_descriptors")
     share = 0.5 if n0 is not None and n1 is not None else 1.0
     if n1 is not None and len(matches):
-        p1 += share * _spacing(feats1) * subcell_offsets(feats0["descriptors"][i0], n1[i1], temperature)
+        p1 += share * _spacing(feats1) * subcell_offsets(feats0["descriptors"][i0], n1[i1], temperature).to(p1.dtype)
     if n0 is not None and len(matches):
-        p0 += share * _spacing(feats0) * subcell_offsets(feats1["descriptors"][i1], n0[i0], temperature)
+        p0 += share * _spacing(feats0) * subcell_offsets(feats1["descriptors"][i1], n0[i0], temperature).to(p0.dtype)
     return p0, p1
 
 

@@ -196,13 +196,14 @@ def match_features(
 
     ``matcher`` is a :class:`~silk_keypoints.matching.Matcher`: its temperatures / thresholds mean what they
     mean for the original SiLK (descriptors are treated as if scaled to norm 1.41)."""
-    t0, t1 = _torch_features(feats0), _torch_features(feats1)
+    t0, t1 = torch_features(feats0), torch_features(feats1)
     m = matcher({"image0": {"descriptors": t0["descriptors"]}, "image1": {"descriptors": t1["descriptors"]}})["matches"][0]
     p0, p1 = matcher.points(t0, t1, m.cpu())
     return m.cpu().numpy(), p0.double().numpy(), p1.double().numpy()
 
 
-def _torch_features(feats: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+def torch_features(feats: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """An extractor output (numpy) as torch tensors for matching and refinement (scores left out)."""
     return {k: torch.as_tensor(v) for k, v in feats.items() if k != "scores"}
 
 

@@ -47,9 +47,8 @@ from tqdm import tqdm
 from ..errors import SilkError
 from ..geometry import corner_error
 from ..io import IMAGE_SUFFIXES, load_image, read_text_matrix
-from ..matching import match_descriptors
-from ..refinement import refine_matches
-from .extractors import Extractor
+from ..matching import Matcher, match_descriptors
+from .extractors import Extractor, torch_features
 from .metrics import accuracy, error_auc, matching_accuracy, repeatability
 
 LARGE_SEQUENCES = (
@@ -250,11 +249,8 @@ def evaluate_pair(
     k1 = feats1["keypoints"] + pixel_offset
     d0, d1 = (torch.as_tensor(f["descriptors"], device=device) for f in (feats0, feats1))
     matches = match_descriptors(d0, d1, "mnn")[0].cpu()
-    if refine:
-        t0, t1 = ({k: torch.as_tensor(v) for k, v in f.items() if k != "scores"} for f in (feats0, feats1))
-        p0, p1 = (p.double().numpy() + pixel_offset for p in refine_matches(t0, t1, matches))
-    else:
-        p0, p1 = k0[matches[:, 0]], k1[matches[:, 1]]
+    points = Matcher("mnn", refine=refine).points(torch_features(feats0), torch_features(feats1), matches)
+    p0, p1 = (p.numpy() + pixel_offset for p in points)
     matches = matches.numpy()
     H_est = find_homography(p0, p1, ransac_threshold, seed)
     err = corner_error(H_est, H, size0)
