@@ -124,3 +124,14 @@ def test_augment_recipes(recipe):
         assert augment(images[:, :1], recipe, torch.Generator().manual_seed(0)).shape == (4, 1, 40, 40)
     with pytest.raises(ValueError, match="unknown augmentation"):
         augment(images, "albumentations")
+
+
+def test_lighting_recipe_adds_uneven_light_and_response_curves():
+    flat = torch.full((32, 1, 40, 40), 0.5)
+    out = augment(flat, "lighting", torch.Generator().manual_seed(0))
+    halves = torch.stack([out[..., :20].mean((1, 2, 3)) - out[..., 20:].mean((1, 2, 3)),
+                          out[..., :20, :].mean((1, 2, 3)) - out[..., 20:, :].mean((1, 2, 3))], 1)
+    ramps = halves.abs().amax(1) > 0.03
+    assert 4 < int(ramps.sum()) < 28  # about half of the views get a ramp (hpatches alone: never)
+    plain = augment(flat, "hpatches", torch.Generator().manual_seed(0))
+    assert not (plain[..., :20].mean((1, 2, 3)) - plain[..., 20:].mean((1, 2, 3))).abs().gt(0.03).any()

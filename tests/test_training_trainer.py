@@ -2,6 +2,7 @@
 
 import json
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -69,6 +70,35 @@ def test_train_writes_checkpoints_and_resumes_exactly(images, tmp_path):
     second, result = _losses(resume_config(load_run_config(tmp_path / "b"), {"steps": 4}), resume=True)
     assert result["step"] == 4
     assert {**first, **second} == full
+
+
+def test_weight_average_and_cosine_schedule(images, tmp_path):
+    config = _config(images, tmp_path / "a", ema_decay=0.9, lr_schedule="cosine", lr_min_ratio=0.1, val_every=0)
+    full, _ = _losses(config)
+    state = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    assert state["ema"]["updates"] == 4
+    raw, avg = state["model"], state["ema"]["weights"]
+    assert any(not torch.equal(raw[k], avg[k]) for k in raw if raw[k].is_floating_point())
+    # the files load as the average; the lr decayed to lr_min_ratio at the last step
+    for name in ("last.pt", "model.safetensors"):
+        torch.testing.assert_close(SiLK.from_checkpoint(tmp_path / "a" / name).state_dict(), avg)
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert lrs[-1] == pytest.approx(0.1 * config.lr * 2 ** 0.5) and lrs[0] > lrs[-1]
+    # interrupted (Ctrl-C after step 2) and resumed: the same losses and the same average
+    def interrupt(step, metrics):
+        if step == 2:
+            signal.raise_signal(signal.SIGINT)
+
+    config_b = replace(config, out=str(tmp_path / "b"))
+    assert train(config_b, callback=interrupt)["step"] == 2
+    second, _ = _losses(config_b, resume=True)
+    assert second == {k: v for k, v in full.items() if k > 2}
+    resumed = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["ema"]["weights"]
+    torch.testing.assert_close(resumed, avg)
+    with pytest.raises(SilkError, match="ema_decay"):
+        _config(images, tmp_path, ema_decay=1.0)
+    with pytest.raises(SilkError, match="lr_schedule"):
+        _config(images, tmp_path, lr_schedule="step")
 
 
 def test_ctrl_c_saves_and_resume_continues(images, tmp_path):

@@ -30,6 +30,8 @@ _FLAGS = {
     "workers": "workers",
     "threads": "threads",
     "small_images": "small_images",
+    "lr_schedule": "lr_schedule",
+    "ema": "ema_decay",
 }
 
 
@@ -47,6 +49,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, metavar="N", help="optimisation steps (default 100000)")
     p.add_argument("--batch-size", type=int, metavar="B", help="image pairs per step and process (default 1)")
     p.add_argument("--lr", type=float, help="learning rate for one pair per step (default 1e-4; sqrt-scaled)")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"),
+                   help="constant (default, as the original) or cosine decay to lr_min_ratio x lr at the last step")
+    p.add_argument("--ema", type=float, metavar="DECAY", help="keep a moving average of the weights (e.g. 0.999) "
+                   "and validate, select and save it (default 0: off)")
     p.add_argument("--crop", type=int, metavar="PX", help="square crop size (default 164)")
     p.add_argument("--device", help="cpu (default) or cuda")
     p.add_argument("--init-from", metavar="NAME|PATH", help="fine-tune from shipped weights or a checkpoint")
@@ -55,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--val-every", type=int, metavar="K", help="validate every K steps (default 1000, 0: never)")
     p.add_argument("--ckpt-every", type=int, metavar="K", help="write last.pt every K steps (default 1000)")
-    p.add_argument("--augment", help="photometric augmentation: silk (default), hpatches, none")
+    p.add_argument("--augment", help="photometric augmentation: silk (default), hpatches, lighting, none")
     p.add_argument("--small-images", choices=("pad", "skip", "error"),
                    help="images smaller than the crop: zero-pad (default, as the original), skip, or stop with an error")
     p.add_argument("--workers", type=int, help="data-loader processes (default 0)")

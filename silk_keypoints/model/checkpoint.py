@@ -136,9 +136,10 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], SiLK
         raise SilkError(f"cannot read checkpoint {path}: the file is corrupt, truncated or not a torch file ({e})") from None
     if not isinstance(obj, dict):
         raise SilkError(f"cannot read checkpoint {path}: expected a dict, found {type(obj).__name__}")
-    if "model" in obj and "config" in obj:  # our training checkpoint
+    if "model" in obj and "config" in obj:  # our training checkpoint: the weight average when it has one
         config = SiLKConfig.from_dict(obj["config"]["model"] if "model" in obj["config"] else obj["config"])
-        return dict(obj["model"]), config
+        average = obj.get("ema")
+        return dict(average["weights"] if average else obj["model"]), config
     state = obj.get("state_dict", obj)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise SilkError(f"cannot read checkpoint {path}: no 'state_dict' of tensors in it (keys: {sorted(obj)[:8]})")

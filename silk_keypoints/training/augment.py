@@ -12,6 +12,10 @@ Two recipes of the original, re-created with torch/kornia on float images in [0,
     contrast ``(x - mean) * U(0.5, 1.5) + mean``, Gaussian noise with ``std ~ U(0, 0.04)``, speckle (salt and
     pepper) noise with ``p ~ U(0, 0.0035)`` per side, clip to [0, 1]; then with probability 0.5 a 3-px motion
     blur at an angle ``U(0, 6.28)`` *degrees* (the original passes radians-looking bounds to a degrees API).
+``"lighting"`` (ours, not in the original): ``"hpatches"`` after two changes of the light that real scenes
+    show and neither recipe has, each with probability 0.5: a response curve ``x ** exp(U(-0.6, 0.6))`` and
+    uneven lighting, an additive linear ramp of random direction, ``U(0.05, 0.3)`` at the middle of the edges
+    (as SuperPoint's "additive shade").
 ``"none"``: no augmentation.
 
 Differences from albumentations: float arithmetic instead of uint8 look-up tables (no intermediate rounding),
@@ -27,7 +31,7 @@ import torch
 from kornia.color import hsv_to_rgb, rgb_to_hsv
 from kornia.filters import box_blur, motion_blur
 
-RECIPES = ("silk", "hpatches", "none")
+RECIPES = ("silk", "hpatches", "lighting", "none")
 
 
 def augment(images: torch.Tensor, recipe: str = "silk", generator: torch.Generator | None = None) -> torch.Tensor:
@@ -39,7 +43,7 @@ def augment(images: torch.Tensor, recipe: str = "silk", generator: torch.Generat
         raise ValueError(f"unknown augmentation recipe {recipe!r}; available: {RECIPES}")
     if recipe == "none":
         return images
-    fn = _silk if recipe == "silk" else _hpatches
+    fn = {"silk": _silk, "hpatches": _hpatches, "lighting": _lighting}[recipe]
     return torch.cat([fn(img[None], _Draw(generator)) for img in images]).clamp_(0.0, 1.0)
 
 
@@ -108,3 +112,15 @@ def _hpatches(x: torch.Tensor, d: _Draw) -> torch.Tensor:
     if d.chance(0.5):
         x = _motion(x, 3, d.uniform(0, 6.28), 0.0)
     return x
+
+
+def _lighting(x: torch.Tensor, d: _Draw) -> torch.Tensor:
+    if d.chance(0.5):
+        x = x.clamp(0, 1) ** math.exp(d.uniform(-0.6, 0.6))
+    if d.chance(0.5):
+        h, w = x.shape[-2:]
+        angle, amplitude = d.uniform(0, 2 * math.pi), d.uniform(0.05, 0.3)
+        ys = torch.linspace(-1, 1, h, dtype=x.dtype, device=x.device)[:, None]
+        xs = torch.linspace(-1, 1, w, dtype=x.dtype, device=x.device)[None, :]
+        x = (x + amplitude * (math.cos(angle) * xs + math.sin(angle) * ys)).clamp(0, 1)
+    return _hpatches(x, d)

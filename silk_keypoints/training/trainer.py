@@ -7,7 +7,9 @@ computes the dense correspondences of the two output maps and the SiLK loss, and
 
 Defaults follow the original: Adam (betas 0.9, 0.999, no weight decay), lr 1e-4 for one pair per step, no
 schedule, 164 x 164 crops, one pair per step, the ``silk`` augmentation recipe, 100k steps. With more pairs per
-step (``batch_size`` x processes) the learning rate is scaled by ``sqrt(pairs)`` (``lr_scaling``).
+step (``batch_size`` x processes) the learning rate is scaled by ``sqrt(pairs)`` (``lr_scaling``). Not in the
+original, off by default: a cosine decay of the rate (``lr_schedule``) and a moving average of the weights
+(``ema_decay``; validation, ``best.pt`` selection and the final weights then use the average).
 
 Determinism: every random draw of step ``k`` on process ``r`` comes from a generator seeded with
 ``(seed, r, k)``, and the crops depend on ``(seed, epoch, image)``, so a run is reproducible and ``resume``
@@ -16,8 +18,8 @@ continues exactly as an uninterrupted run (CPU; on GPU up to cuDNN non-determini
 Run folder: ``last.pt`` (every ``ckpt_every`` steps, at the end and on Ctrl-C), ``best.pt`` (best validation
 ``best_metric``), ``model.safetensors`` (final weights), ``metrics.jsonl`` and TensorBoard events. Checkpoints are
 plain dicts (``torch.load(weights_only=True)``) with ``model``, ``optimizer``, ``scheduler``, ``scaler``,
-``step``, ``rng``, ``best`` and ``config`` = ``{"model": SiLKConfig dict, "train": TrainConfig dict}``;
-:meth:`SiLK.from_checkpoint` reads them.
+``ema`` (the weight average or None), ``step``, ``rng``, ``best`` and ``config`` = ``{"model": SiLKConfig dict,
+"train": TrainConfig dict}``; :meth:`SiLK.from_checkpoint` reads them (the average when there is one).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from .homography import (
     warp_images,
 )
 from .loss import SCALARS, LossConfig, silk_loss
+from .schedule import SCHEDULES, WeightAverage, lr_factor
 
 CHECKPOINT_FORMAT = "silk-keypoints-train"
 BEST_METRICS = ("f1", "mma", "repeatability")
@@ -77,6 +80,9 @@ class TrainConfig:
     lr: float = 1e-4  # for one pair per step; scaled by lr_scaling with more
     lr_scaling: str = "sqrt"  # none | sqrt | linear in the number of pairs per step (all processes)
     warmup_steps: int = 0  # linear learning-rate warm-up
+    lr_schedule: str = "constant"  # constant (the original) | cosine: decay to lr_min_ratio x lr at the last step
+    lr_min_ratio: float = 0.05
+    ema_decay: float = 0.0  # 0: off; e.g. 0.999: validate, select and save a moving average of the weights
     crop: int = 164
     small_images: str = "pad"  # images smaller than the crop: pad | skip | error
     augment: str = "silk"  # photometric recipe: silk | hpatches | none
@@ -104,6 +110,12 @@ class TrainConfig:
         problems = []
         if self.augment not in RECIPES:
             problems.append(f"augment must be one of {RECIPES}")
+        if self.lr_schedule not in SCHEDULES:
+            problems.append(f"lr_schedule must be one of {SCHEDULES}")
+        if not 0.0 <= self.lr_min_ratio <= 1.0:
+            problems.append("lr_min_ratio must be in [0, 1]")
+        if not 0.0 <= self.ema_decay < 1.0:
+            problems.append("ema_decay must be in [0, 1) (0: no weight average)")
         if self.lr_scaling not in ("none", "sqrt", "linear"):
             problems.append("lr_scaling must be none, sqrt or linear")
         if self.best_metric not in BEST_METRICS:
@@ -176,8 +188,9 @@ def _train(
     pairs = config.batch_size * world
     lr = config.lr * {"none": 1.0, "sqrt": math.sqrt(pairs), "linear": float(pairs)}[config.lr_scaling]
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999))
-    warmup = max(1, config.warmup_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: min(1.0, (k + 1) / warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: lr_factor(
+        k, config.steps, config.warmup_steps, config.lr_schedule, config.lr_min_ratio))
+    average = WeightAverage(model, config.ema_decay) if config.ema_decay and rank == 0 else None
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     step, best = 0, None
@@ -187,11 +200,13 @@ def _train(
         scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"])
         step, best = state["step"], state["best"]
+        if average is not None and state.get("ema") is not None:
+            average.load_state_dict(state["ema"])
     net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if world > 1 else model
     generator = torch.Generator()
 
     def save(path: Path) -> None:
-        _save_checkpoint(path, model, optimizer, scheduler, scaler, step, best, config)
+        _save_checkpoint(path, model, optimizer, scheduler, scaler, step, best, config, average)
 
     # logging and validation live on rank 0
     val_pairs = _validation_pairs(val_paths, config) if rank == 0 and config.val_every else None
@@ -229,6 +244,8 @@ def _train(
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
+                if average is not None:
+                    average.update(model)
                 step += 1
                 metrics = {k: float(v.detach()) for k, v in losses.items()}
                 if callback is not None:
@@ -240,7 +257,7 @@ def _train(
                         bar.set_postfix(loss=f"{logged['loss']:.3f}", f1=f"{logged['f1']:.3f}")
                 bar.update(1)
                 if rank == 0 and val_pairs is not None and (step % config.val_every == 0 or step == config.steps):
-                    val = validate(model, val_pairs, config)
+                    val = validate(model if average is None else average.model, val_pairs, config)
                     _log(writer, log_file, "val", step, val)
                     if best is None or val[config.best_metric] > best["value"]:
                         best = {"metric": config.best_metric, "value": val[config.best_metric], "step": step}
@@ -252,7 +269,8 @@ def _train(
         if rank == 0 and stop.requested:
             save(last_path)
         if rank == 0 and not stop.requested:
-            model.save(run / "model.safetensors", info={"step": step, "train": config.to_dict()})
+            final = model if average is None else average.model
+            final.save(run / "model.safetensors", info={"step": step, "train": config.to_dict()})
     finally:
         stop.restore()
         bar.close()
@@ -379,6 +397,7 @@ def _save_checkpoint(
     step: int,
     best: dict | None,
     config: TrainConfig,
+    average: WeightAverage | None = None,
 ) -> None:
     state = {
         "format": CHECKPOINT_FORMAT,
@@ -386,6 +405,7 @@ def _save_checkpoint(
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
+        "ema": None if average is None else average.state_dict(),
         "step": step,
         "best": best,
         "rng": {"torch": torch.get_rng_state()},
