@@ -7,9 +7,12 @@ at the same keypoint budget: repeatability@3, MMA@1/3/5, homography accuracy @1/
 of a RANSAC fit), #keypoints, #matches, ms per image. Our convention (pixel centres at integers), images
 at their generated size, plain mutual nearest neighbours; matched SiLK points are refined below the cell
 size as ``Matcher`` does by default (:mod:`silk_keypoints.refinement`; ``--no-refine``: the ablation).
-Repeatability always uses the keypoints as detected.
+Repeatability always uses the keypoints as detected. ``--strength 0.5 2`` makes the hard set: the change
+grows from image 2 to image 6 of each sequence up to twice the default's (rotations up to 30 deg, scales
+0.64-1.56, strong gamma and shading), closer to real HPatches.
 
     python benchmarks/validation.py --photos ../shared/data/train-photos --models fast tiny
+    python benchmarks/validation.py --photos ../shared/data/train-photos --models fast tiny --strength 0.5 2
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ def main() -> None:
     p.add_argument("--sequences", type=int, default=20)
     p.add_argument("--size", default="480x360", help="WxH of the generated images")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strength", type=float, nargs=2, default=(1.0, 1.0), metavar=("LO", "HI"),
+                   help="change in image 2 and image 6 of each sequence (make_hpatches); 0.5 2: the hard set")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None, help="folder for the JSON results (optional)")
     p.add_argument("--no-refine", action="store_true", help="keep matched points on the cell grid (an ablation)")
@@ -54,13 +59,14 @@ def main() -> None:
         folder.mkdir()
         for path in val:
             shutil.copy(path, folder / path.name)
-        data = make_hpatches(Path(tmp) / "hpatches", folder, args.sequences, size, args.seed)
+        data = make_hpatches(Path(tmp) / "hpatches", folder, args.sequences, size, args.seed, tuple(args.strength))
         baselines = [b for b in args.baselines.split(",") if b.strip()]
         extractors = build_extractors(args.models, args.checkpoint, baselines, args.max_keypoints)
         protocol = get_protocol("d2net", max_keypoints=args.max_keypoints, table=COLUMNS, refine=not args.no_refine)
         result = evaluate_hpatches(data, extractors, protocol, seed=args.seed, progress=False)
     refine = "matches refined below the cell size" if protocol.refine else "matches on the cell grid"
-    print(f"{len(val)} validation photos -> {args.sequences} sequences of {args.size}, "
+    print(f"{len(val)} validation photos -> {args.sequences} sequences of {args.size}, strength "
+          f"{args.strength[0]:g}-{args.strength[1]:g}, "
           f"{args.max_keypoints} keypoints, mutual NN ({refine}), seed {args.seed}\n")
     print(hpatches_table(result))
     if args.out:

@@ -64,6 +64,26 @@ def test_hpatches_ground_truth_matches_pixels(tmp_path):
         make_hpatches(tmp_path / "x", sequences=0)
 
 
+def test_hpatches_strength_ramps_the_change_and_keeps_ground_truth(tmp_path):
+    root = make_hpatches(tmp_path / "hp", images=IMAGES, sequences=6, size=(160, 120), seed=3, strength=(0.3, 2.5))
+    corners = np.array([[0, 0, 1], [159, 0, 1], [0, 119, 1], [159, 119, 1]], dtype=float)
+    shift, change = np.zeros(5), np.zeros(5)
+    for v, i in (("v_synth01", "i_synth00"), ("v_synth03", "i_synth02"), ("v_synth05", "i_synth04")):
+        ref = cv2.imread(str(root / v / "1.ppm"), cv2.IMREAD_GRAYSCALE).astype(float)
+        ref_i = cv2.imread(str(root / i / "1.ppm")).astype(float)
+        for k in range(2, 7):
+            H = read_homography(root / v / f"H_1_{k}")
+            p = corners @ H.T
+            shift[k - 2] += np.linalg.norm(p[:, :2] / p[:, 2:] - corners[:, :2], axis=1).mean()
+            img = cv2.imread(str(root / v / f"{k}.ppm"), cv2.IMREAD_GRAYSCALE).astype(float)
+            valid = cv2.warpPerspective(np.ones_like(ref), H, (160, 120)) > 0.99
+            assert ncc(cv2.warpPerspective(ref, H, (160, 120))[valid], img[valid]) > 0.85
+            change[k - 2] += np.abs(cv2.imread(str(root / i / f"{k}.ppm")).astype(float) - ref_i).mean()
+    assert shift[4] > 2 * shift[0] and change[4] > 2 * change[0]  # image 6 is much harder than image 2
+    with pytest.raises(SilkError, match="strength"):
+        make_hpatches(tmp_path / "x", sequences=2, strength=(0.0, 1.0))
+
+
 def test_render_plane_depth_and_camera():
     T = look_at(np.zeros(3), np.array([0, 0, 5.0]))
     np.testing.assert_allclose(T, np.eye(4), atol=1e-12)

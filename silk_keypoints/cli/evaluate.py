@@ -89,6 +89,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="sequences (hpatches, default 4), views (pose, default 4) or frames (rgbd, default 4)")
     mk.add_argument("--size", default="320x240", metavar="WxH", help="image size (default: 320x240)")
     mk.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    mk.add_argument("--strength", type=float, nargs=2, default=(1.0, 1.0), metavar=("LO", "HI"),
+                    help="hpatches: change in image 2 and image 6, ramped in between (default: 1 1; "
+                    "0.5 2 is closer to real HPatches)")
     mk.set_defaults(func=run_make_testdata)
 
 
@@ -194,7 +197,7 @@ def run_make_testdata(args: argparse.Namespace) -> int:
         raise SilkError(f"--size {args.size}: images must be at least 32x32")
     count = args.count or 4
     if args.kind == "hpatches":
-        out = testdata.make_hpatches(args.out, args.images, count, (w, h), args.seed)
+        out = testdata.make_hpatches(args.out, args.images, count, (w, h), args.seed, tuple(args.strength))
     elif args.kind == "pose":
         out = testdata.make_pose_dataset(args.out, args.images, count, (w, h), args.seed)
     else:

@@ -3,6 +3,7 @@
 * :func:`make_hpatches`: ``hpatches-sequences-release``-like sequences. ``v_*``: random homographies of a
   larger canvas (no black borders) with mild photometric changes; ``i_*``: identity geometry, strong
   illumination changes (gain, gamma, colour tint, shading ramp, noise). ``1.ppm``...``6.ppm``, ``H_1_2``...``H_1_6``.
+  ``strength=(lo, hi)`` ramps the change from image 2 to image 6, as real HPatches sequences get harder.
 * :func:`make_pose_dataset`: a synthetic 3-D scene (textured planes at different depths) rendered from a few
   known cameras, with the pair lists of :mod:`.pose` (JSON, CSV, a LoFTR/MegaDepth-style ``scene_info.npz``)
   and an IMC2022-style ``test.csv`` + ``test_images``.
@@ -125,18 +126,24 @@ def make_hpatches(
     sequences: int = 4,
     size: Size = (320, 240),
     seed: int = 0,
+    strength: tuple[float, float] = (1.0, 1.0),
 ) -> Path:
     """Write ``sequences`` HPatches-like sequences under ``out`` (half ``i_synthNN``, half ``v_synthNN``).
 
     Each sequence: ``1.ppm``...``6.ppm`` of ``size`` (W, H) and ``H_1_k`` (3 rows of 3 numbers) mapping
-    pixels of ``1.ppm`` to pixels of ``k.ppm``. Returns ``out``.
+    pixels of ``1.ppm`` to pixels of ``k.ppm``. ``strength``: of the change in image 2 and in image 6 (linear
+    in between), a factor on the ranges of :func:`random_homography` and :func:`change_illumination`
+    (viewpoint images keep a mild photometric change, 0.3). Returns ``out``.
     """
     if sequences < 1:
         raise SilkError(f"sequences must be >= 1, got {sequences}")
+    if len(strength) != 2 or not 0 < min(strength) <= max(strength) <= 4:
+        raise SilkError(f"strength must be two factors in (0, 4], got {strength}")
     rng = np.random.default_rng(seed)
     out = Path(out)
     w, h = size
-    margin = (w // 4, h // 4)
+    grow = max(1.0, strength[1])  # a larger canvas for stronger homographies (no black borders)
+    margin = (int(w * grow) // 4, int(h * grow) // 4)
     canvases = source_images(images, sequences, (w + 2 * margin[0], h + 2 * margin[1]), rng)
     for i, canvas in enumerate(canvases):
         viewpoint = i % 2 == 1
@@ -146,24 +153,26 @@ def make_hpatches(
         ref = cv2.warpPerspective(canvas, crop, size, flags=cv2.INTER_LINEAR)
         _write_image(seq / "1.ppm", ref)
         for k in range(2, 7):
+            s = float(np.interp(k, (2, 6), strength))
             if viewpoint:
-                H = _homography_inside(size, margin, rng)
+                H = _homography_inside(size, margin, rng, s)
                 img = cv2.warpPerspective(canvas, H @ crop, size, flags=cv2.INTER_LINEAR)
                 img = change_illumination(img, rng, strength=0.3)
             else:
                 H = np.eye(3)
-                img = change_illumination(ref, rng)
+                img = change_illumination(ref, rng, s)
             _write_image(seq / f"{k}.ppm", img)
             np.savetxt(seq / f"H_1_{k}", H / H[2, 2], fmt="%.12g")
     return out
 
 
-def _homography_inside(size: Size, margin: Size, rng: np.random.Generator) -> np.ndarray:
-    """A random homography whose inverse maps the image corners inside the canvas (image + margin)."""
+def _homography_inside(size: Size, margin: Size, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
+    """A random homography of at most ``strength`` whose inverse maps the image corners inside the canvas
+    (image + margin); weaker draws are tried when a strong one leaves the canvas."""
     w, h = size
     corners = np.array([[0, 0, 1], [w - 1, 0, 1], [0, h - 1, 1], [w - 1, h - 1, 1]], dtype=np.float64)
-    for strength in np.linspace(1.0, 0.2, 30):
-        H = random_homography(size, rng, strength)
+    for s in np.linspace(1.0, 0.2, 30) * strength:
+        H = random_homography(size, rng, s)
         p = corners @ np.linalg.inv(H).T
         p = p[:, :2] / p[:, 2:]
         if (p[:, 0] > -margin[0]).all() and (p[:, 0] < w - 1 + margin[0]).all() and \
