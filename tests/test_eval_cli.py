@@ -91,6 +91,7 @@ def test_eval_registration(work, capsys):
          "exactly one"),
         (["make-testdata", "pose", "--out", "{tmp}/x", "--size", "big"], "--size must look like"),
         (["make-testdata", "hpatches", "--out", "{tmp}/x", "--images", "{tmp}"], "no images"),
+        (["make-testdata", "hpatches", "--out", "{tmp}/x", "--strength", "0", "2"], "strength must be"),
     ],
 )
 def test_errors_are_one_line_messages(work, tmp_path, capsys, args, message):

@@ -183,10 +183,11 @@ def test_cli_train_and_resume(images, tmp_path, capsys):
     cfg.write_text('model = "tiny"\ncrop = 48\nval_every = 0\n[loss]\ncells = 200\n[homography]\nfull_rotation = true\n')
     out = tmp_path / "run"
     assert main(["train", "--images", str(images), "--out", str(out), "--config", str(cfg), "--steps", "2",
-                 "--threads", "1"]) == 0
+                 "--threads", "1", "--ema", "0.9", "--lr-schedule", "cosine", "--augment", "lighting"]) == 0
     assert "trained 2 steps" in capsys.readouterr().out
     stored = load_run_config(out)
     assert stored.loss.cells == 200 and stored.homography.full_rotation and stored.model == "tiny"
+    assert (stored.ema_decay, stored.lr_schedule, stored.augment) == (0.9, "cosine", "lighting")
     assert main(["train", "--out", str(out), "--resume", "--steps", "3"]) == 0
     assert torch.load(out / "last.pt", weights_only=True)["step"] == 3
     assert main(["train", "--out", str(out / "x"), "--model", "tiny"]) == 2

@@ -142,7 +142,7 @@ def make_hpatches(
     rng = np.random.default_rng(seed)
     out = Path(out)
     w, h = size
-    grow = max(1.0, strength[1])  # a larger canvas for stronger homographies (no black borders)
+    grow = max(1.0, *strength)  # a larger canvas for stronger homographies (no black borders)
     margin = (int(w * grow) // 4, int(h * grow) // 4)
     canvases = source_images(images, sequences, (w + 2 * margin[0], h + 2 * margin[1]), rng)
     for i, canvas in enumerate(canvases):

@@ -85,7 +85,7 @@ class TrainConfig:
     ema_decay: float = 0.0  # 0: off; e.g. 0.999: validate, select and save a moving average of the weights
     crop: int = 164
     small_images: str = "pad"  # images smaller than the crop: pad | skip | error
-    augment: str = "silk"  # photometric recipe: silk | hpatches | none
+    augment: str = "silk"  # photometric recipe: silk | hpatches | lighting | none
     homography: HomographyConfig = field(default_factory=HomographyConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     device: str = "cpu"
