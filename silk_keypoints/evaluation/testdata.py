@@ -137,7 +137,7 @@ def make_hpatches(
     """
     if sequences < 1:
         raise SilkError(f"sequences must be >= 1, got {sequences}")
-    if len(strength) != 2 or not 0 < min(strength) <= max(strength) <= 4:
+    if len(strength) != 2 or not (0 < min(strength) and max(strength) <= 4):
         raise SilkError(f"strength must be two factors in (0, 4], got {strength}")
     rng = np.random.default_rng(seed)
     out = Path(out)

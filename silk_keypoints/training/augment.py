@@ -31,8 +31,6 @@ import torch
 from kornia.color import hsv_to_rgb, rgb_to_hsv
 from kornia.filters import box_blur, motion_blur
 
-RECIPES = ("silk", "hpatches", "lighting", "none")
-
 
 def augment(images: torch.Tensor, recipe: str = "silk", generator: torch.Generator | None = None) -> torch.Tensor:
     """Augment each image of (B, C, H, W) float [0, 1] independently; returns a new tensor in [0, 1].
@@ -43,7 +41,7 @@ def augment(images: torch.Tensor, recipe: str = "silk", generator: torch.Generat
         raise ValueError(f"unknown augmentation recipe {recipe!r}; available: {RECIPES}")
     if recipe == "none":
         return images
-    fn = {"silk": _silk, "hpatches": _hpatches, "lighting": _lighting}[recipe]
+    fn = _RECIPES[recipe]
     return torch.cat([fn(img[None], _Draw(generator)) for img in images]).clamp_(0.0, 1.0)
 
 
@@ -124,3 +122,9 @@ def _lighting(x: torch.Tensor, d: _Draw) -> torch.Tensor:
         xs = torch.linspace(-1, 1, w, dtype=x.dtype, device=x.device)[None, :]
         x = (x + amplitude * (math.cos(angle) * xs + math.sin(angle) * ys)).clamp(0, 1)
     return _hpatches(x, d)
+
+
+_RECIPES: dict[str, Callable[[torch.Tensor, _Draw], torch.Tensor]] = {
+    "silk": _silk, "hpatches": _hpatches, "lighting": _lighting,
+}
+RECIPES = (*_RECIPES, "none")
