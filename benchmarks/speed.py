@@ -45,13 +45,31 @@ from silk_keypoints.model.zoo import VARIANTS, variant_config
 BACKENDS = ("naive", "exact", "fast", "fast+nb", "bf16", "ort", "sift", "orb")
 
 
+class NaiveLocalContrast(nn.Module):
+    """Local contrast normalisation (``backbone.local_contrast``) with separable average pooling."""
+
+    def __init__(self, window: int) -> None:
+        super().__init__()
+        self.window = window
+
+    def box(self, x: torch.Tensor) -> torch.Tensor:
+        k, r = self.window, self.window // 2
+        x = F.avg_pool2d(x, (1, k), 1, (0, r), count_include_pad=False)
+        return F.avg_pool2d(x, (k, 1), 1, (r, 0), count_include_pad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = self.box(x)
+        var = (self.box(x * x) - mean * mean).clamp(min=0)
+        return 0.5 + 0.2 * (x - mean) / (var.sqrt() + 0.03)
+
+
 class NaiveSiLK(nn.Module):
     """The same network as plain eager modules: Conv -> ReLU -> BN blocks, NCHW, float32, nothing fused."""
 
     def __init__(self, model: SiLK) -> None:
         super().__init__()
         cfg = model.config
-        layers: list[nn.Module] = []
+        layers: list[nn.Module] = [NaiveLocalContrast(cfg.contrast_window)] if cfg.contrast_window else []
         for s, stage in enumerate(model.backbone.stages):
             for block in stage:
                 layers += self._block(block)

@@ -145,6 +145,7 @@ VARIANT_CONFIGS = {
     "rgb-no-bn": SiLKConfig(
         in_channels=3, channels=(8, 8), batch_norm=False, head_channels=8, descriptor_dim=8
     ),
+    "local-contrast": variant_config("tiny").replace(contrast_window=15),
 }
 
 

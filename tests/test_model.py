@@ -194,3 +194,67 @@ def test_variants_build_and_run(name):
     assert out["descriptors"].shape[-1] == model.config.descriptor_dim
     kp = out["keypoints"][0]
     assert kp[:, 0].min() >= 0 and kp[:, 0].max() <= 79 and kp[:, 1].min() >= 0 and kp[:, 1].max() <= 63
+
+
+def _local_contrast_reference(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Pixel by pixel: the box clipped to the image, its mean and (population) standard deviation."""
+    from silk_keypoints.model.backbone import CONTRAST_FLOOR, CONTRAST_GAIN, CONTRAST_MEAN
+
+    r = window // 2
+    out = torch.empty_like(x)
+    h, w = x.shape[-2:]
+    for i in range(h):
+        for j in range(w):
+            box = x[..., max(0, i - r): i + r + 1, max(0, j - r): j + r + 1].flatten(-2)
+            mean, std = box.mean(-1), box.var(-1, unbiased=False).sqrt()
+            out[..., i, j] = CONTRAST_MEAN + CONTRAST_GAIN * (x[..., i, j] - mean) / (std + CONTRAST_FLOOR)
+    return out
+
+
+def test_local_contrast_equals_the_pixelwise_definition():
+    from silk_keypoints.model.backbone import local_contrast
+
+    x = torch.rand(2, 3, 11, 14, dtype=torch.float64)
+    torch.testing.assert_close(local_contrast(x, 5), _local_contrast_reference(x, 5))
+
+
+def test_local_contrast_ignores_offsets_and_flat_images():
+    from silk_keypoints.model.backbone import local_contrast
+
+    x = torch.rand(1, 1, 40, 50, dtype=torch.float64)
+    torch.testing.assert_close(local_contrast(x + 0.3, 9), local_contrast(x, 9))
+    torch.testing.assert_close(local_contrast(torch.full((1, 1, 20, 20), 0.7), 9), torch.full((1, 1, 20, 20), 0.5))
+    # a gain of the light changes the result only through the floor added to the standard deviation
+    a, b = local_contrast(x, 9), local_contrast(2 * x, 9)
+    assert (a - 0.5).abs().mean() < (b - 0.5).abs().mean() < 1.2 * (a - 0.5).abs().mean()
+
+
+def test_contrast_window_runs_first_in_the_backbone():
+    from silk_keypoints.model.backbone import local_contrast
+
+    torch.manual_seed(0)
+    model = SiLK(variant_config("tiny").replace(contrast_window=7)).eval()
+    plain = SiLK(variant_config("tiny")).eval()
+    plain.load_state_dict(model.state_dict())
+    x = torch.rand(1, 1, 48, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, "logits"), plain(local_contrast(x, 7), "logits"))
+
+
+@pytest.mark.parametrize("window", [1, 4, -3])
+def test_contrast_window_must_be_odd(window):
+    with pytest.raises(SilkError, match="contrast_window"):
+        SiLKConfig(contrast_window=window)
+
+
+@pytest.mark.parametrize("window", [3, 7, 63])
+def test_box_mean_equals_average_pooling_inside_the_image(window):
+    from silk_keypoints.model.backbone import box_mean
+
+    x = torch.rand(2, 2, 13, 29, dtype=torch.float64)
+    r = window // 2
+    pooled = torch.nn.functional.avg_pool2d(x, window, 1, r, count_include_pad=False) if r < 7 else None
+    if pooled is not None:
+        torch.testing.assert_close(box_mean(x, window), pooled)
+    else:  # a window larger than the image: every pixel's box is the whole image
+        torch.testing.assert_close(box_mean(x, window), x.mean((-2, -1), keepdim=True).expand_as(x))

@@ -95,6 +95,13 @@ def test_trained_tiny_model(tmp_path):
     assert_same_extraction(ours, model.extract(image, max_keypoints=1000, exact=True, neighbours=True))
 
 
+def test_local_contrast_model(tmp_path):
+    model = make_model(variant_config("tiny").replace(contrast_window=15))
+    runner = OnnxSiLK(export_onnx(model, tmp_path / "lcn.onnx", dynamic=True, example_size=(64, 80)))
+    image = torch.rand(1, 1, 71, 90)
+    assert_same_extraction(runner.extract(image, max_keypoints=200), model.extract(image, max_keypoints=200))
+
+
 def test_one_file_two_sizes_and_a_batch(tiny, tiny_onnx):
     assert tiny_onnx.input_shape[2:] == ["height", "width"]
     for shape in [(1, 1, 64, 80), (2, 1, 97, 121)]:

@@ -21,6 +21,7 @@ class SiLKConfig:
     """
 
     in_channels: int = 1  # 1: grayscale input, 3: RGB input
+    contrast_window: int = 0  # 0: the image as is; k (odd): local contrast normalisation over k x k first
     channels: tuple[int, ...] = (64, 64, 128, 128)  # one entry per stage
     blocks_per_stage: int = 2
     padding: int = 0  # padding of every 3x3 convolution (0 = the original "valid" convolutions)
@@ -42,6 +43,8 @@ class SiLKConfig:
         self.channels = tuple(int(c) for c in self.channels)
         self.pool_after = tuple(int(s) for s in self.pool_after)
         problems = []
+        if self.contrast_window != 0 and (self.contrast_window < 3 or self.contrast_window % 2 == 0):
+            problems.append(f"contrast_window must be 0 (off) or an odd size >= 3, got {self.contrast_window}")
         if self.in_channels not in (1, 3):
             problems.append(f"in_channels must be 1 or 3, got {self.in_channels}")
         if not self.channels or min(self.channels) < 1:

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..refinement import neighbour_descriptors
-from .backbone import ConvBlock
+from .backbone import ConvBlock, local_contrast
 
 FLOAT32_CONVS = 2  # in bf16 mode, the first convs that still compute in float32
 WORKSPACE_PIXELS = (
@@ -256,6 +256,7 @@ class FusedSiLK(nn.Module):
         self.out_dtype = model.descriptor_scale.dtype
         self.dtype = dtype or self.out_dtype
         self.channels_last = channels_last
+        self.contrast_window = model.backbone.contrast_window
         with torch.no_grad():
             layers, pending = self._fold_backbone(model.backbone)
             heads = (model.keypoint_head, model.descriptor_head)
@@ -321,6 +322,8 @@ class FusedSiLK(nn.Module):
     def backbone_features(self, images: torch.Tensor, ws: Workspace | None = None) -> torch.Tensor:
         """(B, C, H, W) images -> backbone output in the compute dtype (before ``feature_affine``)."""
         x = images.to(self.out_dtype)
+        if self.contrast_window:
+            x = local_contrast(x, self.contrast_window)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         for layer in self.backbone:
