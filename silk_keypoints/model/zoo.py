@@ -1,8 +1,10 @@
 """The model family and the registry of weights shipped inside the package.
 
 * ``vgg4``: the original SiLK VGG-4 (unpadded, no downsampling, 0.94 M parameters, ~274 GMAC at 480x640).
-* ``fast``: padded VGG (Conv -> BN -> ReLU), one 2x2 max-pool after the first stage (output stride 2),
-  narrow heads: ~22 GMAC at 480x640 (SuperPoint-class cost), 0.27 M parameters.
+* ``fast``: local contrast normalisation of the input (63-px window), padded VGG (Conv -> BN -> ReLU), one
+  2x2 max-pool after the first stage (output stride 2), narrow heads: ~22 GMAC at 480x640 (SuperPoint-class
+  cost), 0.27 M parameters. The normalisation makes the keypoint ranking follow local structure rather than
+  the lighting (repeatability@3 on illumination pairs 0.88 -> 0.95 on the validation set).
 * ``tiny``: 8/24/64 channels, 2x2 max-pools after the first two stages (output stride 4), 1x1 heads,
   64-D descriptors: ~1.9 GMAC at 480x640 (XFeat class), 72 k parameters. Spending the budget on a
   coarser, deeper map gave far better descriptors than a stride-2 map with 32 channels (MMA@3 0.95 vs
@@ -22,6 +24,7 @@ from .config import SiLKConfig
 VARIANTS: dict[str, SiLKConfig] = {
     "vgg4": SiLKConfig(),
     "fast": SiLKConfig(
+        contrast_window=63,
         channels=(32, 48, 64, 64),
         padding=1,
         pool_after=(0,),
