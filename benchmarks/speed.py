@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from silk_keypoints import SiLK
+from silk_keypoints.model.backbone import CONTRAST_FLOOR, CONTRAST_GAIN, CONTRAST_MEAN
 from silk_keypoints.model.zoo import VARIANTS, variant_config
 
 BACKENDS = ("naive", "exact", "fast", "fast+nb", "bf16", "ort", "sift", "orb")
@@ -60,7 +61,7 @@ class NaiveLocalContrast(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mean = self.box(x)
         var = (self.box(x * x) - mean * mean).clamp(min=0)
-        return 0.5 + 0.2 * (x - mean) / (var.sqrt() + 0.03)
+        return CONTRAST_MEAN + CONTRAST_GAIN * (x - mean) / (var.sqrt() + CONTRAST_FLOOR)
 
 
 class NaiveSiLK(nn.Module):
