@@ -4,7 +4,8 @@ Writes an HPatches-layout set from the *validation* split of a photo folder (fil
 ``crc32(name) % 10 == 0``, never trained on: :func:`silk_keypoints.training.data.split_train_val`) —
 random homographies (``v_*``) and illumination changes (``i_*``), fixed seed — and evaluates every method
 at the same keypoint budget: repeatability@3, MMA@1/3/5, homography accuracy @1/3/5 px (mean corner error
-of a RANSAC fit), #keypoints, #matches, ms per image. Our convention (pixel centres at integers), images
+of a RANSAC fit) and its AUC up to 1 and 3 px (finer-grained than the accuracy where every method gets
+every pair within the threshold), #keypoints, #matches, ms per image. Our convention (pixel centres at integers), images
 at their generated size, plain mutual nearest neighbours; matched SiLK points are refined below the cell
 size as ``Matcher`` does by default (:mod:`silk_keypoints.refinement`; ``--no-refine``: the ablation).
 Repeatability always uses the keypoints as detected. ``--strength 0.5 2`` makes the hard set: the change
@@ -31,7 +32,7 @@ from silk_keypoints.evaluation.testdata import make_hpatches
 from silk_keypoints.io import list_images
 from silk_keypoints.training.data import split_train_val
 
-COLUMNS = ("rep@3", "mma@1", "mma@3", "mma@5", "h_acc@1", "h_acc@3", "h_acc@5")
+COLUMNS = ("rep@3", "mma@1", "mma@3", "mma@5", "h_acc@1", "h_acc@3", "h_acc@5", "h_auc@1", "h_auc@3")
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import SilkError
-from .refinement import DEFAULT_TEMPERATURE, refine_matches
+from .refinement import DEFAULT_SUBDIVISIONS, refine_matches
 
 METHODS = ("mnn", "ratio", "double-softmax")
 _BLOCK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26}  # similarity entries per block (16 MB / 256 MB float32)
@@ -106,8 +106,8 @@ class Matcher(nn.Module):
             (1.41: the original's, so its temperatures and thresholds mean the same here). Descriptors are
             L2-normalised first; ``"mnn"`` and ``"ratio"`` do not depend on it.
         refine: move matched points below the cell size when the features carry ``neighbour_descriptors``
-            (:func:`~silk_keypoints.refinement.refine_matches`); ``refine_temperature`` is its soft-argmax
-            temperature.
+            (:func:`~silk_keypoints.refinement.refine_matches`); ``refine_subdivisions``: offsets it tries per
+            cell and axis.
         **conf: other options of :func:`match_descriptors` (``ratio_threshold``, ``temperature``,
             ``threshold``, ``mutual``, ``max_distance``, ``chunk_size``).
     """
@@ -117,14 +117,14 @@ class Matcher(nn.Module):
         method: str = "mnn",
         descriptor_scale: float = 1.41,
         refine: bool = True,
-        refine_temperature: float = DEFAULT_TEMPERATURE,
+        refine_subdivisions: int = DEFAULT_SUBDIVISIONS,
         **conf,
     ) -> None:
         super().__init__()
-        if not refine_temperature > 0:
-            raise SilkError(f"refine_temperature must be > 0, got {refine_temperature}")
+        if not (isinstance(refine_subdivisions, int) and refine_subdivisions >= 1):
+            raise SilkError(f"refine_subdivisions must be an integer >= 1, got {refine_subdivisions!r}")
         self.refine = bool(refine)
-        self.refine_temperature = float(refine_temperature)
+        self.refine_subdivisions = refine_subdivisions
         unknown = sorted(set(conf) - {"ratio_threshold", "temperature", "threshold", "mutual", "max_distance",
                                       "chunk_size"})
         if unknown:
@@ -191,7 +191,7 @@ class Matcher(nn.Module):
         if not self.refine:
             feats0 = {k: v for k, v in feats0.items() if k != "neighbour_descriptors"}
             feats1 = {k: v for k, v in feats1.items() if k != "neighbour_descriptors"}
-        return refine_matches(feats0, feats1, matches, self.refine_temperature)
+        return refine_matches(feats0, feats1, matches, self.refine_subdivisions)
 
 
 # ---------------------------------------------------------------------------------------------- the methods

@@ -126,17 +126,17 @@ def test_match_features_mutual_nearest_neighbours():
 
 
 def test_match_features_refines_with_neighbour_descriptors():
-    """Image 1's neighbour at +1 cell in x holds image 0's descriptor: the point moves towards it."""
+    """Image 1's neighbour at +1 cell in x holds image 0's descriptor: the point moves there."""
     d = np.eye(4, dtype=np.float32)
     k = np.zeros((4, 2))
     around = np.zeros((4, 9, 4), dtype=np.float32)
-    around[:, 4] = d
+    around[:, 4] = np.roll(d, 1, axis=0)  # the centre cells look like other keypoints
     around[:, 5] = d
     f0 = {"keypoints": k, "descriptors": d}
     f1 = {"keypoints": k, "descriptors": d, "neighbour_descriptors": around, "neighbour_spacing": 2.0}
     _, p0, p1 = match_features(f0, f1, Matcher("mnn"))
     np.testing.assert_array_equal(p0, k)
-    np.testing.assert_allclose(p1[:, 0], 1.0, atol=1e-3)  # half-way between two equally good cells 2 px apart
+    np.testing.assert_allclose(p1[:, 0], 2.0, atol=1e-6)  # one 2-px cell (only image 1 has neighbours)
     np.testing.assert_allclose(p1[:, 1], 0.0, atol=1e-3)
     _, _, p1 = match_features(f0, f1, Matcher("mnn", refine=False))
     np.testing.assert_array_equal(p1, k)

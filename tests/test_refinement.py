@@ -13,11 +13,11 @@ from silk_keypoints.errors import SilkError
 from silk_keypoints.matching import Matcher
 from silk_keypoints.model.zoo import variant_config
 from silk_keypoints.refinement import (
-    MIDPOINT_GAIN,
     NEIGHBOUR_OFFSETS,
     gather_neighbours,
     neighbour_cells,
     refine_matches,
+    subcell_grid,
     subcell_offsets,
 )
 
@@ -40,17 +40,39 @@ def test_gather_neighbours_unit_centre_and_zeros_outside():
     assert (around[1, :4] == 0).all() and around[1, 4].norm() == pytest.approx(1.0)
 
 
-def test_subcell_offsets_follow_the_best_neighbour_and_ignore_outside_cells():
+def test_subcell_grid_offsets_and_bilinear_weights():
+    offsets, weights = subcell_grid(4)
+    assert offsets.shape == (81, 2) and weights.shape == (81, 9)
+    assert offsets[0].tolist() == [-1.0, -1.0] and offsets[1].tolist() == [-0.75, -1.0]  # row-major, x fastest
+    torch.testing.assert_close(weights.sum(1), torch.ones(81))
+    torch.testing.assert_close(weights @ NEIGHBOUR_OFFSETS, offsets)  # bilinear: reproduces the position
+    at_nodes = (offsets[:, None] == NEIGHBOUR_OFFSETS[None]).all(-1)  # (P, 9): the 9 offsets on a cell centre
+    torch.testing.assert_close(weights[at_nodes.any(1)], at_nodes[at_nodes.any(1)].float())
+    for bad in (0, 2.5, -1):
+        with pytest.raises(SilkError, match="subdivisions"):
+            subcell_grid(bad)
+
+
+def test_subcell_offsets_find_the_interpolated_descriptor():
+    """A descriptor equal to the bilinear interpolation of the neighbours at a grid offset is found exactly."""
+    g = torch.Generator().manual_seed(0)
+    around = F.normalize(torch.randn(3, 9, 16, generator=g), dim=2)
+    offsets, weights = subcell_grid(8)
+    targets = torch.tensor([[0.25, -0.5], [-0.875, 0.125], [0.0, 0.0]])
+    rows = [int(((offsets - t).abs().sum(1) == 0).nonzero()) for t in targets]
+    d = torch.einsum("kn,knd->kd", weights[rows], around) * 3.0  # any length: only the direction counts
+    torch.testing.assert_close(subcell_offsets(d, around), targets)
+
+
+def test_subcell_offsets_ignore_outside_cells():
     d = torch.eye(3)
     around = torch.zeros(3, 9, 3)
+    around[:, 4] = torch.tensor([0.0, 0.0, 1.0])  # the centre looks like neither descriptor 0 nor 1
     around[0, 5] = d[0]  # only the right neighbour looks like descriptor 0 -> +1 cell in x
     around[1, 1] = d[1]  # only the upper neighbour -> -1 cell in y
-    around[2, 4] = d[2]  # the centre
-    around[:, 4] += 0.0
-    off = subcell_offsets(d, around, temperature=0.01)
-    torch.testing.assert_close(off, torch.tensor([[1.0, 0.0], [0.0, -1.0], [0.0, 0.0]]), atol=1e-3, rtol=0)
-    with pytest.raises(SilkError, match="temperature"):
-        subcell_offsets(d, around, temperature=0)
+    around[2] = d[0]  # descriptor 2 matches its centre only; its left neighbour is outside (zero): offsets
+    around[2, 4], around[2, 3] = d[2], 0.0  # towards it would tie with the centre if they were tried
+    torch.testing.assert_close(subcell_offsets(d, around), torch.tensor([[1.0, 0.0], [0.0, -1.0], [0.0, 0.0]]))
 
 
 def _field(xy: torch.Tensor, dim: int = 48, seed: int = 0) -> torch.Tensor:
@@ -130,12 +152,14 @@ def test_matcher_points_refined_or_not(strided):
     torch.testing.assert_close(plain["points0"][0], a["keypoints"][0][m[:, 0]])
     torch.testing.assert_close(plain["points1"][0], b["keypoints"][0][m[:, 1]])
     moved = (out["points1"][0] - plain["points1"][0]).abs()
-    assert moved.max() <= 2.0 * 0.5 * MIDPOINT_GAIN + 1e-5  # at most half a 2 px cell (x the gain) per axis
+    assert moved.max() <= 2.0 * 0.5 + 1e-5  # at most half a 2 px cell per axis
     assert moved.max() > 0
     same = Matcher()({"image0": a, "image1": a})  # an image with itself: both ends of a match move together
     self_match = same["matches"][0][:, 0] == same["matches"][0][:, 1]
     assert self_match.sum() > 10
     torch.testing.assert_close(same["points0"][0][self_match], same["points1"][0][self_match])
     assert "points0" not in Matcher()({"image0": {"descriptors": a["descriptors"]}, "image1": b})
-    with pytest.raises(SilkError, match="refine_temperature"):
-        Matcher(refine_temperature=-1)
+    with pytest.raises(SilkError, match="refine_subdivisions"):
+        Matcher(refine_subdivisions=0)
+    coarse = Matcher(refine_subdivisions=1)(data)  # offsets of whole cells only: half a cell per end
+    assert set((coarse["points1"][0] - plain["points1"][0]).abs().unique().tolist()) <= {0.0, 1.0}
