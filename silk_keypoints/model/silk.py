@@ -279,7 +279,7 @@ class SiLK(nn.Module):
             exact: use the exact path instead of the one chosen by :meth:`set_inference` (default: fast).
             neighbours: also return the descriptors of the 3x3 cells around each keypoint, which
                 :class:`~silk_keypoints.matching.Matcher` uses to refine matches below the cell size
-                (:mod:`silk_keypoints.refinement`): more accurate matches (MMA@1 0.80 -> 0.93 for ``fast``)
+                (:mod:`silk_keypoints.refinement`): more accurate matches (MMA@1 0.81 -> 0.95 for ``fast``)
                 for 9x the memory of ``descriptors`` and some time (docs/performance.md).
 
         Returns:
