@@ -5,9 +5,10 @@ Writes an HPatches-layout set from the *validation* split of a photo folder (fil
 random homographies (``v_*``) and illumination changes (``i_*``), fixed seed — and evaluates every method
 at the same keypoint budget: repeatability@3, MMA@1/3/5, homography accuracy @1/3/5 px (mean corner error
 of a RANSAC fit) and its AUC up to 1 and 3 px (finer-grained than the accuracy where every method gets
-every pair within the threshold), #keypoints, #matches, ms per image. Our convention (pixel centres at integers), images
-at their generated size, plain mutual nearest neighbours; matched SiLK points are refined below the cell
-size as ``Matcher`` does by default (:mod:`silk_keypoints.refinement`; ``--no-refine``: the ablation).
+every pair within the threshold), #keypoints, #matches, ms per image. Our convention (pixel centres at
+integers), images at their generated size, plain mutual nearest neighbours; matched SiLK points are refined
+below the cell size as ``Matcher`` does by default (:mod:`silk_keypoints.refinement`; ``--no-refine``: the
+ablation).
 Repeatability always uses the keypoints as detected. ``--strength 0.5 2`` makes the hard set: the change
 grows from image 2 to image 6 of each sequence up to twice the default's (rotations up to 30 deg, scales
 0.64-1.56, strong gamma and shading), closer to real HPatches.

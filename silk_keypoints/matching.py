@@ -121,7 +121,7 @@ class Matcher(nn.Module):
         **conf,
     ) -> None:
         super().__init__()
-        if not (isinstance(refine_subdivisions, int) and refine_subdivisions >= 1):
+        if isinstance(refine_subdivisions, bool) or not isinstance(refine_subdivisions, int) or refine_subdivisions < 1:
             raise SilkError(f"refine_subdivisions must be an integer >= 1, got {refine_subdivisions!r}")
         self.refine = bool(refine)
         self.refine_subdivisions = refine_subdivisions

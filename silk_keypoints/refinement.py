@@ -84,7 +84,7 @@ def subcell_grid(subdivisions: int) -> tuple[torch.Tensor, torch.Tensor]:
             [-1, 1]^2, row-major;
         weights: (P, 9) bilinear weights of the neighbours (:data:`NEIGHBOUR_OFFSETS` order); rows sum to 1.
     """
-    if not (isinstance(subdivisions, int) and subdivisions >= 1):
+    if isinstance(subdivisions, bool) or not isinstance(subdivisions, int) or subdivisions < 1:
         raise SilkError(f"refinement subdivisions must be an integer >= 1, got {subdivisions!r}")
     ticks = torch.arange(-subdivisions, subdivisions + 1, dtype=torch.float32) / subdivisions
     dy, dx = torch.meshgrid(ticks, ticks, indexing="ij")

@@ -48,7 +48,7 @@ def test_subcell_grid_offsets_and_bilinear_weights():
     torch.testing.assert_close(weights @ NEIGHBOUR_OFFSETS, offsets)  # bilinear: reproduces the position
     at_nodes = (offsets[:, None] == NEIGHBOUR_OFFSETS[None]).all(-1)  # (P, 9): the 9 offsets on a cell centre
     torch.testing.assert_close(weights[at_nodes.any(1)], at_nodes[at_nodes.any(1)].float())
-    for bad in (0, 2.5, -1):
+    for bad in (0, 2.5, -1, True):
         with pytest.raises(SilkError, match="subdivisions"):
             subcell_grid(bad)
 
