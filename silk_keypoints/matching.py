@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import SilkError
-from .refinement import DEFAULT_SUBDIVISIONS, refine_matches
+from .refinement import DEFAULT_SUBDIVISIONS, check_subdivisions, refine_matches
 
 METHODS = ("mnn", "ratio", "double-softmax")
 _BLOCK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26}  # similarity entries per block (16 MB / 256 MB float32)
@@ -121,8 +121,7 @@ class Matcher(nn.Module):
         **conf,
     ) -> None:
         super().__init__()
-        if isinstance(refine_subdivisions, bool) or not isinstance(refine_subdivisions, int) or refine_subdivisions < 1:
-            raise SilkError(f"refine_subdivisions must be an integer >= 1, got {refine_subdivisions!r}")
+        check_subdivisions(refine_subdivisions, "refine_subdivisions")
         self.refine = bool(refine)
         self.refine_subdivisions = refine_subdivisions
         unknown = sorted(set(conf) - {"ratio_threshold", "temperature", "threshold", "mutual", "max_distance",

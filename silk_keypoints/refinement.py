@@ -76,6 +76,12 @@ def gather_neighbours(raw: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return neighbour_descriptors(lambda cells: F.normalize(flat[:, cells].t(), p=2, dim=1), index, h, w)
 
 
+def check_subdivisions(subdivisions: int, name: str = "refinement subdivisions") -> None:
+    """Raise :class:`SilkError` (naming ``name``) unless ``subdivisions`` is an integer >= 1."""
+    if isinstance(subdivisions, bool) or not isinstance(subdivisions, int) or subdivisions < 1:
+        raise SilkError(f"{name} must be an integer >= 1, got {subdivisions!r}")
+
+
 def subcell_grid(subdivisions: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The offsets tried by :func:`subcell_offsets` and their bilinear weights on the 3x3 neighbours.
 
@@ -84,8 +90,7 @@ def subcell_grid(subdivisions: int) -> tuple[torch.Tensor, torch.Tensor]:
             [-1, 1]^2, row-major;
         weights: (P, 9) bilinear weights of the neighbours (:data:`NEIGHBOUR_OFFSETS` order); rows sum to 1.
     """
-    if isinstance(subdivisions, bool) or not isinstance(subdivisions, int) or subdivisions < 1:
-        raise SilkError(f"refinement subdivisions must be an integer >= 1, got {subdivisions!r}")
+    check_subdivisions(subdivisions)
     ticks = torch.arange(-subdivisions, subdivisions + 1, dtype=torch.float32) / subdivisions
     dy, dx = torch.meshgrid(ticks, ticks, indexing="ij")
     offsets = torch.stack([dx.reshape(-1), dy.reshape(-1)], dim=1)

@@ -14,6 +14,7 @@ from silk_keypoints.matching import Matcher
 from silk_keypoints.model.zoo import variant_config
 from silk_keypoints.refinement import (
     NEIGHBOUR_OFFSETS,
+    check_subdivisions,
     gather_neighbours,
     neighbour_cells,
     refine_matches,
@@ -51,6 +52,13 @@ def test_subcell_grid_offsets_and_bilinear_weights():
     for bad in (0, 2.5, -1, True):
         with pytest.raises(SilkError, match="subdivisions"):
             subcell_grid(bad)
+
+
+def test_check_subdivisions_names_the_option():
+    check_subdivisions(3)
+    for bad in (0, 1.0, False):
+        with pytest.raises(SilkError, match="my_option must be an integer >= 1"):
+            check_subdivisions(bad, "my_option")
 
 
 def test_subcell_offsets_find_the_interpolated_descriptor():
