@@ -5,6 +5,13 @@ import pytest
 import torch
 
 from silk_keypoints import OUTPUT_NAMES, SiLK, SiLKConfig, SilkError
+from silk_keypoints.model.backbone import (
+    CONTRAST_FLOOR,
+    CONTRAST_GAIN,
+    CONTRAST_MEAN,
+    box_mean,
+    local_contrast,
+)
 from silk_keypoints.model.zoo import VARIANTS, variant_config
 
 
@@ -198,8 +205,6 @@ def test_variants_build_and_run(name):
 
 def _local_contrast_reference(x: torch.Tensor, window: int) -> torch.Tensor:
     """Pixel by pixel: the box clipped to the image, its mean and (population) standard deviation."""
-    from silk_keypoints.model.backbone import CONTRAST_FLOOR, CONTRAST_GAIN, CONTRAST_MEAN
-
     r = window // 2
     out = torch.empty_like(x)
     h, w = x.shape[-2:]
@@ -212,15 +217,11 @@ def _local_contrast_reference(x: torch.Tensor, window: int) -> torch.Tensor:
 
 
 def test_local_contrast_equals_the_pixelwise_definition():
-    from silk_keypoints.model.backbone import local_contrast
-
     x = torch.rand(2, 3, 11, 14, dtype=torch.float64)
     torch.testing.assert_close(local_contrast(x, 5), _local_contrast_reference(x, 5))
 
 
 def test_local_contrast_ignores_offsets_and_flat_images():
-    from silk_keypoints.model.backbone import local_contrast
-
     x = torch.rand(1, 1, 40, 50, dtype=torch.float64)
     torch.testing.assert_close(local_contrast(x + 0.3, 9), local_contrast(x, 9))
     torch.testing.assert_close(local_contrast(torch.full((1, 1, 20, 20), 0.7), 9), torch.full((1, 1, 20, 20), 0.5))
@@ -230,8 +231,6 @@ def test_local_contrast_ignores_offsets_and_flat_images():
 
 
 def test_contrast_window_runs_first_in_the_backbone():
-    from silk_keypoints.model.backbone import local_contrast
-
     torch.manual_seed(0)
     model = SiLK(variant_config("tiny").replace(contrast_window=7)).eval()
     plain = SiLK(variant_config("tiny")).eval()
@@ -249,15 +248,11 @@ def test_contrast_window_must_be_odd(window):
 
 @pytest.mark.parametrize("window", [3, 7, 13])
 def test_box_mean_equals_average_pooling_inside_the_image(window):
-    from silk_keypoints.model.backbone import box_mean
-
     x = torch.rand(2, 2, 13, 29, dtype=torch.float64)
     pooled = torch.nn.functional.avg_pool2d(x, window, 1, window // 2, count_include_pad=False)
     torch.testing.assert_close(box_mean(x, window), pooled)
 
 
 def test_box_mean_of_a_window_larger_than_the_image_is_the_image_mean():
-    from silk_keypoints.model.backbone import box_mean
-
     x = torch.rand(2, 2, 13, 29, dtype=torch.float64)
     torch.testing.assert_close(box_mean(x, 63), x.mean((-2, -1), keepdim=True).expand_as(x))
