@@ -169,7 +169,7 @@ def backends(
         bf16 = copy.deepcopy(model).set_inference("bf16")
         calls["bf16"] = lambda: bf16.extract(x, max_keypoints=k)
     if "ort" in wanted:
-        from silk_keypoints.export import OnnxSiLK, export_onnx
+        from silk_keypoints.ecosystem.onnx import OnnxSiLK, export_onnx
 
         path = onnx_dir / f"{name}.onnx"
         if not path.exists():

@@ -11,7 +11,7 @@ Coordinates everywhere: image pixels (x, y), centre of the top-left pixel = (0, 
 """
 
 from .errors import SilkError
-from .extraction import extract_image
+from .image_features import extract_image
 from .io import load_image
 from .matching import Matcher, match_descriptors
 from .model import OUTPUT_NAMES, SiLK, SiLKConfig

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from .errors import SilkError
-from .model.checkpoint import atomic_write
+from .files import check_output_path, write_bytes
 
 IMAGE_FORMATS = (".png", ".jpg", ".jpeg")
 INLIER_COLOR = (40, 220, 40)
@@ -126,38 +126,13 @@ def side_by_side(*pictures: np.ndarray, gap: int = 8) -> np.ndarray:
     return out
 
 
-def check_output_path(path: str | os.PathLike, formats: Sequence[str] | None = IMAGE_FORMATS) -> Path:
-    """Raise :class:`SilkError` unless ``path`` can be written: existing, writable folder; a known suffix
-    (``formats``, None: any). Call it before slow work so a typo fails fast."""
-    path = Path(path)
-    if formats is not None and path.suffix.lower() not in formats:
-        raise SilkError(f"{path}: unsupported picture format {path.suffix!r}; use one of {list(formats)}")
-    folder = path.parent
-    if not folder.is_dir():
-        raise SilkError(f"output folder does not exist: {folder}")
-    if not os.access(folder, os.W_OK):
-        raise SilkError(f"output folder is not writable: {folder}")
-    if path.is_dir():
-        raise SilkError(f"output path is a folder, expected a file: {path}")
-    return path
-
-
-def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file + rename: no half-written file on failure)."""
-    path = Path(path)
-    try:
-        return atomic_write(path, lambda tmp: tmp.write_bytes(data))
-    except OSError as e:
-        raise SilkError(f"cannot write {path}: {e.strerror or e}") from None
-
-
 def save_image(image: np.ndarray, path: str | os.PathLike) -> Path:
     """Write an RGB (or gray) uint8 picture as PNG / JPEG, atomically. Returns the path.
 
     Raises:
         SilkError: unsupported suffix, missing or read-only folder.
     """
-    path = check_output_path(path)
+    path = check_output_path(path, IMAGE_FORMATS, "picture")
     bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
     ok, buf = cv2.imencode(path.suffix.lower(), bgr)
     if not ok:

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from silk_keypoints import SiLK, SilkError
-from silk_keypoints.model.checkpoint import ORIGINAL_PREFIX, atomic_write, load_weights, rename_original
+from silk_keypoints.files import atomic_write
+from silk_keypoints.model.checkpoint import ORIGINAL_PREFIX, load_weights, rename_original
 from silk_keypoints.model.zoo import VARIANTS, available_pretrained, pretrained_path, variant_config
 
 

@@ -11,8 +11,8 @@ import torch
 
 from silk_keypoints import SiLK
 from silk_keypoints.cli import main
-from silk_keypoints.demo import DEMO_PAIR, match_pair
 from silk_keypoints.model.zoo import variant_config
+from silk_keypoints.pair import DEMO_PAIR, match_pair
 
 BOX, SCENE = (str(p) for p in DEMO_PAIR)
 

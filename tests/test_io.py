@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from silk_keypoints import SilkError, load_image
-from silk_keypoints.extraction import extract_image, resize_long_side
+from silk_keypoints.image_features import extract_image, resize_long_side
 from silk_keypoints.io import list_images, read_text_matrix, to_batch
 from silk_keypoints.model import SiLK
 from silk_keypoints.model.zoo import variant_config

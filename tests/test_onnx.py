@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import FIXTURES
-from test_fast import make_model, same_keypoints
+from test_fused import make_model, same_keypoints
 
 from silk_keypoints import SiLK, SiLKConfig, SilkError, load_image
 from silk_keypoints.cli import main
-from silk_keypoints.export import OnnxSiLK, export_onnx, select_keypoints_numpy, supported_opsets
+from silk_keypoints.ecosystem.onnx import OnnxSiLK, export_onnx, select_keypoints_numpy, supported_opsets
 from silk_keypoints.model.coords import GridMap
 from silk_keypoints.model.sparse import select_keypoints
 from silk_keypoints.model.zoo import available_pretrained, variant_config
@@ -113,7 +113,7 @@ def test_one_file_two_sizes_and_a_batch(tiny, tiny_onnx):
 
 
 def test_large_batches_run_in_chunks(tiny_onnx, monkeypatch):
-    from silk_keypoints.export import onnx as onnx_export
+    from silk_keypoints.ecosystem import onnx as onnx_export
 
     x = torch.rand(3, 1, 48, 64)
     whole = tiny_onnx.extract(x, max_keypoints=30)

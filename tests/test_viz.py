@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from silk_keypoints import SilkError, viz
+from silk_keypoints import SilkError, files, viz
 
 
 def scene(h, w, seed=0):
@@ -111,5 +111,5 @@ def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Path, "write_bytes", disk_full)
     with pytest.raises(SilkError, match="No space left on device"):
-        viz.write_bytes(tmp_path / "a.json", b"{}")
+        files.write_bytes(tmp_path / "a.json", b"{}")
     assert list(tmp_path.iterdir()) == []

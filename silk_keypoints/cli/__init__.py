@@ -17,7 +17,7 @@ COMMAND_MODULES = [
     "extract",
     "match",
     "demo",
-    "interop",
+    "ecosystem",
     "evaluate",
     "export",
 ]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..demo import DEMO_PAIR, make_output_dir, run_demo
 from ..errors import SilkError
 from ..matching import METHODS
+from ..pair import DEMO_PAIR, make_output_dir, run_demo
 from .common import add_model_args, add_refine_arg, load_model, matcher_options
 from .match import progress_printer, weights_description
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..ecosystem.onnx import DEFAULT_OPSET, OnnxSiLK, export_onnx
 from ..errors import SilkError
-from ..export.onnx import DEFAULT_OPSET, OnnxSiLK, export_onnx
 from ..model import SiLK
 
 
@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Write the dense network (BatchNorm folded, float32) as an ONNX file with outputs "
         "logits, "
         "probability (B, 1, Hf, Wf) and unit-norm descriptors (B, D, Hf, Wf). Sparse selection runs outside "
-        "the graph (silk_keypoints.export.OnnxSiLK / select_keypoints_numpy). The file is checked on "
+        "the graph (silk_keypoints.ecosystem.onnx.OnnxSiLK / select_keypoints_numpy). The file is checked on "
         "onnxruntime against torch before this command returns.",
     )
     src = o.add_mutually_exclusive_group()

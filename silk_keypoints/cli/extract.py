@@ -7,8 +7,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..extraction import extract_image
-from ..interop.hloc import write_features
+from ..ecosystem.hloc import write_features
+from ..image_features import extract_image
 from .common import add_detection_args, add_model_args, detection_options, load_model
 
 

@@ -7,10 +7,11 @@ import sys
 import time
 from pathlib import Path
 
-from ..demo import GEOMETRIES, keypoints_picture, make_output_dir, match_pair, save_json, save_pictures
+from ..files import check_output_path
 from ..matching import METHODS
 from ..model.zoo import pretrained_path
-from ..viz import check_output_path, save_image
+from ..pair import GEOMETRIES, keypoints_picture, make_output_dir, match_pair, save_json, save_pictures
+from ..viz import IMAGE_FORMATS, save_image
 from .common import (
     add_detection_args,
     add_model_args,
@@ -71,7 +72,7 @@ def progress_printer():
 
 
 def run(args: argparse.Namespace) -> int:
-    check_output_path(args.out)
+    check_output_path(args.out, IMAGE_FORMATS, "picture")
     if args.json:
         check_output_path(args.json, formats=None)
     keypoints_dir = make_output_dir(args.keypoints_out) if args.keypoints_out else None

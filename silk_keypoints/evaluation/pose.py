@@ -51,10 +51,10 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import SilkError
+from ..files import atomic_write
 from ..geometry import estimate_essential, estimate_fundamental, pose_errors
 from ..io import load_image, read_text_matrix
 from ..matching import Matcher
-from ..model.checkpoint import atomic_write
 from .extractors import Extractor, match_features
 from .metrics import accuracy, error_auc
 

@@ -1,8 +1,9 @@
-"""Export to other runtimes: ONNX files and an onnxruntime runner.
+"""Deprecated: ONNX export moved to :mod:`silk_keypoints.ecosystem.onnx`."""
 
-Needs ``pip install 'silk-keypoints[onnx]'`` (onnx, onnxscript, onnxruntime).
-"""
+import warnings
 
-from .onnx import OnnxSiLK, export_onnx, select_keypoints_numpy, supported_opsets
+from ..ecosystem.onnx import OnnxSiLK, export_onnx, supported_opsets
 
-__all__ = ["OnnxSiLK", "export_onnx", "select_keypoints_numpy", "supported_opsets"]
+warnings.warn("silk_keypoints.export is deprecated: use silk_keypoints.ecosystem.onnx", DeprecationWarning, stacklevel=2)
+
+__all__ = ["OnnxSiLK", "export_onnx", "supported_opsets"]

@@ -1,12 +1,11 @@
-"""Drop-in modules for other libraries' conventions.
+"""Deprecated: the adapters moved to :mod:`silk_keypoints.ecosystem.lightglue` and :mod:`silk_keypoints.ecosystem.kornia`."""
 
-* :class:`~silk_keypoints.integrations.lightglue.SiLKExtractor`: a ``lightglue.SuperPoint``-style extractor
-  (``extractor.extract(image)``, resize on the fly, keypoints in the original image's pixels).
-* :class:`~silk_keypoints.integrations.kornia.SiLKFeature`: a kornia ``LocalFeature``-style module returning
-  ``(lafs, responses, descriptors)`` for kornia's matchers.
-"""
+import warnings
 
-from .kornia import SiLKFeature
-from .lightglue import SiLKExtractor
+from ..ecosystem.kornia import SiLKFeature
+from ..ecosystem.lightglue import SiLKExtractor
+
+warnings.warn("silk_keypoints.integrations is deprecated: use silk_keypoints.ecosystem.lightglue / .kornia",
+              DeprecationWarning, stacklevel=2)
 
 __all__ = ["SiLKExtractor", "SiLKFeature"]

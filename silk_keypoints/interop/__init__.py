@@ -1,1 +1,1 @@
-"""Files and modules other tools read: hloc h5 files, COLMAP databases, per-image npz."""
+"""Deprecated: the file formats moved to :mod:`silk_keypoints.ecosystem`."""

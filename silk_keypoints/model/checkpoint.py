@@ -18,7 +18,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import SilkError
+from ..files import atomic_write
 from .config import SiLKConfig
 
 ORIGINAL_PREFIX = "_mods.model."
@@ -173,28 +173,6 @@ def save_weights(
     meta = {"format": _FORMAT, "config": config.to_json(), "info": json.dumps(info or {})}
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
-
-
-def atomic_write(path: Path, write: Any) -> Path:
-    """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it over ``path``.
-
-    A crash or full disk leaves the old file (if any) untouched and no partial file behind.
-    """
-    path = Path(path)
-    if not path.parent.exists():
-        raise SilkError(f"output folder does not exist: {path.parent}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

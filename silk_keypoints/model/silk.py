@@ -20,7 +20,7 @@ cell (row i, col j) is the pixel (j + 9, i + 9). See :mod:`silk_keypoints.model.
 Exact and fast paths: ``model(images, outputs)`` runs the modules as defined (the exact path: parity with
 the original, forward hooks, gradients). :meth:`SiLK.extract` — and ``model(images, outputs, fast=True)`` —
 use the fast path chosen by :meth:`SiLK.set_inference` (default ``"fast"``: BatchNorm folded, channels-last,
-fused heads, see :mod:`silk_keypoints.model.fast`; within 2e-4 of the exact path). The fast path is used only
+fused heads, see :mod:`silk_keypoints.model.fused`; within 2e-4 of the exact path). The fast path is used only
 in eval mode with gradients off; otherwise the exact path runs. Dense maps from the fast path are
 channels-last in memory (same shapes and values).
 """
@@ -43,7 +43,7 @@ from .backbone import Backbone
 from .checkpoint import check_state_dict, load_weights, save_weights
 from .config import DETECTION_KEYS, SiLKConfig
 from .coords import GridMap, cell_grid
-from .fast import FusedSiLK, Selector
+from .fused import FusedSiLK, Selector
 from .heads import Head
 from .sparse import gather_descriptors, select_keypoints
 

@@ -43,9 +43,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..errors import SilkError
+from ..files import atomic_write
 from ..io import load_image, to_batch
 from ..model import SiLK, SiLKConfig
-from ..model.checkpoint import atomic_write
 from ..model.config import dataclass_from_dict
 from ..model.zoo import variant_config
 from .augment import RECIPES, augment

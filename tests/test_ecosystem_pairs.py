@@ -4,7 +4,7 @@ import pytest
 
 from silk_keypoints import SilkError
 from silk_keypoints.cli import main
-from silk_keypoints.interop.pairs import (
+from silk_keypoints.ecosystem.pairs import (
     exhaustive_pairs,
     read_pairs,
     sequential_pairs,

@@ -10,12 +10,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..ecosystem.colmap import CAMERA_MODELS, check_database, write_database
+from ..ecosystem.hloc import feature_names, match_pairs, read_features, read_matches
+from ..ecosystem.npz import export_npz
+from ..ecosystem.pairs import exhaustive_pairs, read_pairs, sequential_pairs, write_pairs
 from ..errors import SilkError
-from ..extraction import extract_image
-from ..interop.colmap import CAMERA_MODELS, check_database, write_database
-from ..interop.hloc import feature_names, match_pairs, read_features, read_matches
-from ..interop.npz import export_npz
-from ..interop.pairs import exhaustive_pairs, read_pairs, sequential_pairs, write_pairs
+from ..image_features import extract_image
 from ..io import list_images
 from ..matching import METHODS, Matcher
 from .common import add_detection_args, add_model_args, detection_options, load_model, matcher_options

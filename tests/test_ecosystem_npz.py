@@ -7,8 +7,8 @@ import pytest
 
 from silk_keypoints import SilkError
 from silk_keypoints.cli import main
-from silk_keypoints.interop.hloc import write_features
-from silk_keypoints.interop.npz import NPZ_KEYS, export_npz, npz_path, read_npz, write_npz
+from silk_keypoints.ecosystem.hloc import write_features
+from silk_keypoints.ecosystem.npz import NPZ_KEYS, export_npz, npz_path, read_npz, write_npz
 from silk_keypoints.model import SiLK
 from silk_keypoints.model.zoo import variant_config
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from silk_keypoints import SilkError
-from silk_keypoints.integrations import SiLKExtractor, SiLKFeature
+from silk_keypoints.ecosystem.kornia import SiLKFeature
+from silk_keypoints.ecosystem.lightglue import SiLKExtractor
 from silk_keypoints.matching import Matcher
 from silk_keypoints.model import SiLK
 from silk_keypoints.model.zoo import variant_config

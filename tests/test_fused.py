@@ -11,9 +11,9 @@ from conftest import FIXTURES, original_to_ours
 from torch import nn
 
 from silk_keypoints import SiLK, SiLKConfig, SilkError, load_image
-from silk_keypoints.model import fast
+from silk_keypoints.model import fused as fast
 from silk_keypoints.model.coords import GridMap
-from silk_keypoints.model.fast import (
+from silk_keypoints.model.fused import (
     FusedConv,
     FusedSiLK,
     bn_affine,

@@ -10,7 +10,7 @@ import pytest
 
 from silk_keypoints import SilkError
 from silk_keypoints.cli import main
-from silk_keypoints.interop.colmap import (
+from silk_keypoints.ecosystem.colmap import (
     CALIBRATED,
     CAMERA_MODELS,
     UNCALIBRATED,
@@ -22,7 +22,7 @@ from silk_keypoints.interop.colmap import (
     verify_matches,
     write_database,
 )
-from silk_keypoints.interop.hloc import write_features, write_matches
+from silk_keypoints.ecosystem.hloc import write_features, write_matches
 from silk_keypoints.model import SiLK
 from silk_keypoints.model.zoo import variant_config
 

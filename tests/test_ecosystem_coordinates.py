@@ -17,10 +17,11 @@ import torch
 from torch import nn
 
 from silk_keypoints import extract_image
-from silk_keypoints.integrations import SiLKExtractor, SiLKFeature
-from silk_keypoints.interop.colmap import write_database
-from silk_keypoints.interop.hloc import write_features
-from silk_keypoints.interop.npz import read_npz, write_npz
+from silk_keypoints.ecosystem.colmap import write_database
+from silk_keypoints.ecosystem.hloc import write_features
+from silk_keypoints.ecosystem.kornia import SiLKFeature
+from silk_keypoints.ecosystem.lightglue import SiLKExtractor
+from silk_keypoints.ecosystem.npz import read_npz, write_npz
 from silk_keypoints.model import SiLK
 
 BORDER = 12  # remove_borders of the corner model

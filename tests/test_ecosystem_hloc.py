@@ -10,7 +10,7 @@ import torch
 
 from silk_keypoints import SilkError
 from silk_keypoints.cli import main
-from silk_keypoints.interop.hloc import (
+from silk_keypoints.ecosystem.hloc import (
     feature_names,
     match_pairs,
     names_to_pair,

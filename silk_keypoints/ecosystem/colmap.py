@@ -1,0 +1,375 @@
+"""Keypoints and two-view matches into a COLMAP database (sqlite3), ready for ``colmap mapper``.
+
+Conventions (COLMAP's):
+
+* keypoints are stored as float32 (N, 2) rows (x, y) with the *corner* of the top-left pixel at (0, 0), so
+  ``colmap = ours + 0.5`` (ours: pixel centres at integers);
+* a pair of images ``image_id1 < image_id2`` has ``pair_id = image_id1 * 2147483647 + image_id2``; its matches
+  are uint32 (K, 2) rows ``[keypoint index in image_id1, keypoint index in image_id2]``;
+* ``matches`` holds the raw matches, ``two_view_geometries`` the geometrically verified ones, which is what
+  the mapper reads.
+
+A new database gets the schema of COLMAP's ``scripts/python/database.py`` (tables ``cameras``, ``images``,
+``keypoints``, ``descriptors``, ``matches``, ``two_view_geometries``), which every COLMAP release reads
+(COLMAP >= 3.12 adds its rig and frame tables when it opens the file). Descriptors are not written: COLMAP
+expects 8-bit SIFT descriptors there and the mapper does not need them.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable, Mapping
+from contextlib import closing
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..errors import SilkError
+from ..files import atomic_write
+from ..geometry import estimate_fundamental
+
+MAX_IMAGE_ID = 2**31 - 1
+CAMERA_MODELS = {"SIMPLE_PINHOLE": 0, "PINHOLE": 1, "SIMPLE_RADIAL": 2, "RADIAL": 3, "OPENCV": 4}
+CALIBRATED, UNCALIBRATED = 2, 3  # TwoViewGeometry::ConfigurationType
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS cameras (
+    camera_id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
+    model INTEGER NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    params BLOB,
+    prior_focal_length INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS images (
+    image_id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
+    name TEXT NOT NULL UNIQUE,
+    camera_id INTEGER NOT NULL,
+    prior_qw REAL, prior_qx REAL, prior_qy REAL, prior_qz REAL,
+    prior_tx REAL, prior_ty REAL, prior_tz REAL,
+    CONSTRAINT image_id_check CHECK(image_id >= 0 and image_id < 2147483647),
+    FOREIGN KEY(camera_id) REFERENCES cameras(camera_id));
+CREATE TABLE IF NOT EXISTS keypoints (
+    image_id INTEGER PRIMARY KEY NOT NULL,
+    rows INTEGER NOT NULL,
+    cols INTEGER NOT NULL,
+    data BLOB,
+    FOREIGN KEY(image_id) REFERENCES images(image_id) ON DELETE CASCADE);
+CREATE TABLE IF NOT EXISTS descriptors (
+    image_id INTEGER PRIMARY KEY NOT NULL,
+    rows INTEGER NOT NULL,
+    cols INTEGER NOT NULL,
+    data BLOB,
+    FOREIGN KEY(image_id) REFERENCES images(image_id) ON DELETE CASCADE);
+CREATE TABLE IF NOT EXISTS matches (
+    pair_id INTEGER PRIMARY KEY NOT NULL,
+    rows INTEGER NOT NULL,
+    cols INTEGER NOT NULL,
+    data BLOB);
+CREATE TABLE IF NOT EXISTS two_view_geometries (
+    pair_id INTEGER PRIMARY KEY NOT NULL,
+    rows INTEGER NOT NULL,
+    cols INTEGER NOT NULL,
+    data BLOB,
+    config INTEGER NOT NULL,
+    F BLOB, E BLOB, H BLOB, qvec BLOB, tvec BLOB);
+CREATE UNIQUE INDEX IF NOT EXISTS index_name ON images(name);
+"""
+
+
+def image_ids_to_pair_id(image_id0: int, image_id1: int) -> int:
+    """COLMAP's pair id of two image ids (order-independent)."""
+    a, b = sorted((int(image_id0), int(image_id1)))
+    return a * MAX_IMAGE_ID + b
+
+
+def pair_id_to_image_ids(pair_id: int) -> tuple[int, int]:
+    """Inverse of :func:`image_ids_to_pair_id`: ``(image_id1, image_id2)`` with ``image_id1 < image_id2``."""
+    return int(pair_id) // MAX_IMAGE_ID, int(pair_id) % MAX_IMAGE_ID
+
+
+def to_colmap_keypoints(keypoints: np.ndarray) -> np.ndarray:
+    """Ours (N, 2) (x, y), pixel centres at integers -> COLMAP's (top-left pixel corner at (0, 0)): +0.5."""
+    return np.ascontiguousarray(np.asarray(keypoints, dtype=np.float32).reshape(-1, 2) + 0.5)
+
+
+def default_camera(model: str, width: int, height: int) -> tuple[int, np.ndarray]:
+    """COLMAP's initial camera for an image without EXIF: focal 1.2 * max(W, H), principal point at the
+    centre, no distortion. Returns (model id, float64 params)."""
+    if model not in CAMERA_MODELS:
+        raise SilkError(f"unknown camera model {model!r}; choose one of {list(CAMERA_MODELS)}")
+    f, cx, cy = 1.2 * max(width, height), width / 2, height / 2
+    params = {
+        "SIMPLE_PINHOLE": [f, cx, cy],
+        "PINHOLE": [f, f, cx, cy],
+        "SIMPLE_RADIAL": [f, cx, cy, 0.0],
+        "RADIAL": [f, cx, cy, 0.0, 0.0],
+        "OPENCV": [f, f, cx, cy, 0.0, 0.0, 0.0, 0.0],
+    }[model]
+    return CAMERA_MODELS[model], np.array(params, dtype=np.float64)
+
+
+def verify_matches(
+    keypoints0: np.ndarray,
+    keypoints1: np.ndarray,
+    matches: np.ndarray,
+    max_error: float = 4.0,
+    confidence: float = 0.999,
+    min_inliers: int = 15,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Geometric verification of one pair: a fundamental matrix by RANSAC (OpenCV's USAC MAGSAC++, see
+    :func:`silk_keypoints.geometry.estimate_fundamental`).
+
+    Args:
+        keypoints0, keypoints1: (N0, 2), (N1, 2) keypoints (x, y) of the two images.
+        matches: (K, 2) int ``[index in keypoints0, index in keypoints1]``.
+        max_error: epipolar inlier threshold in pixels (COLMAP's default 4).
+        confidence: RANSAC confidence.
+        min_inliers: fewer inliers than this count as no geometry (COLMAP's default 15).
+
+    Returns:
+        ``inliers`` (K', 2) the matches consistent with the geometry (empty if none) and ``F`` (3, 3) with
+        ``x1^T F x0 = 0``, or None.
+    """
+    matches = np.asarray(matches, dtype=np.int64).reshape(-1, 2)
+    none = np.zeros((0, 2), dtype=np.int64), None
+    if len(matches) < min_inliers:
+        return none
+    p0 = np.asarray(keypoints0, dtype=np.float64)[matches[:, 0]]
+    p1 = np.asarray(keypoints1, dtype=np.float64)[matches[:, 1]]
+    fit = estimate_fundamental(p0, p1, threshold=max_error, confidence=confidence)
+    if fit.model is None or fit.inliers.sum() < min_inliers:
+        return none
+    return matches[fit.inliers], fit.model
+
+
+def write_database(
+    path: str | os.PathLike,
+    features: Mapping[str, Mapping[str, np.ndarray]],
+    matches: Iterable[tuple[str, str, np.ndarray]],
+    camera_model: str = "SIMPLE_RADIAL",
+    single_camera: bool = False,
+    verify: bool = True,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> dict[str, int]:
+    """Import keypoints and matches into a COLMAP database, creating it if needed.
+
+    Args:
+        path: the ``.db`` file. An existing database is added to: images already in it keep their ids and
+            cameras, which must have the images' sizes; new images get a new camera each (or one shared one
+            with ``single_camera``).
+        features: image name -> dict with ``keypoints`` (N, 2) (x, y), pixel centres at integers (ours; +0.5
+            is added here), and ``image_size`` (2,) as (W, H) of the original image.
+        matches: ``(name0, name1, matches)`` items, ``matches`` (K, 2) int
+            ``[index in name0, index in name1]``.
+        camera_model: COLMAP camera model of new cameras (:data:`CAMERA_MODELS`), initialised as COLMAP does.
+        single_camera: all new images share one camera (they must have the same size).
+        verify: write to ``two_view_geometries`` only the inliers of a RANSAC fundamental matrix
+            (:func:`verify_matches`); ``False`` writes every match there, as verified (hloc's
+            ``skip_geometric_verification``).
+        overwrite: replace keypoints of images that already have some, and every match involving them.
+        progress: show a progress bar.
+
+    Returns:
+        counts: ``images``, ``pairs`` (pairs given) and ``verified_pairs`` (with a two-view geometry).
+
+    Raises:
+        SilkError: an existing file that is not a COLMAP database, cameras of a different size, keypoints
+            already present (without ``overwrite``), matches naming unknown images or keypoints. The existing
+            file is left untouched on every error: the database is modified in a copy that replaces it at the
+            end.
+    """
+    path = Path(path)
+    if camera_model not in CAMERA_MODELS:
+        raise SilkError(f"unknown camera model {camera_model!r}; choose one of {list(CAMERA_MODELS)}")
+    sizes = {
+        name: tuple(int(v) for v in np.asarray(f["image_size"]).reshape(2)) for name, f in features.items()
+    }
+    existing = check_database(path, sizes, overwrite)
+    new = [n for n in sizes if n not in existing]
+    if single_camera and len({sizes[n] for n in new}) > 1:
+        raise SilkError(
+            "single_camera (--single-camera) needs images of one size; these have "
+            + ", ".join(sorted({f"{w}x{h}" for w, h in (sizes[n] for n in new)}))
+        )
+    counts = {"images": len(sizes), "pairs": 0, "verified_pairs": 0}
+
+    def write(tmp: Path) -> None:
+        conn = sqlite3.connect(tmp)
+        try:
+            if path.exists():
+                with closing(sqlite3.connect(path)) as src:
+                    src.backup(conn)
+            conn.executescript(SCHEMA)
+            ids = dict(existing)
+            _delete_features(conn, list(existing.values()))
+            shared = None
+            for name in new:
+                if shared is None or not single_camera:
+                    model, params = default_camera(camera_model, *sizes[name])
+                    cur = conn.execute(
+                        "INSERT INTO cameras (model, width, height, params, prior_focal_length) "
+                        "VALUES (?, ?, ?, ?, 0)",
+                        (model, *sizes[name], params.tobytes()),
+                    )
+                    shared = cur.lastrowid
+                cur = conn.execute("INSERT INTO images (name, camera_id) VALUES (?, ?)", (name, shared))
+                ids[name] = cur.lastrowid
+            for name, feats in features.items():
+                kpts = to_colmap_keypoints(feats["keypoints"])
+                conn.execute(
+                    "INSERT INTO keypoints VALUES (?, ?, 2, ?)", (ids[name], len(kpts), kpts.tobytes())
+                )
+            done: set[int] = set()
+            for name0, name1, m in tqdm(matches, desc="colmap", unit="pair", disable=not progress):
+                verified = _insert_pair(conn, features, ids, name0, name1, m, verify, done)
+                counts["pairs"] += 1
+                counts["verified_pairs"] += verified
+            conn.commit()
+        finally:
+            conn.close()
+
+    try:
+        atomic_write(path, write)
+    except sqlite3.Error as e:
+        raise SilkError(f"cannot write COLMAP database {path}: {e}") from None
+    return counts
+
+
+def _insert_pair(
+    conn: sqlite3.Connection,
+    features: Mapping[str, Mapping[str, np.ndarray]],
+    ids: dict[str, int],
+    name0: str,
+    name1: str,
+    matches: np.ndarray,
+    verify: bool,
+    done: set[int],
+) -> bool:
+    for name in (name0, name1):
+        if name not in ids:
+            raise SilkError(f"matches name image {name!r}, which has no features")
+    matches = np.asarray(matches, dtype=np.int64).reshape(-1, 2)
+    if ids[name0] > ids[name1]:
+        name0, name1, matches = name1, name0, matches[:, ::-1]
+    k0, k1 = (np.asarray(features[n]["keypoints"]) for n in (name0, name1))
+    for col, name, kpts in ((0, name0, k0), (1, name1, k1)):
+        if len(matches) and (matches[:, col].min() < 0 or matches[:, col].max() >= len(kpts)):
+            raise SilkError(
+                f"matches of ({name0}, {name1}) refer to keypoints that {name} does not have "
+                f"({len(kpts)} keypoints): features and matches do not belong together"
+            )
+    pair_id = image_ids_to_pair_id(ids[name0], ids[name1])
+    if pair_id in done:
+        raise SilkError(f"pair ({name0}, {name1}) is given twice")
+    done.add(pair_id)
+    if len(matches) == 0:
+        return False
+    data = np.ascontiguousarray(matches, dtype=np.uint32)
+    conn.execute("INSERT INTO matches VALUES (?, ?, 2, ?)", (pair_id, len(data), data.tobytes()))
+    if verify:
+        inliers, F = verify_matches(k0, k1, matches)
+        config = UNCALIBRATED
+    else:
+        inliers, F, config = matches, None, CALIBRATED
+    if len(inliers) == 0:
+        return False
+    inliers = np.ascontiguousarray(inliers, dtype=np.uint32)
+    conn.execute(
+        "INSERT INTO two_view_geometries (pair_id, rows, cols, data, config, F) VALUES (?, ?, 2, ?, ?, ?)",
+        (
+            pair_id,
+            len(inliers),
+            inliers.tobytes(),
+            config,
+            None if F is None else F.astype(np.float64).tobytes(),
+        ),
+    )
+    return True
+
+
+def check_database(
+    path: str | os.PathLike, sizes: Mapping[str, tuple[int, int] | None], overwrite: bool = False
+) -> dict[str, int]:
+    """Check that images can be imported into ``path`` (see :func:`write_database`); reads, never writes.
+
+    Args:
+        path: a COLMAP database; a missing file is fine (it will be created).
+        sizes: image name -> (W, H), or None to skip the camera check of that image.
+        overwrite: whether existing keypoints of these images may be replaced.
+
+    Returns:
+        ``{name: image_id}`` of the images already in the database.
+    """
+    path = Path(path)
+    if not path.exists():
+        return {}
+    if not path.is_file():
+        raise SilkError(f"{path} exists and is not a file")
+    try:
+        conn = sqlite3.connect(path)
+    except sqlite3.Error as e:
+        raise SilkError(f"cannot open {path} as a COLMAP database: {e}") from None
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        need = {"cameras", "images", "keypoints", "matches", "two_view_geometries"}
+        if not need <= tables:
+            raise SilkError(f"{path} is not a COLMAP database (no tables {sorted(need - tables)})")
+        rows = conn.execute(
+            "SELECT images.name, images.image_id, cameras.camera_id, cameras.width, cameras.height "
+            "FROM images JOIN cameras ON images.camera_id = cameras.camera_id"
+        ).fetchall()
+        found = {name: (image_id, cam, (w, h)) for name, image_id, cam, w, h in rows if name in sizes}
+        bad = [
+            f"{n} is {sizes[n][0]}x{sizes[n][1]} but its camera {cam} in the database is {w}x{h}"
+            for n, (_, cam, (w, h)) in sorted(found.items())
+            if sizes[n] is not None and (w, h) != sizes[n]
+        ]
+        if bad:
+            raise SilkError(
+                f"{path} has different cameras: {'; '.join(bad[:3])}"
+                + ("; ..." if len(bad) > 3 else "")
+                + ". The database is unchanged: use a new --database or fix its cameras"
+            )
+        ids = {n: v[0] for n, v in found.items()}
+        have = {r[0] for r in conn.execute("SELECT image_id FROM keypoints")} & set(ids.values())
+        if have and not overwrite:
+            names = sorted(n for n, i in ids.items() if i in have)
+            raise SilkError(
+                f"{path} already has keypoints for {len(names)} of these images (e.g. {names[0]}); "
+                "pass overwrite=True (CLI: --overwrite) to replace them and their matches"
+            )
+        if (
+            "frames" in tables
+            and len(ids) < len(sizes)
+            and conn.execute("SELECT COUNT(*) FROM frames").fetchone()[0]
+        ):
+            raise SilkError(
+                f"{path} has COLMAP rigs and frames but not for {len(sizes) - len(ids)} of these images: "
+                "add them with COLMAP first (colmap feature_extractor / pycolmap.import_images)"
+            )
+    except sqlite3.DatabaseError as e:
+        raise SilkError(f"cannot read {path} as a COLMAP database: {e}") from None
+    finally:
+        conn.close()
+    if Path(f"{path}-wal").exists():  # the last connection to close removes it: another one is open
+        raise SilkError(f"{path} is open in another program (COLMAP?): close it first")
+    return ids
+
+
+def _delete_features(conn: sqlite3.Connection, image_ids: list[int]) -> None:
+    """Remove keypoints and descriptors of ``image_ids`` and every match / geometry of a pair with them."""
+    if not image_ids:
+        return
+    ids = set(image_ids)
+    conn.executemany("DELETE FROM keypoints WHERE image_id = ?", [(i,) for i in ids])
+    conn.executemany("DELETE FROM descriptors WHERE image_id = ?", [(i,) for i in ids])
+    for table in ("matches", "two_view_geometries"):
+        stale = [
+            (p,)
+            for (p,) in conn.execute(f"SELECT pair_id FROM {table}")
+            if ids & set(pair_id_to_image_ids(p))
+        ]
+        conn.executemany(f"DELETE FROM {table} WHERE pair_id = ?", stale)

@@ -1,0 +1,195 @@
+"""hloc's file layouts.
+
+``features.h5``: one group per image name (its path relative to the image root, '/' kept as nested
+groups, as hloc writes them) with ``keypoints`` (N, 2) float (x, y; pixel centres at integers, as hloc),
+``scores`` (N,), ``descriptors`` (D, N) and ``image_size`` (2,) as (W, H).
+
+``matches.h5``: one group per pair, named by :func:`names_to_pair` (``name0/name1`` with '/' inside names
+replaced by '-', so two nested groups), with ``matches0`` (N0,) int, the index of the matched keypoint of
+image 1 or -1, and ``matching_scores0`` (N0,) float, 0 where unmatched. hloc's readers also find a pair
+stored in the other order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..errors import SilkError
+from ..files import atomic_write
+from ..matching import Matcher
+from .pairs import Pair, unique_pairs
+
+
+def write_features(
+    path: str | os.PathLike, features: Iterable[tuple[str, dict[str, np.ndarray]]], overwrite: bool = False
+) -> Path:
+    """Write ``(name, extract_image() dict)`` pairs to an hloc ``features.h5`` atomically.
+
+    Nothing is left behind if the iterable raises midway (e.g. an unreadable image): the target is
+    written only when every item succeeded.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise SilkError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+
+    def write(tmp: Path) -> None:
+        with h5py.File(tmp, "w") as f:
+            for name, pred in features:
+                if name in f:
+                    raise SilkError(f"duplicate image name {name!r} in {path}")
+                grp = f.create_group(name)
+                grp.create_dataset("keypoints", data=pred["keypoints"].astype(np.float32))
+                grp.create_dataset("scores", data=pred["scores"].astype(np.float32))
+                grp.create_dataset("descriptors", data=pred["descriptors"].T.astype(np.float32))
+                grp.create_dataset("image_size", data=np.asarray(pred["image_size"], dtype=np.int64))
+
+    return atomic_write(path, write)
+
+
+def read_features(path: str | os.PathLike, name: str) -> dict[str, np.ndarray]:
+    """One image's features from an hloc ``features.h5`` (``descriptors`` returned as (N, D))."""
+    with _open(path) as f:
+        if name not in f:
+            raise SilkError(f"image {name!r} not in {path}")
+        grp = f[name]
+        out = {k: grp[k][()] for k in grp}
+    out["descriptors"] = out["descriptors"].T
+    return out
+
+
+def feature_names(path: str | os.PathLike) -> list[str]:
+    """Sorted names of the images in a ``features.h5`` (groups, nested or not, with ``keypoints``)."""
+    names = []
+    with _open(path) as f:
+        f.visititems(
+            lambda key, obj: names.append(key) if isinstance(obj, h5py.Group) and "keypoints" in obj else None
+        )
+    return sorted(names)
+
+
+def names_to_pair(name0: str, name1: str) -> str:
+    """hloc's key of a pair in ``matches.h5``: ``name0 + '/' + name1``, '/' in the names replaced by '-'."""
+    return "/".join((name0.replace("/", "-"), name1.replace("/", "-")))
+
+
+def write_matches(
+    path: str | os.PathLike,
+    matches: Iterable[tuple[str, str, np.ndarray, np.ndarray]],
+    overwrite: bool = False,
+) -> Path:
+    """Write hloc's ``matches.h5`` atomically from ``(name0, name1, matches0, matching_scores0)`` items.
+
+    ``matches0`` (N0,) int: for each keypoint of image 0 the index of its match in image 1, or -1;
+    ``matching_scores0`` (N0,) float, 0 where unmatched. Nothing is written unless every item succeeds.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise SilkError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+
+    def write(tmp: Path) -> None:
+        with h5py.File(tmp, "w") as f:
+            for name0, name1, m0, s0 in matches:
+                key = names_to_pair(name0, name1)
+                if key in f:
+                    raise SilkError(f"duplicate pair ({name0}, {name1}) for {path}")
+                grp = f.create_group(key)
+                grp.create_dataset("matches0", data=np.asarray(m0, dtype=np.int32))
+                grp.create_dataset("matching_scores0", data=np.asarray(s0, dtype=np.float32))
+
+    return atomic_write(path, write)
+
+
+def read_matches(path: str | os.PathLike, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
+    """Matches of a pair from hloc's ``matches.h5``, as hloc's ``get_matches`` returns them.
+
+    Returns:
+        ``matches`` (K, 2) int ``[keypoint index in name0, keypoint index in name1]`` (also when the file
+        stores the pair as ``(name1, name0)``) and ``scores`` (K,).
+    """
+    with _open(path) as f:
+        key, reverse = names_to_pair(name0, name1), False
+        if key not in f:
+            key, reverse = names_to_pair(name1, name0), True
+            if key not in f:
+                raise SilkError(
+                    f"pair ({name0}, {name1}) not in {path}: was it matched with another pairs file?"
+                )
+        m0 = f[key]["matches0"][()]
+        s0 = f[key]["matching_scores0"][()]
+    idx = np.where(m0 != -1)[0]
+    matches = np.stack([idx, m0[idx]], -1)
+    if reverse:
+        matches = matches[:, ::-1].copy()
+    return matches, s0[idx]
+
+
+def match_pairs(
+    features: str | os.PathLike,
+    pairs: Sequence[Pair],
+    out: str | os.PathLike,
+    method: str = "mnn",
+    overwrite: bool = False,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    **options: Any,
+) -> Path:
+    """Match the descriptors of image ``pairs`` of a ``features.h5`` and write hloc's ``matches.h5``.
+
+    Args:
+        features: hloc ``features.h5`` (e.g. from ``silk extract``).
+        pairs: ``(name0, name1)`` image names of ``features``; duplicates (either order) are matched once.
+        out: the ``matches.h5`` to write (atomically; refused if it exists unless ``overwrite``).
+        method, options: matching rule and its options, see :class:`silk_keypoints.matching.Matcher`.
+        device: torch device for the matching.
+        progress: show a progress bar.
+
+    Raises:
+        SilkError: ``out`` exists, pairs naming images missing from ``features``, bad matcher options.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise SilkError(f"{out} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    known = set(feature_names(features))
+    missing = sorted({n for p in pairs for n in p} - known)
+    if missing:
+        raise SilkError(
+            f"{len(missing)} image(s) of the pairs are not in {features}: {', '.join(missing[:5])}"
+            + (", ..." if len(missing) > 5 else "")
+        )
+    matcher = Matcher(method, **options)
+    cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    def descriptors(name: str) -> torch.Tensor:
+        if name not in cache:
+            cache[name] = torch.from_numpy(read_features(features, name)["descriptors"]).float().to(device)
+            if len(cache) > 64:
+                cache.popitem(last=False)
+        return cache[name]
+
+    def results():
+        for name0, name1 in tqdm(unique_pairs(pairs), desc="match", unit="pair", disable=not progress):
+            pred = matcher(
+                {"image0": {"descriptors": descriptors(name0)}, "image1": {"descriptors": descriptors(name1)}}
+            )
+            yield name0, name1, pred["matches0"][0].cpu().numpy(), pred["matching_scores0"][0].cpu().numpy()
+
+    return write_matches(out, results(), overwrite=overwrite)
+
+
+def _open(path: str | os.PathLike) -> h5py.File:
+    path = Path(path)
+    if not path.is_file():
+        raise SilkError(f"file not found: {path}")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise SilkError(f"cannot read {path}: not an HDF5 file or corrupt ({e})") from None

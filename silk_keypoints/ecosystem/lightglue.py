@@ -1,0 +1,108 @@
+"""A LightGlue-style extractor: ``SiLKExtractor().extract(image)`` is a drop-in for ``lightglue.SuperPoint``.
+
+Same interface as LightGlue's extractors: ``default_conf`` (detection options), ``preprocess_conf`` (resize on
+the fly, by default so that the *long* side is 1024 px, as LightGlue does: up or down), ``forward({"image":
+...})`` on a prepared batch and ``extract(image)`` on one image, which returns keypoints in the pixels of
+the image it was given: ``x_orig = (x + 0.5) / scale - 0.5`` with ``scale = resized / original`` per axis.
+Pixel centres are at integers (LightGlue's convention).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, ClassVar
+
+import kornia
+import torch
+from torch import nn
+
+from ..errors import SilkError
+from ..io import to_batch
+from ..model import SiLK
+
+
+class SiLKExtractor(nn.Module):
+    """SiLK keypoints and descriptors with LightGlue's extractor interface.
+
+    Args:
+        model: a :class:`SiLK` model; None loads ``conf["weights"]``.
+        **conf: keys of :attr:`default_conf`: ``weights`` (shipped weights name, a weight file path, or None
+            for the default shipped model), ``max_num_keypoints`` (None: the model's default),
+            ``detection_threshold``, ``nms_radius``, ``remove_borders`` (None: the model's defaults).
+
+    ``extract(image, **preprocess)`` takes a torch (3, H, W) / (1, H, W) / (1, C, H, W) float image in [0, 1]
+    (LightGlue's ``load_image``) and returns ``keypoints`` (1, N, 2) (x, y) in its pixels,
+    ``keypoint_scores`` (1, N), ``descriptors`` (1, N, D) unit norm, ``image_size`` (1, 2) float (W, H) and
+    ``keypoint_mask`` (1, N).
+    """
+
+    default_conf: ClassVar[dict[str, Any]] = {
+        "weights": None,
+        "max_num_keypoints": 2048,
+        "detection_threshold": None,
+        "nms_radius": None,
+        "remove_borders": None,
+    }
+    preprocess_conf: ClassVar[dict[str, Any]] = {
+        "resize": 1024,  # target length of the `side`, None for no resizing
+        "side": "long",
+        "interpolation": "bilinear",
+        "align_corners": None,
+        "antialias": True,
+    }
+    required_data_keys: ClassVar[list[str]] = ["image"]
+
+    def __init__(self, model: SiLK | None = None, **conf: Any) -> None:
+        super().__init__()
+        unknown = sorted(set(conf) - set(self.default_conf))
+        if unknown:
+            raise SilkError(f"unknown SiLKExtractor options {unknown}; known: {sorted(self.default_conf)}")
+        self.conf = SimpleNamespace(**{**self.default_conf, **conf})
+        if model is None:
+            weights = self.conf.weights
+            is_file = weights is not None and Path(weights).is_file()
+            model = SiLK.from_checkpoint(weights) if is_file else SiLK.from_pretrained(weights)
+        self.model = model
+        self.eval()
+
+    def forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Features of ``data["image"]`` (B, C, H, W) in [0, 1], in its pixels (see :meth:`SiLK.extract`)."""
+        if "image" not in data:
+            raise SilkError("SiLKExtractor needs data['image'], a (B, C, H, W) float tensor in [0, 1]")
+        return self.model.extract(
+            data["image"],
+            max_keypoints=self.conf.max_num_keypoints,
+            detection_threshold=self.conf.detection_threshold,
+            nms_radius=self.conf.nms_radius,
+            remove_borders=self.conf.remove_borders,
+        )
+
+    @torch.no_grad()
+    def extract(self, img: torch.Tensor, **conf: Any) -> dict[str, torch.Tensor]:
+        """Resize ``img`` by ``{**preprocess_conf, **conf}``, extract, map keypoints back to its pixels."""
+        unknown = sorted(set(conf) - set(self.preprocess_conf))
+        if unknown:
+            raise SilkError(f"unknown preprocessing options {unknown}; known: {sorted(self.preprocess_conf)}")
+        pre = {**self.preprocess_conf, **conf}
+        x = to_batch(img, self.model.config.in_channels)
+        if x.shape[0] != 1:
+            raise SilkError(
+                f"extract() takes one image, got a batch of {x.shape[0]}: call forward() for batches"
+            )
+        h, w = x.shape[-2:]
+        if pre["resize"] is not None:
+            x = kornia.geometry.transform.resize(
+                x,
+                pre["resize"],
+                interpolation=pre["interpolation"],
+                align_corners=pre["align_corners"],
+                side=pre["side"],
+                antialias=pre["antialias"],
+            )
+        scales = torch.tensor([x.shape[-1] / w, x.shape[-2] / h], dtype=torch.float32)
+        feats = self.forward({"image": x})
+        kpts = feats["keypoints"]
+        feats["keypoints"] = (kpts + 0.5) / scales.to(kpts)[None] - 0.5
+        feats["image_size"] = torch.tensor([[w, h]], dtype=kpts.dtype, device=kpts.device)
+        return feats

@@ -1,0 +1,354 @@
+"""ONNX export of the dense SiLK network, and an onnxruntime runner with the ``extract()`` of :class:`SiLK`.
+
+The exported graph is the fast network (:class:`~silk_keypoints.model.fused.FusedSiLK`, BatchNorm folded,
+float32) in plain NCHW ops, written by torch's ``torch.export``-based exporter (opset 18 or newer):
+
+====================== ======================== ==================================================
+name                   shape (float32)          meaning
+====================== ======================== ==================================================
+input ``images``       (B, C, H, W)             gray (C=1) or RGB (C=3) in [0, 1], not normalised
+output ``logits``      (B, 1, Hf, Wf)           keypoint logits
+output ``probability`` (B, 1, Hf, Wf)           ``sigmoid(logits)``
+output ``descriptors`` (B, D, Hf, Wf)           unit L2 norm (x 1.41 for the original's)
+====================== ======================== ==================================================
+
+With ``dynamic=True`` B, H and W are free; otherwise the graph is fixed to the example size. Sparse
+selection (threshold, NMS, border, top-k) is not in the graph: :func:`select_keypoints_numpy` does it on the
+``probability`` output, with the same rules as :func:`silk_keypoints.model.sparse.select_keypoints`. What a
+runner needs to turn cells into pixels is stored in the model's metadata (``silk.*`` keys, JSON values):
+``silk.config`` (architecture and detection defaults), ``silk.grid`` (``{"stride", "offset"}``:
+``pixel = stride * cell + offset``), ``silk.descriptor_scale``, ``silk.min_size``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import SilkError
+from ..files import atomic_write, check_output_path
+from ..io import to_batch
+from ..model.config import DETECTION_KEYS, SiLKConfig
+from ..model.coords import GridMap
+from ..model.fused import FusedSiLK
+from ..model.silk import SiLK, pack_keypoints
+from ..refinement import gather_neighbours
+
+DEFAULT_OPSET = 18
+RUN_PIXELS = 1 << 18  # OnnxSiLK.extract: pixels per onnxruntime run (at least one image)
+OUTPUT_NAMES = ("logits", "probability", "descriptors")
+
+
+def supported_opsets() -> range:
+    """Opsets the exporter writes: 18 (torch's exporter's lowest) to the newest the installed onnx knows."""
+    onnx = _require("onnx")
+    return range(18, onnx.defs.onnx_opset_version() + 1)
+
+
+class DenseNetwork(nn.Module):
+    """images (B, C, H, W) -> (logits, probability, unit-norm descriptors): the exported graph."""
+
+    def __init__(self, model: SiLK) -> None:
+        super().__init__()
+        self.net = FusedSiLK(model, channels_last=False)  # BN folded with its running statistics
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, raw = self.net(images)
+        # = F.normalize(raw, dim=1), written without the full-size Expand that F.normalize exports to
+        norm = torch.linalg.vector_norm(raw, dim=1, keepdim=True).clamp_min(1e-12)
+        return logits, torch.sigmoid(logits), raw / norm
+
+
+def export_onnx(
+    model: SiLK,
+    path: str | os.PathLike,
+    opset: int = DEFAULT_OPSET,
+    dynamic: bool = True,
+    example_size: tuple[int, int] = (480, 640),
+) -> Path:
+    """Write ``model``'s dense network as an ONNX file (atomically: no partial file on failure).
+
+    Args:
+        model: the SiLK model (its current weights; BatchNorm as in eval mode, whatever the model's mode).
+        path: output ``.onnx`` file; its folder must exist.
+        opset: ONNX opset, one of :func:`supported_opsets`.
+        dynamic: free batch, height and width; False fixes the graph to ``example_size``.
+        example_size: (H, W) of the tracing input (and of the graph when not ``dynamic``).
+
+    Raises:
+        SilkError: missing onnx packages, unsupported opset, bad size, unwritable path, failed export.
+    """
+    path = Path(path)
+    opsets = supported_opsets()
+    if opset not in opsets:
+        raise SilkError(
+            f"unsupported ONNX opset {opset}: this exporter writes opsets {opsets[0]}..{opsets[-1]}"
+        )
+    h, w = example_size
+    if min(h, w) < model.min_size:
+        raise SilkError(
+            f"example size {w}x{h} is too small: this model needs at least {model.min_size} px a side"
+        )
+    check_output_path(path)
+    _require("onnxscript")
+    network = DenseNetwork(model).eval()
+    # a dynamic axis must not be traced at size 1 (torch.export would specialise it)
+    images = torch.rand(2 if dynamic else 1, model.config.in_channels, h, w)
+    dims = None
+    if dynamic:
+        dim = torch.export.Dim
+        size = {"min": model.min_size, "max": 1 << 16}
+        dims = {
+            "images": {0: dim("batch", min=1, max=1024), 2: dim("height", **size), 3: dim("width", **size)}
+        }
+    try:
+        with _quiet_exporter():
+            program = torch.onnx.export(
+                network,
+                (images,),
+                dynamo=True,
+                input_names=["images"],
+                output_names=list(OUTPUT_NAMES),
+                dynamic_shapes=dims,
+                opset_version=opset,
+                verbose=False,
+            )
+    except Exception as e:  # the exporter raises many types; the user needs one message
+        raise SilkError(f"ONNX export failed: {type(e).__name__}: {e}") from e
+    proto = program.model_proto
+    _set_metadata(proto, model)
+    onnx = _require("onnx")
+    try:
+        atomic_write(path, lambda tmp: onnx.save_model(proto, str(tmp)))
+    except OSError as e:
+        raise SilkError(f"cannot write {path}: {e.strerror or e}") from None
+    return path
+
+
+def _set_metadata(proto: Any, model: SiLK) -> None:
+    from .. import __version__
+
+    meta = {
+        "silk.config": model.config.to_json(),
+        "silk.grid": json.dumps({"stride": model.grid.stride, "offset": model.grid.offset}),
+        "silk.descriptor_scale": json.dumps(float(model.descriptor_scale)),
+        "silk.min_size": json.dumps(model.min_size),
+        "silk.outputs": json.dumps(list(OUTPUT_NAMES)),
+        "silk.version": __version__,
+    }
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's log lines ('torchvision is not installed') and torch-internal deprecations."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=FutureWarning)
+            warnings.simplefilter("ignore", category=DeprecationWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _require(name: str) -> Any:
+    try:
+        return __import__(name)
+    except ImportError:
+        raise SilkError(f"{name} is not installed: pip install 'silk-keypoints[onnx]'") from None
+
+
+# ---------------------------------------------------------------------------------------------- runner
+def select_keypoints_numpy(
+    probability: np.ndarray,
+    grid: GridMap,
+    image_size: tuple[int, int],
+    max_keypoints: int | None = 10000,
+    threshold: float = 0.0,
+    nms_radius: int = 0,
+    remove_borders: int = 0,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """NumPy twin of :func:`silk_keypoints.model.sparse.select_keypoints`.
+
+    Args:
+        probability: (B, H, W) or (B, 1, H, W) scores on the output grid.
+        grid: cell -> pixel map (``pixel = stride * cell + offset``).
+        image_size: (W, H) of the input images in pixels.
+        max_keypoints: keep at most this many best cells per image (None: all above the threshold).
+        threshold: keep cells with ``score > threshold``.
+        nms_radius: keep only maxima of their (2r+1)^2 window (0: off).
+        remove_borders: drop cells whose pixel lies closer than this to the image border.
+
+    Returns:
+        positions: B arrays (N_i, 3) ``(x, y, score)`` in image pixels, best score first (ties: lower cell
+        index first).
+        indices: B int64 arrays (N_i,), flat cell index ``row * W + col``.
+    """
+    prob = probability.reshape(probability.shape[0], *probability.shape[-2:])
+    b, h, w = prob.shape
+    valid = prob > threshold
+    if nms_radius > 0:
+        valid &= prob == _max_filter(prob, nms_radius)
+    if remove_borders > 0:
+        xs = np.arange(w) * grid.stride + grid.offset
+        ys = np.arange(h) * grid.stride + grid.offset
+        w_img, h_img = image_size
+        valid &= ((ys >= remove_borders) & (ys <= h_img - 1 - remove_borders))[:, None]
+        valid &= ((xs >= remove_borders) & (xs <= w_img - 1 - remove_borders))[None, :]
+    positions, indices = [], []
+    for scores, keep in zip(prob.reshape(b, -1), valid.reshape(b, -1)):
+        idx = np.flatnonzero(keep)
+        s = scores[idx]
+        if max_keypoints is not None and max_keypoints < idx.size:
+            part = np.argpartition(-s, max_keypoints - 1)[:max_keypoints]
+            idx, s = idx[part], s[part]
+        order = np.lexsort((idx, -s))
+        idx, s = idx[order], s[order]
+        xy = np.stack([idx % w, idx // w], axis=-1) * grid.stride + grid.offset
+        positions.append(np.concatenate([xy.astype(prob.dtype), s[:, None]], axis=-1))
+        indices.append(idx.astype(np.int64))
+    return positions, indices
+
+
+def _max_filter(x: np.ndarray, radius: int) -> np.ndarray:
+    """(B, H, W) -> maximum over each (2r+1)^2 window (separable, -inf outside)."""
+    size = 2 * radius + 1
+    pad = np.pad(x, ((0, 0), (radius, radius), (radius, radius)), constant_values=-np.inf)
+    rows = np.lib.stride_tricks.sliding_window_view(pad, size, axis=1).max(axis=-1)
+    return np.lib.stride_tricks.sliding_window_view(rows, size, axis=2).max(axis=-1)
+
+
+class OnnxSiLK:
+    """A SiLK ONNX file (written by :func:`export_onnx`) on onnxruntime, with the same :meth:`extract`.
+
+    Args:
+        path: the ``.onnx`` file.
+        providers: onnxruntime execution providers (default: CUDA if available, else CPU).
+        threads: intra-op threads (default: onnxruntime's choice, all cores).
+    """
+
+    def __init__(
+        self, path: str | os.PathLike, providers: Sequence[str] | None = None, threads: int | None = None
+    ):
+        ort = _require("onnxruntime")
+        path = Path(path)
+        if not path.is_file():
+            raise SilkError(f"ONNX model not found: {path}")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.enable_mem_pattern = (
+            False  # patterns planned per input shape waste memory with dynamic shapes
+        )
+        if threads:
+            options.intra_op_num_threads = threads
+        available = ort.get_available_providers()
+        providers = list(
+            providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        )
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise SilkError(f"cannot load ONNX model {path}: {e}") from e
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "silk.config" not in meta:
+            raise SilkError(f"{path} is not a silk-keypoints ONNX export (no 'silk.config' metadata)")
+        self.config = SiLKConfig.from_dict(json.loads(meta["silk.config"]))
+        self.grid = GridMap(**json.loads(meta["silk.grid"]))
+        self.descriptor_scale = float(json.loads(meta["silk.descriptor_scale"]))
+        self.min_size = int(json.loads(meta["silk.min_size"]))
+        self.input_shape = self.session.get_inputs()[0].shape  # ints for fixed axes, names for dynamic ones
+
+    def dense(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """(B, C, H, W) float32 images in [0, 1] -> ``logits``, ``probability``, unit-norm ``descriptors``."""
+        self._check(images)
+        outputs = self.session.run(
+            list(OUTPUT_NAMES), {"images": np.ascontiguousarray(images, dtype=np.float32)}
+        )
+        return dict(zip(OUTPUT_NAMES, outputs))
+
+    def extract(
+        self,
+        image: torch.Tensor | np.ndarray,
+        max_keypoints: int | None = None,
+        detection_threshold: float | None = None,
+        nms_radius: int | None = None,
+        remove_borders: int | None = None,
+        neighbours: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Same arguments and result as :meth:`SiLK.extract` (CPU torch tensors).
+
+        Large batches run a few images at a time (about ``RUN_PIXELS`` pixels per run) to bound memory.
+        """
+        x = to_batch(image, self.config.in_channels).cpu()
+        given = dict(zip(DETECTION_KEYS, (detection_threshold, max_keypoints, nms_radius, remove_borders)))
+        opts = {k: getattr(self.config, k) if v is None else v for k, v in given.items()}
+        positions: list[torch.Tensor] = []
+        descriptors: list[torch.Tensor] = []
+        around: list[torch.Tensor] = []
+        chunks = [x.numpy()] if self._fixed_batch() else np.array_split(x.numpy(), self._chunks(x.shape))
+        for chunk in chunks:
+            dense = self.dense(chunk)
+            pos, indices = select_keypoints_numpy(
+                dense["probability"],
+                self.grid,
+                (x.shape[-1], x.shape[-2]),
+                max_keypoints=opts["max_keypoints"],
+                threshold=opts["detection_threshold"],
+                nms_radius=opts["nms_radius"],
+                remove_borders=opts["remove_borders"],
+            )
+            desc = dense["descriptors"]
+            positions += [torch.from_numpy(p) for p in pos]
+            descriptors += [
+                torch.from_numpy(desc[i].reshape(desc.shape[1], -1)[:, idx].T.copy())
+                for i, idx in enumerate(indices)
+            ]
+            if neighbours:
+                around += [gather_neighbours(torch.from_numpy(desc[i]), torch.from_numpy(idx))
+                           for i, idx in enumerate(indices)]
+        return pack_keypoints(positions, descriptors, x.shape, 1.0, around if neighbours else None, self.grid.stride)
+
+    def _fixed_batch(self) -> bool:
+        return isinstance(self.input_shape[0], int)
+
+    @staticmethod
+    def _chunks(shape: torch.Size) -> int:
+        per_run = max(1, RUN_PIXELS // (shape[-1] * shape[-2]))
+        return -(-shape[0] // per_run)
+
+    def _check(self, images: np.ndarray) -> None:
+        if images.ndim != 4:
+            raise SilkError(f"images must be (B, C, H, W), got shape {images.shape}")
+        c, h, w = images.shape[1:]
+        if c != self.config.in_channels:
+            raise SilkError(f"this model takes {self.config.in_channels}-channel images, got {c} channels")
+        if h < self.min_size or w < self.min_size:
+            raise SilkError(
+                f"image {w}x{h} is too small: this model needs at least {self.min_size}x{self.min_size} px"
+            )
+        fixed = [(axis, n) for axis, n in zip("BCHW", self.input_shape) if isinstance(n, int)]
+        wrong = [f"{axis}={n}" for axis, n in fixed if images.shape["BCHW".index(axis)] != n]
+        if wrong:
+            raise SilkError(
+                f"this ONNX model was exported for a fixed input shape {self.input_shape}, "
+                f"got {list(images.shape)} "
+                f"(mismatch: {', '.join(wrong)}); re-export it with --dynamic"
+            )
+        if not np.isfinite(images).all():
+            raise SilkError("image contains NaN or inf values")

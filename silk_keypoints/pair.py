@@ -1,0 +1,242 @@
+"""Match two images end to end: extract, match, fit a two-view model, draw, summarise, export.
+
+This is what ``silk match`` and ``silk demo`` run::
+
+    from silk_keypoints import SiLK
+    from silk_keypoints.pair import match_pair, save_pictures
+    result = match_pair(SiLK.from_pretrained(), "a.jpg", "b.jpg", method="mnn")
+    print(result.summary())
+    save_pictures(result, "matches.png", "keypoints.png")
+
+Keypoints are image pixels (x, y) of the original files, centre of the top-left pixel at (0, 0).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import SilkError
+from .files import check_output_path, write_bytes
+from .geometry import Estimate, estimate_fundamental, estimate_homography
+from .image_features import extract_image
+from .io import load_image, rgb_to_gray_uint8
+from .matching import Matcher
+from .model import SiLK
+from .viz import draw_keypoints, draw_matches, save_image, side_by_side
+
+DATA_DIR = Path(__file__).parent / "data"
+DEMO_PAIR = (DATA_DIR / "box.jpg", DATA_DIR / "box_in_scene.jpg")
+GEOMETRIES = ("homography", "fundamental", "none")
+_RANSAC_DEFAULTS = {"homography": 3.0, "fundamental": 1.0}
+
+
+@dataclass
+class PairResult:
+    """Everything :func:`match_pair` found for two images.
+
+    ``features`` are :func:`extract_image` dicts (``keypoints`` (N, 2), ``scores``, ``descriptors``,
+    ``image_size`` (W, H)); ``matches`` (K, 2) index pairs, ``scores`` (K,) match scores (see
+    :func:`~silk_keypoints.matching.match_descriptors`); ``points`` the matched positions (K, 2) in each
+    image, refined below the cell size (:mod:`silk_keypoints.refinement`) unless the matcher was told not
+    to; ``geometry`` the model fitted to ``points`` (None if not asked).
+    """
+
+    names: tuple[str, str]
+    images: tuple[np.ndarray, np.ndarray]
+    features: tuple[dict[str, np.ndarray], dict[str, np.ndarray]]
+    matches: np.ndarray
+    scores: np.ndarray
+    points: tuple[np.ndarray, np.ndarray]
+    geometry: Estimate | None
+    matcher: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def inliers(self) -> np.ndarray | None:
+        return None if self.geometry is None else self.geometry.inliers
+
+    def summary(self) -> str:
+        """A few lines for people: keypoints per image, matches, inliers and the fitted matrix."""
+        lines = [
+            f"image0: {self.names[0]}  {_size(self.features[0])}  {len(self.features[0]['keypoints'])} keypoints",
+            f"image1: {self.names[1]}  {_size(self.features[1])}  {len(self.features[1]['keypoints'])} keypoints",
+            f"matches: {len(self.matches)} ({_describe(self.matcher)})",
+        ]
+        if self.geometry is not None:
+            lines.append(str(self.geometry))
+            if self.geometry.success:
+                name = {"homography": "H", "fundamental": "F"}[self.geometry.kind]
+                rows = np.array2string(self.geometry.model, precision=4, suppress_small=True, max_line_width=120)
+                lines.append(f"{name} = " + rows.replace("\n", "\n    "))
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        """Keypoints, matches and geometry as plain JSON types (no descriptors)."""
+        images = {}
+        for i in range(2):
+            f = self.features[i]
+            images[f"image{i}"] = {
+                "name": self.names[i],
+                "image_size": [int(v) for v in f["image_size"]],
+                "keypoints": np.round(f["keypoints"].astype(np.float64), 3).tolist(),
+                "scores": np.round(f["scores"].astype(np.float64), 6).tolist(),
+            }
+        geo = None
+        if self.geometry is not None:
+            g = self.geometry
+            geo = {
+                "kind": g.kind,
+                "model": None if g.model is None else g.model.tolist(),
+                "inliers": g.inliers.astype(bool).tolist(),
+                "num_inliers": g.num_inliers,
+                "message": g.message,
+            }
+        return {
+            "coordinates": "image pixels (x, y) of the original files, top-left pixel centre at (0, 0)",
+            **images,
+            "matcher": self.matcher,
+            "matches": self.matches.tolist(),
+            "match_scores": np.round(self.scores.astype(np.float64), 6).tolist(),
+            "match_points0": np.round(self.points[0].astype(np.float64), 3).tolist(),
+            "match_points1": np.round(self.points[1].astype(np.float64), 3).tolist(),
+            "geometry": geo,
+        }
+
+
+def match_pair(
+    model: SiLK,
+    image0: str | os.PathLike | np.ndarray,
+    image1: str | os.PathLike | np.ndarray,
+    method: str = "mnn",
+    matcher_options: dict[str, Any] | None = None,
+    geometry: str = "homography",
+    ransac_threshold: float | None = None,
+    resize: int | None = None,
+    progress: Callable[[str], None] | None = None,
+    **detection: Any,
+) -> PairResult:
+    """Extract keypoints of two images, match them and fit a homography or fundamental matrix.
+
+    Args:
+        model: a SiLK model (its device is used).
+        image0, image1: file paths or uint8 arrays (H, W) / (H, W, 3) RGB.
+        method, matcher_options: :class:`~silk_keypoints.matching.Matcher` method and options.
+        geometry: ``"homography"``, ``"fundamental"`` or ``"none"``.
+        ransac_threshold: pixels (default 3 for a homography, 1 for a fundamental matrix).
+        resize: downscale each image so its long side is at most this (keypoints stay in original pixels).
+        progress: called with a short message before each slow step.
+        **detection: ``max_keypoints``, ``detection_threshold``, ``nms_radius``, ``remove_borders``.
+    """
+    if geometry not in GEOMETRIES:
+        raise SilkError(f"unknown geometry {geometry!r}; choose one of {list(GEOMETRIES)}")
+    matcher = Matcher(method, **(matcher_options or {}))
+    say = progress or (lambda msg: None)
+    names, images, features = [], [], []
+    for image in (image0, image1):
+        name = Path(image).name if not isinstance(image, np.ndarray) else f"array {image.shape}"
+        rgb = load_image(image) if not isinstance(image, np.ndarray) else image
+        say(f"extracting keypoints: {name}")
+        net_input = rgb_to_gray_uint8(rgb) if model.config.in_channels == 1 and rgb.ndim == 3 else rgb
+        names.append(name)
+        images.append(rgb)
+        features.append(extract_image(model, net_input, resize=resize, neighbours=matcher.refine, **detection))
+    say("matching")
+    device = next(model.parameters()).device
+    feats = [{k: torch.as_tensor(v).to(device) for k, v in f.items() if k != "image_size"} for f in features]
+    out = matcher({"image0": feats[0], "image1": feats[1]})
+    matches, scores = out["matches"][0].cpu().numpy(), out["scores"][0].cpu().numpy()
+    points = (out["points0"][0].cpu().numpy(), out["points1"][0].cpu().numpy())
+    estimate = None
+    if geometry != "none":
+        say(f"fitting a {geometry} (USAC_MAGSAC)")
+        fit = estimate_homography if geometry == "homography" else estimate_fundamental
+        estimate = fit(*points, threshold=ransac_threshold or _RANSAC_DEFAULTS[geometry])
+    return PairResult(tuple(names), tuple(images), tuple(features), matches, scores, points, estimate,
+                      {"method": method, **(matcher_options or {})})
+
+
+def save_pictures(
+    result: PairResult, matches_path: str | os.PathLike | None = None, keypoints_path: str | os.PathLike | None = None
+) -> list[Path]:
+    """Write ``matches.png`` (side by side, inliers green, outliers red, caption) and/or ``keypoints.png``
+    (both images with their keypoints). Returns the written paths."""
+    written = []
+    if matches_path is not None:
+        written.append(save_image(matches_picture(result), matches_path))
+    if keypoints_path is not None:
+        written.append(save_image(keypoints_picture(result), keypoints_path))
+    return written
+
+
+def keypoints_picture(result: PairResult, index: int | None = None) -> np.ndarray:
+    """Keypoints drawn on image ``index`` (0 or 1), or on both side by side (None)."""
+    pics = [draw_keypoints(result.images[i], result.features[i]["keypoints"], result.features[i]["scores"])
+            for i in ((0, 1) if index is None else (index,))]
+    return side_by_side(*pics)
+
+
+def matches_picture(result: PairResult) -> np.ndarray:
+    """The matches drawing of a :class:`PairResult` with its caption."""
+    f0, f1 = result.features
+    counts = f"keypoints: {len(f0['keypoints'])} / {len(f1['keypoints'])}"
+    caption = [f"{counts}   matches: {len(result.matches)} ({_describe(result.matcher)})"]
+    g = result.geometry
+    if g is not None:
+        caption.append(f"inliers: {g.num_inliers} of {len(result.matches)} ({g.kind}, USAC_MAGSAC): green, "
+                       "outliers red" if g.success else f"{g.kind} failed: {g.message}")
+    return draw_matches(result.images[0], result.images[1], f0["keypoints"], f1["keypoints"], result.matches,
+                        result.inliers, caption)
+
+
+def save_json(result: PairResult, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+    """Write :meth:`PairResult.to_json` (plus ``extra`` entries) to ``path`` atomically."""
+    check_output_path(path, formats=None)
+    data = {**(extra or {}), **result.to_json()}
+    return write_bytes(path, json.dumps(data, indent=1).encode())
+
+
+def run_demo(
+    model: SiLK,
+    out_dir: str | os.PathLike,
+    progress: Callable[[str], None] | None = None,
+    **options: Any,
+) -> tuple[PairResult, list[Path]]:
+    """Match the shipped OpenCV sample pair (``data/box.jpg``, ``data/box_in_scene.jpg``), fit a homography
+    and write ``matches.png`` and ``keypoints.png`` into ``out_dir`` (created if needed).
+
+    ``options`` go to :func:`match_pair`. Returns the result and the written paths.
+    """
+    out = make_output_dir(out_dir)
+    result = match_pair(model, *DEMO_PAIR, progress=progress, **options)
+    if progress:
+        progress("drawing pictures")
+    return result, save_pictures(result, out / "matches.png", out / "keypoints.png")
+
+
+def make_output_dir(path: str | os.PathLike) -> Path:
+    """Create an output folder (and its parents) or raise :class:`SilkError` saying why it cannot be used."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SilkError(f"cannot create output folder {path}: {e.strerror or e}") from None
+    if not os.access(path, os.W_OK):
+        raise SilkError(f"output folder is not writable: {path}")
+    return path
+
+
+def _size(features: dict[str, np.ndarray]) -> str:
+    w, h = (int(v) for v in features["image_size"])
+    return f"{w}x{h}"
+
+
+def _describe(matcher: dict[str, Any]) -> str:
+    opts = ", ".join(f"{k}={v}" for k, v in matcher.items() if k != "method")
+    return matcher.get("method", "?") + (f", {opts}" if opts else "")
