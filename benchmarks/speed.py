@@ -6,11 +6,11 @@ Backends, all returning ``max_keypoints`` keypoints with descriptors (random wei
              (the variant's block order), NCHW float32, then sigmoid, full sort, gather, normalise.
              Runs as fast as the original SiLK code; every ratio is ``naive ms / backend ms``.
 * ``exact``  ``SiLK.extract(exact=True)``: this package's modules as defined.
-* ``fast``   ``SiLK.extract()``: BatchNorm folded, channels-last, fused heads, batched top-k (the default).
-* ``fast+nb`` ``SiLK.extract(neighbours=True)``: the fast path plus the 3x3 neighbour descriptors that
+* ``fused``  ``SiLK.extract()``: BatchNorm folded, channels-last, fused heads, batched top-k (the default).
+* ``fused+nb`` ``SiLK.extract(neighbours=True)``: the fused path plus the 3x3 neighbour descriptors that
              sub-cell match refinement needs (what ``silk match`` and the evaluations use).
-* ``bf16``   ``SiLK.set_inference("bf16").extract()``: the fast network in bfloat16 (an option).
-* ``ort``    ``OnnxSiLK.extract()``: the exported ONNX file on onnxruntime (CPU), NumPy top-k.
+* ``bf16``   ``SiLK.set_inference("bf16").extract()``: the fused network in bfloat16 (an option).
+* ``ort``    ``OnnxSiLK.extract()``: the exported ONNX file on onnxruntime (CPU), the same extraction pipeline.
 * ``sift`` / ``orb``: OpenCV ``SIFT_create`` / ``ORB_create(nfeatures=max_keypoints)`` on the uint8 image.
 
 Every backend is timed in the same process, in interleaved rounds (one call of each per round, after a
@@ -43,7 +43,7 @@ from silk_keypoints import SiLK
 from silk_keypoints.model.backbone import CONTRAST_FLOOR, CONTRAST_GAIN, CONTRAST_MEAN
 from silk_keypoints.model.zoo import VARIANTS, variant_config
 
-BACKENDS = ("naive", "exact", "fast", "fast+nb", "bf16", "ort", "sift", "orb")
+BACKENDS = ("naive", "exact", "fused", "fused+nb", "bf16", "ort", "sift", "orb")
 
 
 class NaiveLocalContrast(nn.Module):
@@ -161,11 +161,11 @@ def backends(
         calls["naive"] = lambda: naive.extract(x, k)
     if "exact" in wanted:
         calls["exact"] = lambda: model.extract(x, max_keypoints=k, exact=True)
-    if "fast" in wanted:
-        calls["fast"] = lambda: model.extract(x, max_keypoints=k)
-    if "fast+nb" in wanted:
-        calls["fast+nb"] = lambda: model.extract(x, max_keypoints=k, neighbours=True)
-    if "bf16" in wanted:  # a second model: each caches the fast network of its own mode
+    if "fused" in wanted:
+        calls["fused"] = lambda: model.extract(x, max_keypoints=k)
+    if "fused+nb" in wanted:
+        calls["fused+nb"] = lambda: model.extract(x, max_keypoints=k, neighbours=True)
+    if "bf16" in wanted:  # a second model: each caches the fused network of its own mode
         bf16 = copy.deepcopy(model).set_inference("bf16")
         calls["bf16"] = lambda: bf16.extract(x, max_keypoints=k)
     if "ort" in wanted:

@@ -24,6 +24,7 @@ import torch
 from .errors import SilkError
 
 MIN_MATCHES = {"homography": 4, "fundamental": 8, "essential": 5}
+HOMOGRAPHY_METHODS = {"magsac": cv2.USAC_MAGSAC, "ransac": cv2.RANSAC}
 
 
 @dataclass
@@ -62,13 +63,28 @@ class Estimate:
 
 # ---------------------------------------------------------------------------------------------- estimation
 def estimate_homography(
-    pts0, pts1, threshold: float = 3.0, confidence: float = 0.999, max_iters: int = 10_000
+    pts0,
+    pts1,
+    threshold: float = 3.0,
+    confidence: float = 0.999,
+    max_iters: int = 10_000,
+    method: str = "magsac",
+    seed: int | None = None,
 ) -> Estimate:
-    """Homography ``H`` (p1 ~ H p0) by USAC_MAGSAC; ``threshold`` in pixels of image 1."""
+    """Homography ``H`` (p1 ~ H p0) by robust fitting; ``threshold`` in pixels of image 1.
+
+    ``method``: ``"magsac"`` (OpenCV USAC_MAGSAC) or ``"ransac"`` (plain RANSAC, the original SiLK
+    evaluation's). ``seed``: seeds OpenCV's RNG first (None: leave it as it is).
+    """
+    if method not in HOMOGRAPHY_METHODS:
+        raise SilkError(f"unknown homography method {method!r}; choose one of {sorted(HOMOGRAPHY_METHODS)}")
     p0, p1 = _pair(pts0, pts1)
     if (fail := _too_few("homography", len(p0))) is not None:
         return fail
-    H, mask = cv2.findHomography(p0, p1, cv2.USAC_MAGSAC, threshold, maxIters=max_iters, confidence=confidence)
+    if seed is not None:
+        cv2.setRNGSeed(int(seed))
+    H, mask = cv2.findHomography(p0, p1, HOMOGRAPHY_METHODS[method], threshold, maxIters=max_iters,
+                                 confidence=confidence)
     return _result("homography", H, mask, len(p0))
 
 
@@ -131,15 +147,25 @@ def _pose_from_essential(E, n0, n1, inliers) -> tuple[np.ndarray, np.ndarray, np
 
 
 # ---------------------------------------------------------------------------------------------- errors
+def warp_points_torch(points: torch.Tensor, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply homographies (..., 3, 3) to points (..., N, 2) (x, y) -> ``(warped (..., N, 2), in_front (..., N))``.
+
+    The one point warp of the package (training, evaluation, these error measures), on any device and dtype.
+    ``warped`` is ``inf`` where the homogeneous scale is 0 (|w| < 1e-12: the point maps to infinity);
+    ``in_front`` is False where the scale is <= 1e-12 (at infinity or behind: no image of the point).
+    """
+    homog = torch.cat([points, torch.ones_like(points[..., :1])], -1) @ H.transpose(-1, -2)
+    z = homog[..., 2:]
+    finite = z.abs() >= 1e-12
+    warped = homog[..., :2] / torch.where(finite, z, torch.ones_like(z))
+    return torch.where(finite, warped, torch.full_like(warped, float("inf"))), z[..., 0] > 1e-12
+
+
 def warp_points(pts, H) -> np.ndarray:
-    """Apply a homography to (N, 2) points -> (N, 2); points mapped to infinity become ``inf``."""
+    """Apply a homography to (N, 2) points -> (N, 2) float64 numpy; points mapped to infinity become ``inf``
+    (numpy face of :func:`warp_points_torch`)."""
     p, H = _points(pts, "pts"), _matrix(H, "H")
-    q = p @ H[:, :2].T + H[:, 2]
-    w = q[:, 2:]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = q[:, :2] / w
-    out[np.abs(w[:, 0]) < 1e-12] = np.inf
-    return out
+    return warp_points_torch(torch.from_numpy(p), torch.from_numpy(H))[0].numpy()
 
 
 def homography_errors(pts0, pts1, H, symmetric: bool = False) -> np.ndarray:

@@ -1,67 +1,66 @@
-"""Extract keypoints from image files: load, optionally resize, run the model, map back to the file's pixels."""
+"""Features of image files in the files' own pixels: load, optionally resize, extract, map back.
+
+This is what ``silk extract``, ``silk match``, the hloc / COLMAP / npz writers and the pose benchmark use
+for one image. Keypoints are image pixels (x, y) of the *original* image, centre of the top-left pixel at
+(0, 0): for a resized image ``x_orig = (x + 0.5) / sx - 0.5`` with ``sx`` = resized / original width (and so
+for y).
+"""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
-from .io import load_image
-from .model import SiLK
+from .features import Features
+from .io import load_image, resize_long_side, rgb_to_gray_uint8
 
 
-def resize_long_side(image: np.ndarray, long_side: int | None) -> tuple[np.ndarray, float]:
-    """Downscale (never upscale) so that max(H, W) <= ``long_side``. Returns (image, scale original/resized)."""
+def image_features(
+    model: Any,
+    image: str | os.PathLike | np.ndarray,
+    resize: int | None = None,
+    upscale: bool = False,
+    neighbours: bool = False,
+    **options: Any,
+) -> Features:
+    """Features (a batch of one) of one image file or uint8 array, in the original image's pixels.
+
+    Args:
+        model: anything with SiLK's ``extract`` and ``config.in_channels`` (:class:`~silk_keypoints.SiLK`,
+            :class:`~silk_keypoints.ecosystem.onnx.OnnxSiLK`).
+        image: path, or numpy (H, W) / (H, W, 3) uint8 RGB.
+        resize: long side of the image the network sees (None: as it is).
+        upscale: also enlarge images whose long side is below ``resize`` (default: only shrink).
+        neighbours: also return the neighbour descriptors for match refinement (spacing in original pixels).
+        options: ``max_keypoints``, ``detection_threshold``, ``nms_radius``, ``remove_borders``.
+    """
+    gray = model.config.in_channels == 1
+    if not isinstance(image, np.ndarray):
+        image = load_image(image, gray=gray)
+    elif gray and image.ndim == 3:
+        image = rgb_to_gray_uint8(image)
     h, w = image.shape[:2]
-    if not long_side or max(h, w) <= long_side:
-        return image, 1.0
-    r = long_side / max(h, w)
-    size = (max(1, round(w * r)), max(1, round(h * r)))
-    resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    return resized, w / size[0]
+    small, scale = resize_long_side(image, resize, upscale)
+    with torch.inference_mode():
+        feats = model.extract(small, neighbours=neighbours, **options)
+    return feats.rescaled(scale, (w, h))
 
 
 def extract_image(
-    model: SiLK,
+    model: Any,
     image: str | os.PathLike | np.ndarray,
     resize: int | None = None,
     neighbours: bool = False,
     **options: Any,
 ) -> dict[str, np.ndarray]:
-    """Keypoints of one image (file path or numpy array) in the pixel coordinates of the *original* image.
-
-    Args:
-        model: a SiLK model.
-        image: path or numpy (H, W) / (H, W, 3) uint8.
-        resize: if set, the image is downscaled so its long side is at most this many pixels; keypoints are
-            mapped back (``x_orig = (x + 0.5) * s - 0.5``).
-        neighbours: also return ``neighbour_descriptors`` (N, 9, D) and ``neighbour_spacing`` (original
-            pixels) for sub-cell match refinement (:mod:`silk_keypoints.refinement`).
-        options: ``max_keypoints``, ``detection_threshold``, ``nms_radius``, ``remove_borders``.
+    """:func:`image_features` as numpy arrays under hloc's names (what the file writers store).
 
     Returns:
-        numpy dict: ``keypoints`` (N, 2) float32 (x, y), ``scores`` (N,), ``descriptors`` (N, D) unit norm,
-        ``image_size`` (2,) original (W, H).
+        ``keypoints`` (N, 2) float32 (x, y) in the original image's pixels, ``scores`` (N,),
+        ``descriptors`` (N, D) unit norm, ``image_size`` (2,) original (W, H); with ``neighbours`` also
+        ``neighbour_descriptors`` (N, 9, D) and ``neighbour_spacing`` (original pixels).
     """
-    if not isinstance(image, np.ndarray):
-        image = load_image(image, gray=model.config.in_channels == 1)
-    h, w = image.shape[:2]
-    small, scale = resize_long_side(image, resize)
-    with torch.inference_mode():
-        pred = model.extract(small, neighbours=neighbours, **options)
-    kpts = pred["keypoints"][0].cpu().numpy()
-    if scale != 1.0:
-        kpts = (kpts + 0.5) * scale - 0.5
-    out = {
-        "keypoints": kpts.astype(np.float32),
-        "scores": pred["keypoint_scores"][0].cpu().numpy().astype(np.float32),
-        "descriptors": pred["descriptors"][0].cpu().numpy().astype(np.float32),
-        "image_size": np.array([w, h], dtype=np.int64),
-    }
-    if neighbours:
-        out["neighbour_descriptors"] = pred["neighbour_descriptors"][0].cpu().numpy().astype(np.float32)
-        out["neighbour_spacing"] = np.float32(pred["neighbour_spacing"][0].item() * scale)
-    return out
+    return image_features(model, image, resize, neighbours=neighbours, **options).to_numpy()

@@ -53,6 +53,23 @@ def load_image(path: str | os.PathLike, gray: bool = False) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
+def resize_long_side(
+    image: np.ndarray, long_side: int | None, upscale: bool = False
+) -> tuple[np.ndarray, tuple[float, float]]:
+    """Resize so that max(H, W) = ``long_side`` (only if larger unless ``upscale``; None: unchanged).
+
+    INTER_AREA when shrinking, INTER_LINEAR when enlarging. Returns (image, (sx, sy)) with ``sx`` = new width /
+    old width, ``sy`` the same for heights.
+    """
+    h, w = image.shape[:2]
+    if not long_side or max(h, w) == long_side or (max(h, w) < long_side and not upscale):
+        return image, (1.0, 1.0)
+    r = long_side / max(h, w)
+    size = (max(1, round(w * r)), max(1, round(h * r)))
+    resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR)
+    return resized, (size[0] / w, size[1] / h)
+
+
 def rgb_to_gray_uint8(img: np.ndarray) -> np.ndarray:
     w = np.asarray(_GRAY_WEIGHTS, dtype=np.float32)
     return np.clip(img.astype(np.float32) @ w + 0.5, 0, 255).astype(np.uint8)

@@ -23,7 +23,7 @@ may round differently in the last bit, which can only swap a decision between ca
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import SilkError
+from .features import Features
 from .refinement import DEFAULT_SUBDIVISIONS, check_subdivisions, refine_matches
 
 METHODS = ("mnn", "ratio", "double-softmax")
@@ -136,7 +137,7 @@ class Matcher(nn.Module):
         _check_options(method, conf.get("ratio_threshold", 0.6), conf.get("temperature", 0.1),
                        conf.get("threshold", 0.6), conf.get("max_distance"), conf.get("chunk_size"))
 
-    def forward(self, data: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+    def forward(self, data: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         """Match ``data["image0"]`` against ``data["image1"]`` (dicts with ``descriptors`` (B, N, D) and
         optionally ``keypoint_mask`` (B, N); a missing batch dimension is added).
 
@@ -176,21 +177,20 @@ class Matcher(nn.Module):
             out["matches"].append(m)
             out["scores"].append(s)
         if "keypoints" in data["image0"] and "keypoints" in data["image1"]:
-            f0, f1 = _batched(data["image0"]), _batched(data["image1"])
-            pairs = [self.points({k: v[i] for k, v in f0.items()}, {k: v[i] for k, v in f1.items()}, m)
-                     for i, m in enumerate(out["matches"])]
+            f0 = Features.from_mapping(data["image0"], "image0")
+            f1 = Features.from_mapping(data["image1"], "image1")
+            pairs = [self.points(f0, f1, m, i) for i, m in enumerate(out["matches"])]
             out["points0"], out["points1"] = [p[0] for p in pairs], [p[1] for p in pairs]
         return out
 
     def points(
-        self, feats0: dict[str, torch.Tensor], feats1: dict[str, torch.Tensor], matches: torch.Tensor
+        self, feats0: Features, feats1: Features, matches: torch.Tensor, image: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(K, 2) positions of ``matches`` (K, 2) in each image (one image per dict, no batch dimension),
-        refined if this matcher refines and the features allow it (see ``refine``)."""
+        """(K, 2) positions of ``matches`` (K, 2) between image ``image`` of the two batches, refined if this
+        matcher refines and the features allow it (see ``refine``)."""
         if not self.refine:
-            feats0 = {k: v for k, v in feats0.items() if k != "neighbour_descriptors"}
-            feats1 = {k: v for k, v in feats1.items() if k != "neighbour_descriptors"}
-        return refine_matches(feats0, feats1, matches, self.refine_subdivisions)
+            feats0, feats1 = feats0.without_neighbours(), feats1.without_neighbours()
+        return refine_matches(feats0, feats1, matches, self.refine_subdivisions, image)
 
 
 # ---------------------------------------------------------------------------------------------- the methods
@@ -342,7 +342,7 @@ def _check_options(
 
 def _descriptors_and_mask(data: dict, key: str) -> tuple[torch.Tensor, torch.Tensor]:
     feats = data.get(key)
-    if not isinstance(feats, dict) or "descriptors" not in feats:
+    if not isinstance(feats, Mapping) or "descriptors" not in feats:
         raise SilkError(f"matcher input needs data[{key!r}]['descriptors'] (an extract() dict)")
     desc = torch.as_tensor(feats["descriptors"])
     if desc.ndim == 2:
@@ -355,17 +355,3 @@ def _descriptors_and_mask(data: dict, key: str) -> tuple[torch.Tensor, torch.Ten
     else:
         mask = torch.as_tensor(mask, device=desc.device).bool().reshape(desc.shape[:2])
     return desc, mask
-
-
-_POINT_KEYS = ("keypoints", "descriptors", "neighbour_descriptors", "neighbour_spacing")
-
-
-def _batched(feats: dict) -> dict[str, torch.Tensor]:
-    """The keys refinement needs, as tensors with a batch dimension (added if the dict has none)."""
-    single = torch.as_tensor(feats["descriptors"]).ndim == 2
-    out = {}
-    for k in _POINT_KEYS:
-        if k in feats:
-            v = torch.as_tensor(feats[k])
-            out[k] = v[None] if single else v
-    return out

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from .errors import SilkError
+from .features import Features
 from .files import check_output_path, write_bytes
 from .geometry import Estimate, estimate_fundamental, estimate_homography
-from .image_features import extract_image
+from .image_features import image_features
 from .io import load_image, rgb_to_gray_uint8
 from .matching import Matcher
 from .model import SiLK
@@ -42,8 +42,8 @@ _RANSAC_DEFAULTS = {"homography": 3.0, "fundamental": 1.0}
 class PairResult:
     """Everything :func:`match_pair` found for two images.
 
-    ``features`` are :func:`extract_image` dicts (``keypoints`` (N, 2), ``scores``, ``descriptors``,
-    ``image_size`` (W, H)); ``matches`` (K, 2) index pairs, ``scores`` (K,) match scores (see
+    ``features`` are :class:`~silk_keypoints.features.Features` (a batch of one each, in the original
+    images' pixels); ``matches`` (K, 2) index pairs, ``scores`` (K,) match scores (see
     :func:`~silk_keypoints.matching.match_descriptors`); ``points`` the matched positions (K, 2) in each
     image, refined below the cell size (:mod:`silk_keypoints.refinement`) unless the matcher was told not
     to; ``geometry`` the model fitted to ``points`` (None if not asked).
@@ -51,7 +51,7 @@ class PairResult:
 
     names: tuple[str, str]
     images: tuple[np.ndarray, np.ndarray]
-    features: tuple[dict[str, np.ndarray], dict[str, np.ndarray]]
+    features: tuple[Features, Features]
     matches: np.ndarray
     scores: np.ndarray
     points: tuple[np.ndarray, np.ndarray]
@@ -65,8 +65,8 @@ class PairResult:
     def summary(self) -> str:
         """A few lines for people: keypoints per image, matches, inliers and the fitted matrix."""
         lines = [
-            f"image0: {self.names[0]}  {_size(self.features[0])}  {len(self.features[0]['keypoints'])} keypoints",
-            f"image1: {self.names[1]}  {_size(self.features[1])}  {len(self.features[1]['keypoints'])} keypoints",
+            f"image0: {self.names[0]}  {_size(self.features[0])}  {_count(self.features[0])} keypoints",
+            f"image1: {self.names[1]}  {_size(self.features[1])}  {_count(self.features[1])} keypoints",
             f"matches: {len(self.matches)} ({_describe(self.matcher)})",
         ]
         if self.geometry is not None:
@@ -81,7 +81,7 @@ class PairResult:
         """Keypoints, matches and geometry as plain JSON types (no descriptors)."""
         images = {}
         for i in range(2):
-            f = self.features[i]
+            f = self.features[i].to_numpy()
             images[f"image{i}"] = {
                 "name": self.names[i],
                 "image_size": [int(v) for v in f["image_size"]],
@@ -146,11 +146,10 @@ def match_pair(
         net_input = rgb_to_gray_uint8(rgb) if model.config.in_channels == 1 and rgb.ndim == 3 else rgb
         names.append(name)
         images.append(rgb)
-        features.append(extract_image(model, net_input, resize=resize, neighbours=matcher.refine, **detection))
+        features.append(image_features(model, net_input, resize=resize, neighbours=matcher.refine, **detection))
     say("matching")
-    device = next(model.parameters()).device
-    feats = [{k: torch.as_tensor(v).to(device) for k, v in f.items() if k != "image_size"} for f in features]
-    out = matcher({"image0": feats[0], "image1": feats[1]})
+    out = matcher({"image0": features[0], "image1": features[1]})
+    # the one step from torch to numpy: OpenCV's geometry, the pictures and JSON take arrays
     matches, scores = out["matches"][0].cpu().numpy(), out["scores"][0].cpu().numpy()
     points = (out["points0"][0].cpu().numpy(), out["points1"][0].cpu().numpy())
     estimate = None
@@ -177,22 +176,32 @@ def save_pictures(
 
 def keypoints_picture(result: PairResult, index: int | None = None) -> np.ndarray:
     """Keypoints drawn on image ``index`` (0 or 1), or on both side by side (None)."""
-    pics = [draw_keypoints(result.images[i], result.features[i]["keypoints"], result.features[i]["scores"])
+    pics = [draw_keypoints(result.images[i], result.features[i].keypoints[0], result.features[i].keypoint_scores[0])
             for i in ((0, 1) if index is None else (index,))]
     return side_by_side(*pics)
+
+
+def keypoint_picture_names(names: tuple[str, str]) -> list[str]:
+    """File names of the two keypoint pictures of a pair: ``<stem>_keypoints.png`` (``_0`` / ``_1`` added when
+    both images have the same stem)."""
+    stems = [Path(n).stem for n in names]
+    if stems[0] == stems[1]:
+        stems = [f"{stems[0]}_0", f"{stems[1]}_1"]
+    return [f"{s}_keypoints.png" for s in stems]
 
 
 def matches_picture(result: PairResult) -> np.ndarray:
     """The matches drawing of a :class:`PairResult` with its caption."""
     f0, f1 = result.features
-    counts = f"keypoints: {len(f0['keypoints'])} / {len(f1['keypoints'])}"
+    counts = f"keypoints: {_count(f0)} / {_count(f1)}"
     caption = [f"{counts}   matches: {len(result.matches)} ({_describe(result.matcher)})"]
     g = result.geometry
     if g is not None:
         caption.append(f"inliers: {g.num_inliers} of {len(result.matches)} ({g.kind}, USAC_MAGSAC): green, "
                        "outliers red" if g.success else f"{g.kind} failed: {g.message}")
-    return draw_matches(result.images[0], result.images[1], f0["keypoints"], f1["keypoints"], result.matches,
-                        result.inliers, caption)
+    # the matched (refined) positions, the points the geometry and its inlier colours were computed on
+    pairs = np.stack([np.arange(len(result.matches))] * 2, axis=1)
+    return draw_matches(result.images[0], result.images[1], *result.points, pairs, result.inliers, caption)
 
 
 def save_json(result: PairResult, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
@@ -232,9 +241,13 @@ def make_output_dir(path: str | os.PathLike) -> Path:
     return path
 
 
-def _size(features: dict[str, np.ndarray]) -> str:
-    w, h = (int(v) for v in features["image_size"])
+def _size(features: Features) -> str:
+    w, h = (int(v) for v in features.image_size[0])
     return f"{w}x{h}"
+
+
+def _count(features: Features) -> int:
+    return int(features.keypoint_mask[0].sum())
 
 
 def _describe(matcher: dict[str, Any]) -> str:

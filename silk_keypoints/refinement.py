@@ -13,67 +13,20 @@ symmetrically for ``b`` in image 0. Each point then moves half of its offset: th
 correspondences (a, b + o1) and (a + o0, b) is again a correspondence under a locally affine map, and the
 two estimates average their errors. With only one side's neighbours, that side moves fully.
 
-Measured on the held-out validation set (``benchmarks/validation.py``, shipped weights), this lifts the
-``fast`` model's MMA@1 from 0.812 to 0.945 and its homography accuracy @1 px from 0.92 to 1.00 (``tiny``, 4-px
-grid: MMA@1 0.592 to 0.930, homography accuracy @1 0.56 to 0.99).
+What it gains and how the defaults were chosen is measured in docs/conventions.md and the model cards.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from .errors import SilkError
+from .features import Features
+from .model.sparse import NEIGHBOUR_OFFSETS
 
-#: (dx, dy) of the 9 neighbours in cells, row-major (dy outer), the centre at index 4.
-NEIGHBOUR_OFFSETS = torch.tensor([[dx, dy] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], dtype=torch.float32)
-
-#: Offsets tried per cell and axis (1/8 cell: 0.5 px on ``tiny``'s 4-px grid). Chosen on sequences made from
-#: the *training* photos (20 per set, seed 11; the validation photos were not used): homography AUC@1 px of
-#: ``tiny`` 0.812 (the soft-argmax of the nine cells used before) -> 0.836 (default set), 0.749 -> 0.781 (hard
-#: set); ``fast`` 0.896 -> 0.898 / 0.828 -> 0.832; ``vgg4`` (hard set) 0.817 -> 0.822. 16 subdivisions: within
-#: 0.008 of 8 either way.
+#: Offsets tried per cell and axis (1/8 cell: 0.5 px on ``tiny``'s 4-px grid; chosen in docs/conventions.md).
 DEFAULT_SUBDIVISIONS = 8
-
-
-def neighbour_cells(index: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat indices of the 3x3 cells around flat cells ``index`` (N,) of an ``height x width`` map.
-
-    Returns:
-        cells: (N, 9) int64, clamped into the map (use ``valid`` to tell the outside ones);
-        valid: (N, 9) bool, False where the neighbour lies outside the map.
-    """
-    offsets = NEIGHBOUR_OFFSETS.to(device=index.device, dtype=torch.long)
-    rows = torch.div(index, width, rounding_mode="floor")[:, None] + offsets[:, 1]
-    cols = (index % width)[:, None] + offsets[:, 0]
-    valid = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
-    cells = rows.clamp(0, height - 1) * width + cols.clamp(0, width - 1)
-    return cells, valid
-
-
-def neighbour_descriptors(
-    describe: Callable[[torch.Tensor], torch.Tensor], index: torch.Tensor, height: int, width: int
-) -> torch.Tensor:
-    """Descriptors (N, 9, D) of the 3x3 cells around flat cells ``index`` (N,) of an ``height x width`` map,
-    zeros outside the map. ``describe(cells)`` maps flat cell indices (U,) to unit descriptors (U, D); it is
-    called once, on the distinct cells (neighbourhoods of nearby keypoints overlap)."""
-    cells, valid = neighbour_cells(index, height, width)
-    unique, inverse = torch.unique(cells, return_inverse=True)
-    desc = describe(unique)
-    desc = torch.cat([desc, desc.new_zeros(1, desc.shape[1])])  # the row for cells outside the map
-    return desc[inverse.masked_fill(~valid, len(unique))]
-
-
-def gather_neighbours(raw: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Unit descriptors of the 3x3 cells around cells ``index`` (N,) of one map ``raw`` (D, H, W) -> (N, 9, D).
-
-    Neighbours outside the map are zero vectors.
-    """
-    d, h, w = raw.shape
-    flat = raw.reshape(d, h * w)
-    return neighbour_descriptors(lambda cells: F.normalize(flat[:, cells].t(), p=2, dim=1), index, h, w)
 
 
 def check_subdivisions(subdivisions: int, name: str = "refinement subdivisions") -> None:
@@ -119,36 +72,34 @@ def subcell_offsets(
 
 
 def refine_matches(
-    feats0: dict[str, torch.Tensor],
-    feats1: dict[str, torch.Tensor],
+    feats0: Features,
+    feats1: Features,
     matches: torch.Tensor,
     subdivisions: int = DEFAULT_SUBDIVISIONS,
+    image: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sub-cell positions of matched keypoints.
+    """Sub-cell positions of matched keypoints of image ``image`` of each batch.
 
     Args:
-        feats0, feats1: one image each (no batch dimension): ``keypoints`` (N, 2) (x, y) pixels,
-            ``descriptors`` (N, D), and optionally ``neighbour_descriptors`` (N, 9, D) with
-            ``neighbour_spacing`` (scalar, px) as returned by :meth:`SiLK.extract`.
+        feats0, feats1: :class:`~silk_keypoints.features.Features` of the two sides; refinement uses their
+            ``neighbour_descriptors`` and ``neighbour_spacing`` where present.
         matches: (K, 2) int64 index pairs (keypoint of image 0, keypoint of image 1).
         subdivisions: offsets tried per cell and axis (see :func:`subcell_grid`).
+        image: which image of the batches.
 
     Returns:
         points0, points1: (K, 2) matched positions in pixels, in the keypoints' dtype; the keypoints
-        themselves where neither image has neighbour descriptors.
+        themselves where neither side has neighbour descriptors.
     """
     i0, i1 = matches[:, 0], matches[:, 1]
-    p0, p1 = feats0["keypoints"][i0].clone(), feats1["keypoints"][i1].clone()
-    n0, n1 = feats0.get("neighbour_descriptors"), feats1.get("neighbour_descriptors")
+    p0, p1 = feats0.keypoints[image][i0].clone(), feats1.keypoints[image][i1].clone()
+    n0, n1 = feats0.neighbour_descriptors, feats1.neighbour_descriptors
     share = 0.5 if n0 is not None and n1 is not None else 1.0
+    d0, d1 = feats0.descriptors[image], feats1.descriptors[image]
     if n1 is not None and len(matches):
-        p1 += share * _spacing(feats1) * subcell_offsets(feats0["descriptors"][i0], n1[i1], subdivisions).to(p1.dtype)
+        step = share * float(feats1.neighbour_spacing[image])
+        p1 += step * subcell_offsets(d0[i0], n1[image][i1], subdivisions).to(p1.dtype)
     if n0 is not None and len(matches):
-        p0 += share * _spacing(feats0) * subcell_offsets(feats1["descriptors"][i1], n0[i0], subdivisions).to(p0.dtype)
+        step = share * float(feats0.neighbour_spacing[image])
+        p0 += step * subcell_offsets(d1[i1], n0[image][i0], subdivisions).to(p0.dtype)
     return p0, p1
-
-
-def _spacing(feats: dict[str, torch.Tensor]) -> float:
-    if "neighbour_spacing" not in feats:
-        raise SilkError("features have neighbour_descriptors but no neighbour_spacing (cell size in pixels)")
-    return float(feats["neighbour_spacing"])

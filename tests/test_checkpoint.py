@@ -1,8 +1,10 @@
 """Loading weights: original Lightning checkpoints, our files, and everything that can go wrong."""
 
+import collections
 import pickle
 import zipfile
 
+import numpy as np
 import pytest
 import torch
 
@@ -171,8 +173,12 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 def test_pickle_stub_is_inert():
     import io
 
-    from silk_keypoints.model.checkpoint import _RestrictedUnpickler
+    from silk_keypoints.model.checkpoint import RestrictedUnpickler
 
     payload = pickle.dumps(Exploit(), protocol=2)
-    obj = _RestrictedUnpickler(io.BytesIO(payload)).load()
+    obj = RestrictedUnpickler(io.BytesIO(payload)).load()
     assert type(obj).__name__ == "_Inert"
+    with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
+        RestrictedUnpickler(io.BytesIO(payload), strict=True).load()
+    arrays = {"a": np.arange(3.0), "o": collections.OrderedDict(k=np.float32(2))}
+    assert repr(RestrictedUnpickler(io.BytesIO(pickle.dumps(arrays)), strict=True).load()) == repr(arrays)

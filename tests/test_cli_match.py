@@ -12,7 +12,7 @@ import torch
 from silk_keypoints import SiLK
 from silk_keypoints.cli import main
 from silk_keypoints.model.zoo import variant_config
-from silk_keypoints.pair import DEMO_PAIR, match_pair
+from silk_keypoints.pair import DEMO_PAIR, keypoint_picture_names, match_pair
 
 BOX, SCENE = (str(p) for p in DEMO_PAIR)
 
@@ -65,7 +65,7 @@ def test_match_no_refine_keeps_the_keypoints(tmp_path, checkpoint, capsys):
     np.testing.assert_allclose(np.array(data["match_points1"]), k1[m[:, 1]], atol=1e-3)
 
 
-@pytest.mark.parametrize("extra", [["--method", "ratio", "--match-threshold", "0.95"],
+@pytest.mark.parametrize("extra", [["--matcher", "ratio", "--match-threshold", "0.95"],
                                    ["--method", "double-softmax", "--match-threshold", "0.99", "--temperature", "0.2",
                                     "--geometry", "fundamental"],
                                    ["--geometry", "none", "--resize", "200"]])
@@ -75,7 +75,9 @@ def test_match_options(tmp_path, checkpoint, capsys, extra):
                str(tmp_path / "m.png"), "--json", str(js)] + extra)
     assert rc == 0
     data = json.loads(js.read_text())
-    if "--method" in extra:
+    deprecated = "--method is deprecated, use --matcher" in capsys.readouterr().err
+    assert deprecated == ("--method" in extra)  # the old spelling still works, with a note
+    if extra[0] in ("--matcher", "--method"):
         assert data["matcher"]["method"] == extra[1]
         assert data["matcher"].get("ratio_threshold", data["matcher"].get("threshold")) == float(extra[3])
     if "fundamental" in extra:
@@ -168,3 +170,4 @@ def test_keypoint_picture_names_do_not_collide(tmp_path, checkpoint):
                "--out", str(tmp_path / "m.png"), "--keypoints-out", str(tmp_path / "kp")])
     assert rc == 0
     assert sorted(p.name for p in (tmp_path / "kp").iterdir()) == ["img_0_keypoints.png", "img_1_keypoints.png"]
+    assert keypoint_picture_names(("x/a.jpg", "b.png")) == ["a_keypoints.png", "b_keypoints.png"]

@@ -14,9 +14,11 @@ from silk_keypoints.ecosystem.colmap import (
     CALIBRATED,
     CAMERA_MODELS,
     UNCALIBRATED,
+    build_colmap_database,
     check_database,
     default_camera,
     image_ids_to_pair_id,
+    image_names,
     pair_id_to_image_ids,
     to_colmap_keypoints,
     verify_matches,
@@ -322,6 +324,19 @@ def test_cli_colmap_from_h5_files(tmp_path, capsys):
     assert "give the images" in capsys.readouterr().err
     assert main(["colmap", "--images", str(IMAGES), "--matches", str(mh5), "--database", str(db)]) == 2
     assert "--matches needs the --features" in capsys.readouterr().err
+
+
+def test_build_colmap_database_extracts_and_matches(tmp_path):
+    names = image_names(IMAGES)
+    assert names == sorted(names) and all("/" not in n for n in names)
+    model = SiLK(variant_config("tiny")).eval()
+    counts = build_colmap_database(tmp_path / "a.db", IMAGES, model=model, extract_options={"max_keypoints": 100})
+    assert counts["images"] == len(names) and counts["pairs"] == len(names) * (len(names) - 1) // 2
+    with pytest.raises(SilkError, match="a model is needed"):
+        build_colmap_database(tmp_path / "b.db", IMAGES)
+    with pytest.raises(SilkError, match="no images in"):
+        image_names(tmp_path)
+    assert not (tmp_path / "b.db").exists()
 
 
 def _matches0(m, n0):

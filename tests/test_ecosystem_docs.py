@@ -27,7 +27,7 @@ import pytest
 
 import silk_keypoints
 from silk_keypoints.cli import main
-from silk_keypoints.image_features import resize_long_side
+from silk_keypoints.io import resize_long_side
 from silk_keypoints.model import SiLK
 from silk_keypoints.model.zoo import available_pretrained, variant_config
 

@@ -7,8 +7,8 @@ import torch
 from silk_keypoints import SilkError
 from silk_keypoints.evaluation.extractors import (
     CallableExtractor,
+    ModelExtractor,
     OpenCVExtractor,
-    SiLKExtractor,
     build_extractors,
     check_features,
     check_image,
@@ -32,12 +32,12 @@ def tiny():
 
 
 def test_silk_extractor_sparse_and_dense(image, tiny):
-    e = SiLKExtractor(tiny, "tiny", max_keypoints=100)
-    f = e(image)
+    e = ModelExtractor(tiny, "tiny", max_keypoints=100)
+    f = e(image).to_numpy()
     assert f["keypoints"].shape == (100, 2) and f["descriptors"].shape == (100, 64) and f["scores"].shape == (100,)
     assert (f["keypoints"] >= 0).all() and (f["keypoints"][:, 0] <= 159).all() and (f["keypoints"][:, 1] <= 119).all()
     np.testing.assert_allclose(np.linalg.norm(f["descriptors"], axis=1), 1, atol=1e-5)
-    d = e.dense(image)
+    d = e.dense(image).to_numpy()
     hf, wf = tiny.output_shape(120, 160)
     assert d["keypoints"].shape == (hf * wf, 2)
     np.testing.assert_allclose(np.linalg.norm(d["descriptors"], axis=1), 1, atol=1e-5)
@@ -50,7 +50,8 @@ def test_silk_extractor_sparse_and_dense(image, tiny):
 @pytest.mark.parametrize("method", ["sift", "orb"])
 def test_opencv_baselines(image, method):
     e = OpenCVExtractor(method, max_keypoints=200)
-    f = e(image)
+    f = e(image).to_numpy()
+    assert f["image_size"].tolist() == [160, 120]
     n = len(f["keypoints"])
     assert 20 < n <= 200 + 20  # SIFT may add a few orientations at the same location
     assert f["descriptors"].shape == (n, 128 if method == "sift" else 256)
@@ -66,7 +67,7 @@ def test_orb_dot_product_is_hamming(image):
     orb = cv2.ORB_create(nfeatures=50)
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     _, raw = orb.detectAndCompute(gray, None)
-    f = OpenCVExtractor("orb", 50)(image)
+    f = OpenCVExtractor("orb", 50)(image).to_numpy()
     hamming = np.unpackbits(raw[0] ^ raw[1]).sum()
     assert f["descriptors"][0] @ f["descriptors"][1] == pytest.approx(1 - 2 * hamming / 256)
 
@@ -76,19 +77,28 @@ def test_callable_extractor_converts_and_validates(image):
         xy = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])  # batch of 1, torch
         return {"keypoints": xy, "descriptors": torch.eye(2)[None]}
 
-    f = CallableExtractor(fn, "mine")(image)
+    f = CallableExtractor(fn, "mine")(image).to_numpy()
     assert f["keypoints"].shape == (2, 2) and f["descriptors"].shape == (2, 2)
     np.testing.assert_array_equal(f["scores"], [1.0, 1.0])
     with pytest.raises(SilkError, match="not callable"):
         CallableExtractor(None, "bad")
     with pytest.raises(SilkError, match="must return a dict"):
         CallableExtractor(lambda img: (1, 2), "bad")(image)
-    with pytest.raises(SilkError, match="3 keypoints"):
+    with pytest.raises(SilkError, match="3 keypoints but descriptors"):
         CallableExtractor(lambda img: {"keypoints": np.zeros((3, 2)), "descriptors": np.zeros((2, 4))}, "x")(image)
     with pytest.raises(SilkError, match=r"\(N, 2\)"):
         check_features({"keypoints": np.zeros((3, 3)), "descriptors": np.zeros((3, 4))}, "x")
     with pytest.raises(SilkError, match="NaN"):
         check_features({"keypoints": np.full((1, 2), np.nan), "descriptors": np.zeros((1, 4))}, "x")
+    with pytest.raises(SilkError, match="features of one image"):
+        check_features({"keypoints": np.zeros((2, 3, 2)), "descriptors": np.zeros((2, 3, 4))}, "x")
+
+
+def test_old_name_of_the_model_extractor_warns():
+    from silk_keypoints.evaluation import extractors
+
+    with pytest.warns(DeprecationWarning, match="ModelExtractor"):
+        assert extractors.SiLKExtractor is ModelExtractor
 
 
 def test_check_image():

@@ -9,12 +9,11 @@ import torch
 
 from silk_keypoints import SilkError
 from silk_keypoints.evaluation import hpatches
-from silk_keypoints.evaluation.extractors import CallableExtractor, OpenCVExtractor, SiLKExtractor
+from silk_keypoints.evaluation.extractors import CallableExtractor, ModelExtractor, OpenCVExtractor
 from silk_keypoints.evaluation.hpatches import (
     LARGE_SEQUENCES,
     evaluate_hpatches,
     evaluate_pair,
-    find_homography,
     get_protocol,
     protocol_size,
     read_homography,
@@ -127,7 +126,6 @@ def test_evaluate_pair_identity_and_known_offset():
     # too few matches: estimation fails, counted as an infinite error
     few = {"keypoints": f["keypoints"][:3], "descriptors": f["descriptors"][:3, :3]}
     assert evaluate_pair(few, few, np.eye(3), (120, 110), (120, 110))["corner_error"] == np.inf
-    assert find_homography(np.zeros((3, 2)), np.zeros((3, 2))) is None
 
 
 def test_summarize_groups_and_failures():
@@ -160,7 +158,7 @@ def test_identical_images_give_perfect_scores(root, tmp_path):
 
 def test_pipeline_on_generated_data(root):
     torch.manual_seed(0)
-    tiny = SiLKExtractor(SiLK(variant_config("tiny")).eval(), "tiny", max_keypoints=300)
+    tiny = ModelExtractor(SiLK(variant_config("tiny")).eval(), "tiny", max_keypoints=300)
     sift = OpenCVExtractor("sift", 300)
     calls = []
 
@@ -185,7 +183,7 @@ def test_pipeline_on_generated_data(root):
 
 def test_silk_protocol_resizes_and_dense_mode(root):
     torch.manual_seed(0)
-    tiny = SiLKExtractor(SiLK(variant_config("tiny")).eval(), "tiny", max_keypoints=200)
+    tiny = ModelExtractor(SiLK(variant_config("tiny")).eval(), "tiny", max_keypoints=200)
     seen = []
     tiny_seen = CallableExtractor(lambda img: seen.append(img.shape) or tiny(img), "sizes")
     one = read_hpatches(root)[1:]

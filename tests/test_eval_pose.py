@@ -14,15 +14,14 @@ from silk_keypoints.evaluation.pose import (
     PosePair,
     evaluate_pose,
     evaluate_pose_pair,
+    extract_original,
     get_protocol,
     imc2022_submission,
-    load_resized,
     read_imc2022_test,
     read_pose_file,
     read_pose_pairs,
     safe_load_npz,
     summarize_pose,
-    to_original_pixels,
     write_imc2022_submission,
 )
 from silk_keypoints.evaluation.testdata import intrinsics, make_pose_dataset, make_rgbd_dataset
@@ -176,10 +175,18 @@ def test_summarize_pose_hand_computed():
 
 
 def test_resizing_and_pixel_mapping(data):
-    img, scale = load_resized(data / "images/view0.jpg", 100)
-    assert img.shape == (75, 100, 3) and scale == (0.5, 0.5)
-    assert load_resized(data / "images/view0.jpg", None)[1] == (1.0, 1.0)
-    np.testing.assert_allclose(to_original_pixels(np.array([[0.0, 5.0]]), (0.5, 0.5)), [[0.5, 10.5]])
+    seen = []
+
+    def one_point(img):
+        seen.append(img.shape)
+        return {"keypoints": np.array([[0.0, 5.0]]), "descriptors": np.ones((1, 4), np.float32)}
+
+    feats = extract_original(CallableExtractor(one_point, "one"), data / "images/view0.jpg", 100)
+    assert seen == [(75, 100, 3)]
+    np.testing.assert_allclose(feats["keypoints"][0].numpy(), [[0.5, 10.5]])  # (x + 0.5) / 0.5 - 0.5
+    assert feats["image_size"][0].tolist() == [200, 150]
+    extract_original(CallableExtractor(one_point, "one"), data / "images/view0.jpg", None)
+    assert seen[-1] == (150, 200, 3)
     calls = []
     cache = FeatureCache(lambda p: calls.append(p) or {"p": p}, size=1)
     cache("a"), cache("a"), cache("b"), cache("a")

@@ -101,7 +101,7 @@ def parity_outputs(parity_model, parity_ref):
     image = torch.from_numpy(parity_ref["image"])
     with torch.inference_mode():
         exact = dict(zip(DENSE, parity_model(image, DENSE)))
-        fast = dict(zip(DENSE, parity_model(image, DENSE, fast=True)))
+        fast = dict(zip(DENSE, parity_model(image, DENSE, exact=False)))
     return exact, fast
 
 
@@ -155,7 +155,7 @@ def test_every_variant_fast_equals_exact(name):
     x = torch.rand(2, model.config.in_channels, 64, 80)
     with torch.inference_mode():
         exact = model(x, DENSE)
-        fast = model(x, DENSE, fast=True)
+        fast = model(x, DENSE, exact=False)
     for n, a, b in zip(DENSE, fast, exact):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-5, msg=lambda m, n=n: f"{n}: {m}")
 
@@ -201,7 +201,7 @@ def test_single_head_outputs_run_only_that_head():
     x = torch.rand(1, 1, 48, 64)
     fused = model.fused_network()
     with torch.inference_mode():
-        out = fused.backbone_features(x)
+        out = fused.trunk(x)
         logits, raw = fused.heads(out)
         only_logits, none = fused.heads(out, descriptors=False)
         none2, only_raw = fused.heads(out, logits=False)
@@ -226,11 +226,11 @@ def test_fast_path_only_in_eval_mode_without_gradients():
     with torch.no_grad():
         model(x, "logits")
     assert len(calls) == 1  # named outputs: exact by default
-    model(x, "logits", fast=True)  # gradients on: exact
+    model(x, "logits", exact=False)  # gradients on: exact
     assert len(calls) == 2
     model.train()
     with torch.no_grad():
-        model(x, "logits", fast=True)
+        model(x, "logits", exact=False)
     assert len(calls) == 3 and model._fused is None
     model.eval().extract(x, exact=True)
     assert len(calls) == 4
@@ -270,7 +270,7 @@ def test_bf16_mode_is_close_and_returns_float32():
     with torch.inference_mode():
         exact_logits, exact_desc = model(x, ("logits", "dense_descriptors"))
         model.set_inference("bf16")
-        logits, desc = model(x, ("logits", "dense_descriptors"), fast=True)
+        logits, desc = model(x, ("logits", "dense_descriptors"), exact=False)
     assert logits.dtype == torch.float32 and model.fused_network().dtype == torch.bfloat16
     assert (logits - exact_logits).abs().max() < 0.5
     assert (desc - exact_desc).norm(dim=-1).max() < 0.15  # descriptors have norm 1.41

@@ -18,6 +18,7 @@ from silk_keypoints.geometry import (
     pose_errors,
     recover_pose,
     warp_points,
+    warp_points_torch,
 )
 
 K = np.array([[500.0, 0, 320], [0, 520, 240], [0, 0, 1]])
@@ -53,6 +54,17 @@ def test_warp_points_and_infinity():
     np.testing.assert_allclose(out[1], [5.0, 1.5])
 
 
+def test_warp_points_torch_is_batched_and_marks_points_behind():
+    H = torch.tensor([[[1.0, 0, 0], [0, 1, 0], [0.1, 0, 1]], [[2.0, 0, 5], [0, 2, -1], [0, 0, 1]]], dtype=torch.float64)
+    pts = torch.tensor([[-10.0, 3.0], [10.0, 3.0], [-20.0, 0.0]], dtype=torch.float64).expand(2, 3, 2)
+    warped, in_front = warp_points_torch(pts, H)
+    assert warped.shape == (2, 3, 2) and in_front.tolist() == [[False, True, False], [True, True, True]]
+    assert torch.isinf(warped[0, 0]).all()  # w = 0: at infinity
+    torch.testing.assert_close(warped[0, 1:], torch.tensor([[5.0, 1.5], [20.0, 0.0]], dtype=torch.float64))  # w = -1
+    torch.testing.assert_close(warped[1], 2 * pts[1] + torch.tensor([5.0, -1.0], dtype=torch.float64))
+    np.testing.assert_array_equal(warp_points(pts[0], H[0]), warped[0].numpy())
+
+
 def test_homography_errors():
     rng = np.random.default_rng(1)
     p0 = rng.uniform(0, 300, (20, 2))
@@ -74,6 +86,20 @@ def test_estimate_homography_recovers_model_and_outliers():
     assert est.num_inliers == int(est.inliers.sum())
     assert corner_error(est.model, H_TRUE, (640, 480)) < 1.0
     assert "inliers" in str(est)
+
+
+def test_plain_ransac_homography_is_the_original_estimator_and_seeded():
+    rng = np.random.default_rng(1)
+    p0 = rng.uniform(0, 300, (120, 2))
+    p1 = warp_points(p0, H_TRUE) + rng.normal(0, 0.3, (120, 2))
+    p1[:30] = rng.uniform(0, 300, (30, 2))
+    cv2.setRNGSeed(7)
+    H, mask = cv2.findHomography(p0, p1, cv2.RANSAC, 3.0)  # OpenCV's defaults: 2000 iterations, 0.995
+    est = estimate_homography(p0, p1, 3.0, 0.995, 2000, method="ransac", seed=7)
+    np.testing.assert_array_equal(est.model, H)
+    np.testing.assert_array_equal(est.inliers, mask.ravel() > 0)
+    with pytest.raises(SilkError, match="unknown homography method 'lmeds'"):
+        estimate_homography(p0, p1, method="lmeds")
 
 
 @pytest.mark.parametrize(

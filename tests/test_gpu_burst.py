@@ -1,23 +1,19 @@
-"""The GPU burst script (training-runs/gpu_burst.py): rate measurement, step planning and commands."""
+"""The GPU burst (silk_keypoints/training/gpu_burst.py): rate measurement, step planning and commands."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "training-runs" / "gpu_burst.py"
+from silk_keypoints.training import gpu_burst
 
 
 @pytest.fixture(scope="module")
 def burst():
-    spec = importlib.util.spec_from_file_location("gpu_burst", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return gpu_burst
 
 
 def test_rate_skips_the_first_steps_and_validation_rows(burst, tmp_path: Path) -> None:

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from silk_keypoints import SilkError, load_image
-from silk_keypoints.image_features import extract_image, resize_long_side
-from silk_keypoints.io import list_images, read_text_matrix, to_batch
+from silk_keypoints.image_features import extract_image
+from silk_keypoints.io import list_images, read_text_matrix, resize_long_side, to_batch
 from silk_keypoints.model import SiLK
 from silk_keypoints.model.zoo import variant_config
 
@@ -60,8 +60,10 @@ def test_list_images(tmp_path):
 def test_resize_long_side_and_extract_image_maps_back():
     img = np.random.default_rng(0).integers(0, 255, (120, 200), dtype=np.uint8)
     small, scale = resize_long_side(img, 100)
-    assert small.shape == (60, 100) and scale == 2.0
-    assert resize_long_side(img, 500)[1] == 1.0
+    assert small.shape == (60, 100) and scale == (0.5, 0.5)
+    assert resize_long_side(img, 500)[1] == (1.0, 1.0)
+    big, scale = resize_long_side(img, 500, upscale=True)
+    assert big.shape == (300, 500) and scale == (2.5, 2.5)
     model = SiLK(variant_config("tiny")).eval()
     out = extract_image(model, img, resize=100, max_keypoints=30)
     assert out["keypoints"].shape == (30, 2) and out["descriptors"].shape == (30, 64)

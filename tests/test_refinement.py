@@ -10,17 +10,17 @@ import torch.nn.functional as F
 
 from silk_keypoints import SiLK
 from silk_keypoints.errors import SilkError
+from silk_keypoints.features import Features
 from silk_keypoints.matching import Matcher
+from silk_keypoints.model.sparse import NEIGHBOUR_OFFSETS, neighbour_cells, neighbour_descriptors
 from silk_keypoints.model.zoo import variant_config
-from silk_keypoints.refinement import (
-    NEIGHBOUR_OFFSETS,
-    check_subdivisions,
-    gather_neighbours,
-    neighbour_cells,
-    refine_matches,
-    subcell_grid,
-    subcell_offsets,
-)
+from silk_keypoints.refinement import check_subdivisions, refine_matches, subcell_grid, subcell_offsets
+
+
+def gather_neighbours(raw: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Unit descriptors (N, 9, D) around cells ``index`` of one map (D, H, W), as the pipeline gathers them."""
+    d, h, w = raw.shape
+    return neighbour_descriptors(lambda c: F.normalize(raw.reshape(d, -1)[:, c].t(), dim=1), index, h, w)
 
 
 def test_neighbour_cells_row_major_and_clamped_at_borders():
@@ -32,7 +32,7 @@ def test_neighbour_cells_row_major_and_clamped_at_borders():
     assert NEIGHBOUR_OFFSETS[4].tolist() == [0, 0] and NEIGHBOUR_OFFSETS[5].tolist() == [1, 0]
 
 
-def test_gather_neighbours_unit_centre_and_zeros_outside():
+def test_neighbour_descriptors_unit_centre_and_zeros_outside():
     raw = torch.randn(5, 3, 4)
     around = gather_neighbours(raw, torch.tensor([6, 0]))
     assert around.shape == (2, 9, 5)
@@ -103,27 +103,27 @@ def test_refinement_recovers_a_sub_cell_shift():
         desc = _field(pos + offset)
         raw = desc.T.reshape(-1, h, w)
         inner = ((rows > 0) & (rows < h - 1) & (cols > 0) & (cols < w - 1)).reshape(-1).nonzero()[:, 0]
-        feats.append({"keypoints": pos[inner], "descriptors": desc[inner],
-                      "neighbour_descriptors": gather_neighbours(raw, inner), "neighbour_spacing": stride})
-    d0, d1 = feats[0]["descriptors"], feats[1]["descriptors"]
+        feats.append(Features.from_mapping({"keypoints": pos[inner], "descriptors": desc[inner],
+                                            "neighbour_descriptors": gather_neighbours(raw, inner),
+                                            "neighbour_spacing": stride}))
+    d0, d1 = feats[0]["descriptors"][0], feats[1]["descriptors"][0]
     best = (d0 @ d1.T).argmax(1)
     matches = torch.stack([torch.arange(len(d0)), best], 1)
     p0, p1 = refine_matches(feats[0], feats[1], matches)
-    truth_before = (feats[0]["keypoints"][matches[:, 0]] - shift - feats[1]["keypoints"][matches[:, 1]]).norm(dim=1)
+    truth_before = (feats[0]["keypoints"][0, matches[:, 0]] - shift - feats[1]["keypoints"][0, matches[:, 1]]).norm(dim=1)
     truth_after = (p0 - shift - p1).norm(dim=1)
     assert truth_before.median() > 0.5
     assert truth_after.median() < 0.5 * truth_before.median()
     # one side only: the other keeps its keypoints
-    one = {k: v for k, v in feats[0].items() if k != "neighbour_descriptors"}
-    q0, q1 = refine_matches(one, feats[1], matches)
-    torch.testing.assert_close(q0, feats[0]["keypoints"][matches[:, 0]])
+    q0, q1 = refine_matches(feats[0].without_neighbours(), feats[1], matches)
+    torch.testing.assert_close(q0, feats[0]["keypoints"][0, matches[:, 0]])
     assert (q0 - shift - q1).norm(dim=1).median() < 0.5 * truth_before.median()
 
 
 def test_refine_needs_the_spacing():
     f = {"keypoints": torch.zeros(1, 2), "descriptors": torch.ones(1, 4), "neighbour_descriptors": torch.ones(1, 9, 4)}
     with pytest.raises(SilkError, match="neighbour_spacing"):
-        refine_matches(f, f, torch.zeros(1, 2, dtype=torch.long))
+        Features.from_mapping(f)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import pytest
 import torch
 from kornia.geometry.transform import get_perspective_transform
 
+from silk_keypoints.geometry import warp_points_torch as warp_points
 from silk_keypoints.model import SiLK
 from silk_keypoints.model.coords import GridMap, cell_grid
 from silk_keypoints.model.zoo import variant_config
@@ -15,12 +16,9 @@ from silk_keypoints.training.homography import (
     crop_corners,
     crop_homography,
     dense_correspondences,
-    matching_accuracy,
     normalisation,
-    repeatability,
     sample_homographies,
     warp_images,
-    warp_points,
 )
 
 CASE = Path(__file__).parent / "fixtures" / "loss" / "silk_loss_subset.npz"
@@ -150,13 +148,3 @@ def test_correspondences_match_the_network_on_a_translated_image():
     assert interior.numel() > 0
     cos = (desc[0][interior] * desc[1][corr0[0][interior]]).sum(-1) / 1.41**2
     assert float(cos.detach().min()) > 0.999
-
-
-def test_repeatability_and_matching_accuracy():
-    hom = _translation(2.0, 1.0)[0]
-    k0 = torch.tensor([[10.0, 10.0], [20.0, 5.0], [30.0, 30.0]])
-    k1 = torch.tensor([[12.0, 11.0], [22.0, 6.0], [5.0, 5.0]])
-    assert repeatability(k0, k1, hom, (40, 40), 1.0) == pytest.approx(4 / 6)
-    desc = torch.eye(3)
-    assert matching_accuracy(k0, k1, desc, desc, hom, 1.0) == pytest.approx(2 / 3)
-    assert matching_accuracy(k0[:0], k1, desc[:0], desc, hom) == 0.0

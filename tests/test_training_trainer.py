@@ -195,7 +195,7 @@ def test_cli_train_and_resume(images, tmp_path, capsys):
 
 
 def test_read_config_file(tmp_path):
-    from silk_keypoints.cli.train import read_config_file
+    from silk_keypoints.training.trainer import read_config_file
 
     good = tmp_path / "c.json"
     good.write_text(json.dumps({"model": {"channels": [8, 16], "pool_after": [0], "padding": 1}, "steps": 3}))

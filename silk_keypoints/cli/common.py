@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 
-import torch
-
-from ..errors import SilkError
+from ..devices import resolve_device
+from ..matching import METHODS
 from ..model import SiLK
+from ..model.zoo import pretrained_path
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -33,21 +37,74 @@ def detection_options(args: argparse.Namespace) -> dict:
 
 
 def load_model(args: argparse.Namespace) -> SiLK:
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SilkError(f"--device {args.device}: CUDA is not available on this machine")
+    device = resolve_device(args.device, "--device")
     model = SiLK.from_checkpoint(args.checkpoint) if args.checkpoint else SiLK.from_pretrained(args.model)
-    return model.to(args.device).eval()
+    return model.to(device).eval()
 
 
-def matcher_options(method: str, args: argparse.Namespace) -> dict:
-    """:class:`~silk_keypoints.matching.Matcher` options from ``--match-threshold``, ``--temperature`` and,
-    where the command has them, ``--max-distance`` and ``--no-refine``; options left unset are left out (the
-    matcher's defaults)."""
+def weights_description(args: argparse.Namespace) -> str:
+    """``checkpoint PATH`` or ``shipped weights 'NAME' (PATH)`` for ``--checkpoint`` / ``--model``."""
+    if args.checkpoint:
+        return f"checkpoint {args.checkpoint}"
+    path = pretrained_path(args.model)
+    return f"shipped weights '{path.stem}' ({path})"
+
+
+def progress_printer() -> Callable[[str], None]:
+    """A function printing ``[seconds since now] message`` lines to stderr."""
+    start = time.perf_counter()
+
+    def say(msg: str) -> None:
+        print(f"[{time.perf_counter() - start:5.1f} s] {msg}", file=sys.stderr, flush=True)
+
+    return say
+
+
+def image_name(path: Path, root: Path | None) -> str:
+    """An image's name in output files: its path relative to ``root`` ('/'-separated), else its file name."""
+    return path.resolve().relative_to(root.resolve()).as_posix() if root else path.name
+
+
+def matcher_options(args: argparse.Namespace) -> dict:
+    """:class:`~silk_keypoints.matching.Matcher` options (besides ``--matcher``) from ``--match-threshold``,
+    ``--temperature`` and, where the command has them, ``--max-distance`` and ``--no-refine``; options left
+    unset are left out (the matcher's defaults)."""
     opts = {"temperature": args.temperature, "max_distance": getattr(args, "max_distance", None)}
-    opts["ratio_threshold" if method == "ratio" else "threshold"] = args.match_threshold
+    opts["ratio_threshold" if args.matcher == "ratio" else "threshold"] = args.match_threshold
     if getattr(args, "no_refine", False):
         opts["refine"] = False
     return {k: v for k, v in opts.items() if v is not None}
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An old spelling of an option: stores into the new option's ``dest`` and says so on stderr."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str = "", **kwargs) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"{parser.prog}: {option_string} is deprecated, use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_matcher_args(p: argparse.ArgumentParser, refine: bool = True, max_distance: bool = False) -> None:
+    """The matching options of every command: ``--matcher`` (``--method``: a deprecated alias),
+    ``--match-threshold``, ``--temperature``, optionally ``--max-distance`` and ``--no-refine``; read them
+    with :func:`matcher_options`."""
+    p.add_argument("--matcher", choices=METHODS, default="mnn", help="matching rule (default: mnn)")
+    p.add_argument("--method", choices=METHODS, dest="matcher", action=_DeprecatedAlias, new="--matcher",
+                   default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.add_argument("--match-threshold", type=float, default=None, metavar="T",
+                   help="ratio: keep best/second-best distance < T (default 0.6); double-softmax: keep "
+                   "1 - P < T (default 0.6; the original's examples use 0.9 and 0.99)")
+    p.add_argument("--temperature", type=float, default=None, metavar="T",
+                   help="double-softmax temperature for descriptors of norm 1.41 (default 0.1)")
+    if max_distance:
+        p.add_argument("--max-distance", type=float, default=None, metavar="D",
+                       help="drop matches with cosine distance > D (any method)")
+    if refine:
+        add_refine_arg(p)
 
 
 def add_refine_arg(p: argparse.ArgumentParser) -> None:

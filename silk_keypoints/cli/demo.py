@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 
 from ..errors import SilkError
-from ..matching import METHODS
 from ..pair import DEMO_PAIR, make_output_dir, run_demo
-from .common import add_model_args, add_refine_arg, load_model, matcher_options
-from .match import progress_printer, weights_description
+from .common import (
+    add_matcher_args,
+    add_model_args,
+    load_model,
+    matcher_options,
+    progress_printer,
+    weights_description,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,10 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="silk-demo", metavar="DIR", help="output folder, created if needed (default: silk-demo)")
     p.add_argument("--max-keypoints", type=int, default=2048, metavar="N", help="keypoints per image (default: 2048)")
-    p.add_argument("--method", choices=METHODS, default="mnn", help="matching rule (default: mnn)")
-    p.add_argument("--match-threshold", type=float, default=None, metavar="T", help="see `silk match --help`")
-    p.add_argument("--temperature", type=float, default=None, metavar="T", help="see `silk match --help`")
-    add_refine_arg(p)
+    add_matcher_args(p)
     add_model_args(p)
     p.set_defaults(func=run)
 
@@ -38,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
     say = progress_printer()
     say(f"loading {weights}")
     model = load_model(args)
-    result, written = run_demo(model, args.out, progress=say, method=args.method,
-                               matcher_options=matcher_options(args.method, args),
+    result, written = run_demo(model, args.out, progress=say, method=args.matcher,
+                               matcher_options=matcher_options(args),
                                max_keypoints=args.max_keypoints)
     print(result.summary())
     print(f"weights: {weights}")

@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-import torch
-from tqdm import tqdm
-
-from ..ecosystem.colmap import CAMERA_MODELS, check_database, write_database
-from ..ecosystem.hloc import feature_names, match_pairs, read_features, read_matches
+from ..devices import resolve_device
+from ..ecosystem.colmap import CAMERA_MODELS, build_colmap_database, image_names
+from ..ecosystem.hloc import feature_names, match_pairs, read_features
 from ..ecosystem.npz import export_npz
 from ..ecosystem.pairs import exhaustive_pairs, read_pairs, sequential_pairs, write_pairs
 from ..errors import SilkError
 from ..image_features import extract_image
-from ..io import list_images
-from ..matching import METHODS, Matcher
-from .common import add_detection_args, add_model_args, detection_options, load_model, matcher_options
-from .extract import image_name
+from ..matching import Matcher
+from .common import (
+    add_detection_args,
+    add_matcher_args,
+    add_model_args,
+    detection_options,
+    image_name,
+    load_model,
+    matcher_options,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,7 +57,7 @@ def _register_pairs(sub: argparse._SubParsersAction) -> None:
 
 
 def run_pairs(args: argparse.Namespace) -> int:
-    names = feature_names(args.features) if args.features else _image_names(Path(args.images))
+    names = feature_names(args.features) if args.features else image_names(args.images)
     pairs = exhaustive_pairs(names) if args.mode == "exhaustive" else sequential_pairs(names, args.window)
     out = write_pairs(args.out, pairs, overwrite=args.overwrite)
     print(f"wrote {len(pairs)} pairs of {len(names)} images to {out}")
@@ -63,33 +65,6 @@ def run_pairs(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ match-pairs
-def _add_matcher_args(p: argparse.ArgumentParser) -> None:
-    """The matching options of ``silk match`` (same names and meaning), plus ``--max-distance``."""
-    p.add_argument("--method", choices=METHODS, default="mnn", help="matching rule (default: mnn)")
-    p.add_argument(
-        "--match-threshold",
-        type=float,
-        default=None,
-        metavar="T",
-        help="ratio: keep best/second-best distance < T (default 0.6); double-softmax: keep 1 - P < T "
-        "(default 0.6)",
-    )
-    p.add_argument(
-        "--temperature",
-        type=float,
-        default=None,
-        metavar="T",
-        help="double-softmax temperature for descriptors of norm 1.41 (default 0.1)",
-    )
-    p.add_argument(
-        "--max-distance",
-        type=float,
-        default=None,
-        metavar="D",
-        help="drop matches with cosine distance > D (any method)",
-    )
-
-
 def _register_match_pairs(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "match-pairs",
@@ -103,24 +78,24 @@ def _register_match_pairs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="H5", help="output matches.h5")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--device", default="cpu", help="torch device for matching (default: cpu)")
-    _add_matcher_args(p)
+    add_matcher_args(p, refine=False, max_distance=True)
     p.set_defaults(func=run_match_pairs)
 
 
 def run_match_pairs(args: argparse.Namespace) -> int:
     if Path(args.out).exists() and not args.overwrite:
         raise SilkError(f"{args.out} exists; pass --overwrite to replace it")
-    _check_device(args.device)
+    device = resolve_device(args.device, "--device")
     pairs = read_pairs(args.pairs, known=feature_names(args.features), where=args.features)
     out = match_pairs(
         args.features,
         pairs,
         args.out,
-        method=args.method,
+        method=args.matcher,
         overwrite=args.overwrite,
-        device=args.device,
+        device=device,
         progress=len(pairs) > 1,
-        **matcher_options(args.method, args),
+        **matcher_options(args),
     )
     print(f"wrote matches of {len(pairs)} pairs to {out}")
     return 0
@@ -160,61 +135,26 @@ def _register_colmap(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="replace keypoints (and their matches) of images the database already has keypoints for",
     )
-    _add_matcher_args(p)
+    add_matcher_args(p, refine=False, max_distance=True)
     add_model_args(p)
     add_detection_args(p)
     p.set_defaults(func=run_colmap)
 
 
 def run_colmap(args: argparse.Namespace) -> int:
-    if not args.images and not args.features:
-        raise SilkError("give the images (--images DIR), their features (--features H5) or both")
-    if args.matches and not args.features:
-        raise SilkError("--matches needs the --features its keypoint indices refer to")
-    root = Path(args.images) if args.images else None
-    names = _image_names(root) if root else feature_names(args.features)
-    check_database(args.database, dict.fromkeys(names), overwrite=args.overwrite)
-    pairs = (
-        read_pairs(args.pairs, known=names, where=args.images or args.features)
-        if args.pairs
-        else exhaustive_pairs(names)
-    )
-    if args.features:
-        missing = sorted(set(names) - set(feature_names(args.features)))
-        if missing:
-            raise SilkError(f"{len(missing)} image(s) are not in {args.features}, e.g. {missing[0]}")
-        features = {n: read_features(args.features, n) for n in names}
-    else:
-        model, opts = load_model(args), detection_options(args)
-        features = {
-            n: extract_image(model, root / n, resize=args.resize, **opts)
-            for n in tqdm(names, desc="extract", unit="img", disable=len(names) < 2)
-        }
-    if args.matches:
-        matches: Iterator = ((a, b, read_matches(args.matches, a, b)[0]) for a, b in pairs)
-    else:
-        matcher = Matcher(args.method, **matcher_options(args.method, args))
-        matches = ((a, b, _match(matcher, features[a], features[b])) for a, b in pairs)
-    counts = write_database(
-        args.database,
-        features,
-        matches,
+    counts = build_colmap_database(
+        args.database, args.images, args.features, args.pairs, args.matches,
+        model=None if args.features else load_model(args),
+        extract_options={"resize": args.resize, **detection_options(args)},
+        matcher=None if args.matches else Matcher(args.matcher, **matcher_options(args)),
         camera_model=args.camera_model,
-        single_camera=args.single_camera,
-        verify=not args.no_verify,
-        overwrite=args.overwrite,
-        progress=len(pairs) > 1,
+        single_camera=args.single_camera, verify=not args.no_verify, overwrite=args.overwrite, progress=True,
     )
     print(
         f"wrote {counts['images']} images, matches of {counts['pairs']} pairs "
         f"({counts['verified_pairs']} with two-view geometry) to {args.database}"
     )
     return 0
-
-
-def _match(matcher: Matcher, feats0: dict, feats1: dict) -> np.ndarray:
-    d0, d1 = (torch.from_numpy(f["descriptors"]).float() for f in (feats0, feats1))
-    return matcher({"image0": {"descriptors": d0}, "image1": {"descriptors": d1}})["matches"][0].numpy()
 
 
 # ------------------------------------------------------------------------------------------------ export-npz
@@ -261,16 +201,3 @@ def run_export_npz(args: argparse.Namespace) -> int:
     written = export_npz(names, features, args.out, overwrite=args.overwrite, progress=len(names) > 1)
     print(f"wrote {len(written)} .npz files to {args.out}")
     return 0
-
-
-# ------------------------------------------------------------------------------------------------ helpers
-def _image_names(root: Path) -> list[str]:
-    names = [p.relative_to(root).as_posix() for p in list_images(root)]
-    if not names:
-        raise SilkError(f"no images in {root}")
-    return names
-
-
-def _check_device(device: str) -> None:
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SilkError(f"--device {device}: CUDA is not available on this machine")

@@ -9,11 +9,12 @@ import cv2
 import numpy as np
 import torch
 
+from ..devices import resolve_device
 from ..errors import SilkError
 from ..evaluation import hpatches, pose, registration, report, testdata
 from ..evaluation.extractors import BASELINES, build_extractors
-from ..matching import METHODS, Matcher
-from .common import add_refine_arg, matcher_options
+from ..matching import Matcher
+from .common import add_matcher_args, matcher_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ransac-threshold", type=float, default=None, metavar="PX",
                    help="essential-matrix inlier threshold in pixels (default: 0.5)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate the first N pairs only")
-    _matcher_args(p)
+    add_matcher_args(p)
     _extractor_args(p, "2048")
     _output_args(p)
     p.set_defaults(func=run_pose)
@@ -62,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="RANSAC inlier distance in metres (default: 0.05)")
     p.add_argument("--chamfer-stride", type=int, default=5, metavar="PX",
                    help="sample the depth maps every PX pixels for the chamfer distance (default: 5)")
-    _matcher_args(p)
+    add_matcher_args(p)
     _extractor_args(p, "2048")
     _output_args(p)
     p.set_defaults(func=run_registration)
@@ -76,7 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resize", type=int, default=None, metavar="PX", help="resize the long side to PX (default: no)")
     p.add_argument("--ransac-threshold", type=float, default=0.5, metavar="PX", help="inlier threshold (default: 0.5)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    _matcher_args(p)
+    add_matcher_args(p)
     _extractor_args(p, "2048")
     p.set_defaults(func=run_imc2022)
 
@@ -105,15 +106,6 @@ def _extractor_args(p: argparse.ArgumentParser, default_keypoints: str) -> None:
     g.add_argument("--device", default="cpu", help="torch device for the models and matching (default: cpu)")
 
 
-def _matcher_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--matcher", choices=METHODS, default="mnn", help="matching rule (default: mnn)")
-    p.add_argument("--match-threshold", type=float, default=None, metavar="T",
-                   help="ratio: best/second-best < T (default 0.6); double-softmax: keep 1 - P < T (default 0.6)")
-    p.add_argument("--temperature", type=float, default=None, metavar="T",
-                   help="double-softmax temperature for descriptors of norm 1.41 (default 0.1)")
-    add_refine_arg(p)
-
-
 def _output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, metavar="DIR", help="write the JSON results (and plots) into DIR")
     p.add_argument("--seed", type=int, default=0, help="random seed of the robust estimators (default: 0)")
@@ -121,13 +113,13 @@ def _output_args(p: argparse.ArgumentParser) -> None:
 
 
 def _extractors(args: argparse.Namespace, default_keypoints: int):
+    device = str(resolve_device(args.device, "--device"))
     baselines = [b for b in args.baselines.split(",") if b.strip()]
-    return build_extractors(args.model, args.checkpoint, baselines, args.max_keypoints or default_keypoints,
-                            args.device)
+    return build_extractors(args.model, args.checkpoint, baselines, args.max_keypoints or default_keypoints, device)
 
 
 def _matcher(args: argparse.Namespace) -> Matcher:
-    return Matcher(args.matcher, **matcher_options(args.matcher, args))
+    return Matcher(args.matcher, **matcher_options(args))
 
 
 def _seed(seed: int) -> None:

@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from ..ecosystem.onnx import DEFAULT_OPSET, OnnxSiLK, export_onnx
+from ..ecosystem.onnx import DEFAULT_OPSET, compare_with_torch, export_onnx
 from ..errors import SilkError
 from ..model import SiLK
 
@@ -61,23 +58,10 @@ def run(args: argparse.Namespace) -> int:
         raise SilkError(f"{out} exists (use --overwrite to replace it)")
     model = SiLK.from_checkpoint(args.checkpoint) if args.checkpoint else SiLK.from_pretrained(args.model)
     export_onnx(model, out, opset=args.opset, dynamic=args.dynamic, example_size=(args.height, args.width))
-    diff = check_against_torch(model, out, (args.height, args.width))
+    diff = compare_with_torch(model, out, (args.height, args.width))
     shape = "dynamic batch x height x width" if args.dynamic else f"fixed 1x{args.height}x{args.width}"
     print(
         f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opset {args.opset}, {shape}); "
         f"onnxruntime vs torch: max |diff| {diff:.1e}"
     )
     return 0
-
-
-def check_against_torch(model: SiLK, path: Path, size: tuple[int, int]) -> float:
-    """Max abs difference of the ONNX outputs to torch's fast path on a random image of ``size`` (H, W)."""
-    images = torch.rand(1, model.config.in_channels, *size, generator=torch.Generator().manual_seed(0))
-    dense = OnnxSiLK(path).dense(images.numpy())
-    with torch.inference_mode():
-        logits, raw = model.eval().fused_network()(images)
-    desc = torch.nn.functional.normalize(raw, dim=1)
-    return max(
-        float(np.abs(dense["logits"] - logits.numpy()).max()),
-        float(np.abs(dense["descriptors"] - desc.numpy()).max()),
-    )

@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from ..ecosystem.hloc import write_features
 from ..image_features import extract_image
-from .common import add_detection_args, add_model_args, detection_options, load_model
+from .common import add_detection_args, add_model_args, detection_options, image_name, load_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,10 +27,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     add_detection_args(p)
     p.set_defaults(func=run)
-
-
-def image_name(path: Path, root: Path | None) -> str:
-    return path.resolve().relative_to(root.resolve()).as_posix() if root else path.name
 
 
 def run(args: argparse.Namespace) -> int:

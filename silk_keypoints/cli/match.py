@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import sys
-import time
-from pathlib import Path
 
 from ..files import check_output_path
-from ..matching import METHODS
-from ..model.zoo import pretrained_path
-from ..pair import GEOMETRIES, keypoints_picture, make_output_dir, match_pair, save_json, save_pictures
+from ..pair import (
+    GEOMETRIES,
+    keypoint_picture_names,
+    keypoints_picture,
+    make_output_dir,
+    match_pair,
+    save_json,
+    save_pictures,
+)
 from ..viz import IMAGE_FORMATS, save_image
 from .common import (
     add_detection_args,
+    add_matcher_args,
     add_model_args,
-    add_refine_arg,
     detection_options,
     load_model,
     matcher_options,
+    progress_printer,
+    weights_description,
 )
 
 
@@ -36,39 +41,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also draw each image's keypoints into DIR/<image name>_keypoints.png")
     p.add_argument("--json", default=None, metavar="FILE", help="write keypoints, matches and geometry as JSON")
     add_matcher_args(p)
-    add_model_args(p)
-    add_detection_args(p)
-    p.set_defaults(func=run)
-
-
-def add_matcher_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", choices=METHODS, default="mnn", help="matching rule (default: mnn)")
-    p.add_argument("--match-threshold", type=float, default=None, metavar="T",
-                   help="ratio: keep best/second-best distance < T (default 0.6); double-softmax: keep "
-                   "1 - P < T (default 0.6; the original's examples use 0.9 and 0.99)")
-    p.add_argument("--temperature", type=float, default=None, metavar="T",
-                   help="double-softmax temperature for descriptors of norm 1.41 (default 0.1)")
-    add_refine_arg(p)
     p.add_argument("--geometry", choices=GEOMETRIES, default="homography",
                    help="two-view model to fit (default: homography)")
     p.add_argument("--ransac-threshold", type=float, default=None, metavar="PX",
                    help="inlier threshold in pixels (default: 3 for a homography, 1 for a fundamental matrix)")
-
-
-def weights_description(args: argparse.Namespace) -> str:
-    if args.checkpoint:
-        return f"checkpoint {args.checkpoint}"
-    path = pretrained_path(args.model)
-    return f"shipped weights '{path.stem}' ({path})"
-
-
-def progress_printer():
-    start = time.perf_counter()
-
-    def say(msg: str) -> None:
-        print(f"[{time.perf_counter() - start:5.1f} s] {msg}", file=sys.stderr, flush=True)
-
-    return say
+    add_model_args(p)
+    add_detection_args(p)
+    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,24 +59,17 @@ def run(args: argparse.Namespace) -> int:
     weights = weights_description(args)
     say(f"loading {weights}")
     model = load_model(args)
-    result = match_pair(model, args.image0, args.image1, method=args.method,
-                        matcher_options=matcher_options(args.method, args),
+    result = match_pair(model, args.image0, args.image1, method=args.matcher,
+                        matcher_options=matcher_options(args),
                         geometry=args.geometry, ransac_threshold=args.ransac_threshold, resize=args.resize,
                         progress=say, **detection_options(args))
     say("drawing pictures")
     written = save_pictures(result, args.out)
     if keypoints_dir is not None:
-        for i, name in enumerate(_keypoint_picture_names(result.names)):
+        for i, name in enumerate(keypoint_picture_names(result.names)):
             written.append(save_image(keypoints_picture(result, i), keypoints_dir / name))
     if args.json:
         written.append(save_json(result, args.json, {"weights": weights}))
     print(result.summary())
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
-
-
-def _keypoint_picture_names(names: tuple[str, str]) -> list[str]:
-    stems = [Path(n).stem for n in names]
-    if stems[0] == stems[1]:
-        stems = [f"{stems[0]}_0", f"{stems[1]}_1"]
-    return [f"{s}_keypoints.png" for s in stems]

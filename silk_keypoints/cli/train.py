@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
-from typing import Any
-
-import tomllib
 
 from ..errors import SilkError
 
@@ -72,21 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def read_config_file(path: str) -> dict[str, Any]:
-    """TrainConfig fields from a ``.json`` or ``.toml`` file."""
-    file = Path(path)
-    if not file.is_file():
-        raise SilkError(f"config file not found: {file}")
-    try:
-        if file.suffix == ".toml":
-            return tomllib.loads(file.read_text())
-        return json.loads(file.read_text())
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise SilkError(f"cannot parse config file {file}: {e}") from None
-
-
 def run(args: argparse.Namespace) -> int:
-    from ..training.trainer import TrainConfig, load_run_config, resume_config, train
+    from ..training.trainer import TrainConfig, load_run_config, read_config_file, resume_config, train
 
     changes = read_config_file(args.config) if args.config else {}
     changes.update({field: getattr(args, flag) for flag, field in _FLAGS.items() if getattr(args, flag) is not None})

@@ -19,16 +19,23 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from ..errors import SilkError
 from ..files import atomic_write
 from ..geometry import estimate_fundamental
+from ..image_features import extract_image
+from ..io import list_images
+from ..matching import Matcher
+from .hloc import feature_names, read_features, read_matches
+from .pairs import exhaustive_pairs, read_pairs
 
 MAX_IMAGE_ID = 2**31 - 1
 CAMERA_MODELS = {"SIMPLE_PINHOLE": 0, "PINHOLE": 1, "SIMPLE_RADIAL": 2, "RADIAL": 3, "OPENCV": 4}
@@ -142,6 +149,83 @@ def verify_matches(
     if fit.model is None or fit.inliers.sum() < min_inliers:
         return none
     return matches[fit.inliers], fit.model
+
+
+def image_names(root: str | os.PathLike) -> list[str]:
+    """Names of the images under ``root``: their '/'-separated paths relative to it, sorted (COLMAP's
+    ``--image_path`` names and hloc's). Raises :class:`SilkError` when there is none."""
+    root = Path(root)
+    names = [p.relative_to(root).as_posix() for p in list_images(root)]
+    if not names:
+        raise SilkError(f"no images in {root}")
+    return names
+
+
+def build_colmap_database(
+    database: str | os.PathLike,
+    images: str | os.PathLike | None = None,
+    features: str | os.PathLike | None = None,
+    pairs: str | os.PathLike | None = None,
+    matches: str | os.PathLike | None = None,
+    model: Any = None,
+    extract_options: Mapping[str, Any] | None = None,
+    matcher: Matcher | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    **database_options: Any,
+) -> dict[str, int]:
+    """Everything ``silk colmap`` does: features, pairs and matches of a set of images into a COLMAP database.
+
+    Args:
+        database: the ``.db`` file (see :func:`write_database`).
+        images: image folder; images are named by their path relative to it (:func:`image_names`).
+        features: an hloc ``features.h5`` to use instead of extracting with ``model``; without ``images`` its
+            image names are the images.
+        pairs: an hloc ``pairs.txt`` of pairs to match (default: every pair).
+        matches: an hloc ``matches.h5`` to use instead of matching (needs ``features``: its keypoint indices).
+        model: the SiLK model extracting features when ``features`` is not given.
+        extract_options: options of :func:`silk_keypoints.image_features.extract_image` (``resize``,
+            ``max_keypoints``, ...).
+        matcher: how to match descriptors (default: plain mutual nearest neighbours).
+        overwrite, progress: see :func:`write_database` (``progress`` also shows the extraction).
+        database_options: ``camera_model``, ``single_camera``, ``verify`` of :func:`write_database`.
+
+    Returns:
+        the counts of :func:`write_database`. Names, pairs and the database are checked before any feature
+        is extracted.
+    """
+    if not images and not features:
+        raise SilkError("give the images (--images DIR), their features (--features H5) or both")
+    if matches and not features:
+        raise SilkError("--matches needs the --features its keypoint indices refer to")
+    names = image_names(images) if images else feature_names(features)
+    check_database(database, dict.fromkeys(names), overwrite=overwrite)
+    pair_list = read_pairs(pairs, known=names, where=images or features) if pairs else exhaustive_pairs(names)
+    if features:
+        missing = sorted(set(names) - set(feature_names(features)))
+        if missing:
+            raise SilkError(f"{len(missing)} image(s) are not in {features}, e.g. {missing[0]}")
+        feats = {n: read_features(features, n) for n in names}
+    else:
+        if model is None:
+            raise SilkError("a model is needed to extract the features of the images (or give --features H5)")
+        feats = {
+            n: extract_image(model, Path(images) / n, **(extract_options or {}))
+            for n in tqdm(names, desc="extract", unit="img", disable=not progress or len(names) < 2)
+        }
+    if matches:
+        matched: Iterator = ((a, b, read_matches(matches, a, b)[0]) for a, b in pair_list)
+    else:
+        matcher = matcher or Matcher("mnn")
+        matched = ((a, b, _match(matcher, feats[a], feats[b])) for a, b in pair_list)
+    return write_database(database, feats, matched, overwrite=overwrite, progress=progress and len(pair_list) > 1,
+                          **database_options)
+
+
+def _match(matcher: Matcher, feats0: Mapping[str, np.ndarray], feats1: Mapping[str, np.ndarray]) -> np.ndarray:
+    """(K, 2) matches of the ``descriptors`` (N, D) of two feature dicts."""
+    d0, d1 = (torch.from_numpy(f["descriptors"]).float() for f in (feats0, feats1))
+    return matcher({"image0": {"descriptors": d0}, "image1": {"descriptors": d1}})["matches"][0].numpy()
 
 
 def write_database(

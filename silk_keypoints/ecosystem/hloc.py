@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..devices import resolve_device
 from ..errors import SilkError
 from ..files import atomic_write
 from ..matching import Matcher
@@ -149,12 +150,14 @@ def match_pairs(
         pairs: ``(name0, name1)`` image names of ``features``; duplicates (either order) are matched once.
         out: the ``matches.h5`` to write (atomically; refused if it exists unless ``overwrite``).
         method, options: matching rule and its options, see :class:`silk_keypoints.matching.Matcher`.
-        device: torch device for the matching.
+        device: torch device for the matching (:func:`silk_keypoints.devices.resolve_device`).
         progress: show a progress bar.
 
     Raises:
-        SilkError: ``out`` exists, pairs naming images missing from ``features``, bad matcher options.
+        SilkError: ``out`` exists, pairs naming images missing from ``features``, bad matcher options, a device
+        this machine does not have.
     """
+    device = resolve_device(device)
     out = Path(out)
     if out.exists() and not overwrite:
         raise SilkError(f"{out} exists; pass overwrite=True (CLI: --overwrite) to replace it")

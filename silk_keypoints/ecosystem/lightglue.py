@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import SilkError
+from ..features import Features
 from ..io import to_batch
 from ..model import SiLK
 
@@ -66,7 +67,7 @@ class SiLKExtractor(nn.Module):
         self.model = model
         self.eval()
 
-    def forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, data: dict[str, torch.Tensor]) -> Features:
         """Features of ``data["image"]`` (B, C, H, W) in [0, 1], in its pixels (see :meth:`SiLK.extract`)."""
         if "image" not in data:
             raise SilkError("SiLKExtractor needs data['image'], a (B, C, H, W) float tensor in [0, 1]")
@@ -79,7 +80,7 @@ class SiLKExtractor(nn.Module):
         )
 
     @torch.no_grad()
-    def extract(self, img: torch.Tensor, **conf: Any) -> dict[str, torch.Tensor]:
+    def extract(self, img: torch.Tensor, **conf: Any) -> Features:
         """Resize ``img`` by ``{**preprocess_conf, **conf}``, extract, map keypoints back to its pixels."""
         unknown = sorted(set(conf) - set(self.preprocess_conf))
         if unknown:
@@ -100,9 +101,4 @@ class SiLKExtractor(nn.Module):
                 side=pre["side"],
                 antialias=pre["antialias"],
             )
-        scales = torch.tensor([x.shape[-1] / w, x.shape[-2] / h], dtype=torch.float32)
-        feats = self.forward({"image": x})
-        kpts = feats["keypoints"]
-        feats["keypoints"] = (kpts + 0.5) / scales.to(kpts)[None] - 0.5
-        feats["image_size"] = torch.tensor([[w, h]], dtype=kpts.dtype, device=kpts.device)
-        return feats
+        return self.forward({"image": x}).rescaled((x.shape[-1] / w, x.shape[-2] / h), (w, h))

@@ -13,8 +13,8 @@ output ``descriptors`` (B, D, Hf, Wf)           unit L2 norm (x 1.41 for the ori
 ====================== ======================== ==================================================
 
 With ``dynamic=True`` B, H and W are free; otherwise the graph is fixed to the example size. Sparse
-selection (threshold, NMS, border, top-k) is not in the graph: :func:`select_keypoints_numpy` does it on the
-``probability`` output, with the same rules as :func:`silk_keypoints.model.sparse.select_keypoints`. What a
+selection (threshold, NMS, border, top-k) is not in the graph: :class:`OnnxSiLK` runs the package's one
+extraction pipeline (:mod:`silk_keypoints.model.pipeline`) on the ``probability`` and ``descriptors`` outputs. What a
 runner needs to turn cells into pixels is stored in the model's metadata (``silk.*`` keys, JSON values):
 ``silk.config`` (architecture and detection defaults), ``silk.grid`` (``{"stride", "offset"}``:
 ``pixel = stride * cell + offset``), ``silk.descriptor_scale``, ``silk.min_size``.
@@ -36,13 +36,14 @@ import torch
 from torch import nn
 
 from ..errors import SilkError
+from ..features import Features
 from ..files import atomic_write, check_output_path
 from ..io import to_batch
-from ..model.config import DETECTION_KEYS, SiLKConfig
+from ..model.config import SiLKConfig
 from ..model.coords import GridMap
 from ..model.fused import FusedSiLK
-from ..model.silk import SiLK, pack_keypoints
-from ..refinement import gather_neighbours
+from ..model.pipeline import check_images, detection_options, extract_features, images_per_pass
+from ..model.silk import SiLK
 
 DEFAULT_OPSET = 18
 RUN_PIXELS = 1 << 18  # OnnxSiLK.extract: pixels per onnxruntime run (at least one image)
@@ -135,6 +136,20 @@ def export_onnx(
     return path
 
 
+def compare_with_torch(model: SiLK, path: str | os.PathLike, size: tuple[int, int]) -> float:
+    """Max abs difference of an exported file's logits and descriptors to torch's fused network on a random
+    image of ``size`` (H, W)."""
+    images = torch.rand(1, model.config.in_channels, *size, generator=torch.Generator().manual_seed(0))
+    dense = OnnxSiLK(path).dense(images.numpy())
+    with torch.inference_mode():
+        logits, raw = model.eval().fused_network()(images)
+    desc = torch.nn.functional.normalize(raw, dim=1)
+    return max(
+        float(np.abs(dense["logits"] - logits.numpy()).max()),
+        float(np.abs(dense["descriptors"] - desc.numpy()).max()),
+    )
+
+
 def _set_metadata(proto: Any, model: SiLK) -> None:
     from .. import __version__
 
@@ -175,65 +190,6 @@ def _require(name: str) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- runner
-def select_keypoints_numpy(
-    probability: np.ndarray,
-    grid: GridMap,
-    image_size: tuple[int, int],
-    max_keypoints: int | None = 10000,
-    threshold: float = 0.0,
-    nms_radius: int = 0,
-    remove_borders: int = 0,
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """NumPy twin of :func:`silk_keypoints.model.sparse.select_keypoints`.
-
-    Args:
-        probability: (B, H, W) or (B, 1, H, W) scores on the output grid.
-        grid: cell -> pixel map (``pixel = stride * cell + offset``).
-        image_size: (W, H) of the input images in pixels.
-        max_keypoints: keep at most this many best cells per image (None: all above the threshold).
-        threshold: keep cells with ``score > threshold``.
-        nms_radius: keep only maxima of their (2r+1)^2 window (0: off).
-        remove_borders: drop cells whose pixel lies closer than this to the image border.
-
-    Returns:
-        positions: B arrays (N_i, 3) ``(x, y, score)`` in image pixels, best score first (ties: lower cell
-        index first).
-        indices: B int64 arrays (N_i,), flat cell index ``row * W + col``.
-    """
-    prob = probability.reshape(probability.shape[0], *probability.shape[-2:])
-    b, h, w = prob.shape
-    valid = prob > threshold
-    if nms_radius > 0:
-        valid &= prob == _max_filter(prob, nms_radius)
-    if remove_borders > 0:
-        xs = np.arange(w) * grid.stride + grid.offset
-        ys = np.arange(h) * grid.stride + grid.offset
-        w_img, h_img = image_size
-        valid &= ((ys >= remove_borders) & (ys <= h_img - 1 - remove_borders))[:, None]
-        valid &= ((xs >= remove_borders) & (xs <= w_img - 1 - remove_borders))[None, :]
-    positions, indices = [], []
-    for scores, keep in zip(prob.reshape(b, -1), valid.reshape(b, -1)):
-        idx = np.flatnonzero(keep)
-        s = scores[idx]
-        if max_keypoints is not None and max_keypoints < idx.size:
-            part = np.argpartition(-s, max_keypoints - 1)[:max_keypoints]
-            idx, s = idx[part], s[part]
-        order = np.lexsort((idx, -s))
-        idx, s = idx[order], s[order]
-        xy = np.stack([idx % w, idx // w], axis=-1) * grid.stride + grid.offset
-        positions.append(np.concatenate([xy.astype(prob.dtype), s[:, None]], axis=-1))
-        indices.append(idx.astype(np.int64))
-    return positions, indices
-
-
-def _max_filter(x: np.ndarray, radius: int) -> np.ndarray:
-    """(B, H, W) -> maximum over each (2r+1)^2 window (separable, -inf outside)."""
-    size = 2 * radius + 1
-    pad = np.pad(x, ((0, 0), (radius, radius), (radius, radius)), constant_values=-np.inf)
-    rows = np.lib.stride_tricks.sliding_window_view(pad, size, axis=1).max(axis=-1)
-    return np.lib.stride_tricks.sliding_window_view(rows, size, axis=2).max(axis=-1)
-
-
 class OnnxSiLK:
     """A SiLK ONNX file (written by :func:`export_onnx`) on onnxruntime, with the same :meth:`extract`.
 
@@ -290,58 +246,38 @@ class OnnxSiLK:
         nms_radius: int | None = None,
         remove_borders: int | None = None,
         neighbours: bool = False,
-    ) -> dict[str, torch.Tensor]:
-        """Same arguments and result as :meth:`SiLK.extract` (CPU torch tensors).
+    ) -> Features:
+        """Same arguments and result as :meth:`SiLK.extract` (CPU torch tensors), through the same pipeline.
 
         Large batches run a few images at a time (about ``RUN_PIXELS`` pixels per run) to bound memory.
         """
         x = to_batch(image, self.config.in_channels).cpu()
-        given = dict(zip(DETECTION_KEYS, (detection_threshold, max_keypoints, nms_radius, remove_borders)))
-        opts = {k: getattr(self.config, k) if v is None else v for k, v in given.items()}
-        positions: list[torch.Tensor] = []
-        descriptors: list[torch.Tensor] = []
-        around: list[torch.Tensor] = []
-        chunks = [x.numpy()] if self._fixed_batch() else np.array_split(x.numpy(), self._chunks(x.shape))
-        for chunk in chunks:
-            dense = self.dense(chunk)
-            pos, indices = select_keypoints_numpy(
-                dense["probability"],
-                self.grid,
-                (x.shape[-1], x.shape[-2]),
-                max_keypoints=opts["max_keypoints"],
-                threshold=opts["detection_threshold"],
-                nms_radius=opts["nms_radius"],
-                remove_borders=opts["remove_borders"],
-            )
-            desc = dense["descriptors"]
-            positions += [torch.from_numpy(p) for p in pos]
-            descriptors += [
-                torch.from_numpy(desc[i].reshape(desc.shape[1], -1)[:, idx].T.copy())
-                for i, idx in enumerate(indices)
-            ]
-            if neighbours:
-                around += [gather_neighbours(torch.from_numpy(desc[i]), torch.from_numpy(idx))
-                           for i, idx in enumerate(indices)]
-        return pack_keypoints(positions, descriptors, x.shape, 1.0, around if neighbours else None, self.grid.stride)
+        check_images(x, self.config, self.min_size)
+        opts = detection_options(self.config, {
+            "max_keypoints": max_keypoints, "detection_threshold": detection_threshold,
+            "nms_radius": nms_radius, "remove_borders": remove_borders})
+        return extract_features(self, x, opts, neighbours)
+
+    # the pipeline's DenseNetwork interface: a pass is one onnxruntime run
+    def passes(self, images: torch.Tensor) -> Iterator[dict[str, torch.Tensor]]:
+        per_run = images.shape[0] if self._fixed_batch() else images_per_pass(images, RUN_PIXELS)
+        for chunk in images.split(per_run):
+            yield {k: torch.from_numpy(v) for k, v in self.dense(chunk.numpy()).items()}
+
+    def probability(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        return state["probability"]
+
+    def descriptors_at(self, state: dict[str, torch.Tensor], image: int, cells: torch.Tensor) -> torch.Tensor:
+        desc = state["descriptors"][image]
+        return desc.reshape(desc.shape[0], -1)[:, cells].t()
 
     def _fixed_batch(self) -> bool:
         return isinstance(self.input_shape[0], int)
 
-    @staticmethod
-    def _chunks(shape: torch.Size) -> int:
-        per_run = max(1, RUN_PIXELS // (shape[-1] * shape[-2]))
-        return -(-shape[0] // per_run)
-
     def _check(self, images: np.ndarray) -> None:
-        if images.ndim != 4:
-            raise SilkError(f"images must be (B, C, H, W), got shape {images.shape}")
-        c, h, w = images.shape[1:]
-        if c != self.config.in_channels:
-            raise SilkError(f"this model takes {self.config.in_channels}-channel images, got {c} channels")
-        if h < self.min_size or w < self.min_size:
-            raise SilkError(
-                f"image {w}x{h} is too small: this model needs at least {self.min_size}x{self.min_size} px"
-            )
+        if not isinstance(images, np.ndarray):
+            raise SilkError(f"images must be a numpy array (B, C, H, W), got {type(images).__name__}")
+        check_images(torch.from_numpy(images), self.config, self.min_size)
         fixed = [(axis, n) for axis, n in zip("BCHW", self.input_shape) if isinstance(n, int)]
         wrong = [f"{axis}={n}" for axis, n in fixed if images.shape["BCHW".index(axis)] != n]
         if wrong:
@@ -350,5 +286,3 @@ class OnnxSiLK:
                 f"got {list(images.shape)} "
                 f"(mismatch: {', '.join(wrong)}); re-export it with --dynamic"
             )
-        if not np.isfinite(images).all():
-            raise SilkError("image contains NaN or inf values")

@@ -12,7 +12,7 @@ Command line: ``silk eval hpatches|pose|registration|imc2022`` and ``silk make-t
 ``docs/evaluation.md``.
 """
 
-from .extractors import CallableExtractor, Extractor, OpenCVExtractor, SiLKExtractor, build_extractors
+from .extractors import CallableExtractor, Extractor, ModelExtractor, OpenCVExtractor, build_extractors
 from .hpatches import evaluate_hpatches
 from .pose import evaluate_pose, read_pose_pairs
 from .registration import evaluate_registration, read_rgbd_pairs
@@ -20,8 +20,8 @@ from .registration import evaluate_registration, read_rgbd_pairs
 __all__ = [
     "CallableExtractor",
     "Extractor",
+    "ModelExtractor",
     "OpenCVExtractor",
-    "SiLKExtractor",
     "build_extractors",
     "evaluate_hpatches",
     "evaluate_pose",

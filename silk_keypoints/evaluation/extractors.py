@@ -1,15 +1,15 @@
 """One interface for every method the benchmarks compare: an image goes in, keypoints come out.
 
 An extractor is called as ``extractor(image)`` with a numpy uint8 image, (H, W) gray or (H, W, 3) RGB,
-and returns a dict of numpy arrays:
+and returns :class:`~silk_keypoints.features.Features` of that one image (a batch of one):
 
-* ``keypoints`` (N, 2) float64 (x, y) in the pixels of that image, **pixel centres at integers** (the
-  top-left pixel's centre is (0, 0), as in OpenCV);
-* ``scores`` (N,) float64, higher is better (ones when the method has none);
-* ``descriptors`` (N, D) float32, compared by dot product (mutual nearest neighbours on ``1 - d0 . d1``),
-  so they should be L2-normalised.
+* ``keypoints`` (1, N, 2) (x, y) in the pixels of that image, **pixel centres at integers** (the top-left
+  pixel's centre is (0, 0), as in OpenCV);
+* ``keypoint_scores`` (1, N), higher is better (ones when the method has none);
+* ``descriptors`` (1, N, D), compared by dot product (mutual nearest neighbours on ``1 - d0 . d1``), so they
+  should be L2-normalised.
 
-Built in: SiLK models (:class:`SiLKExtractor`, by shipped name or checkpoint), OpenCV SIFT and ORB
+Built in: SiLK models (:class:`ModelExtractor`, by shipped name or checkpoint), OpenCV SIFT and ORB
 (:class:`OpenCVExtractor`). Any other method: wrap a function with :class:`CallableExtractor`::
 
     def my_method(image):                       # numpy uint8 (H, W) or (H, W, 3)
@@ -25,14 +25,18 @@ gives the mean.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from ..devices import resolve_device
 from ..errors import SilkError
+from ..features import Features
 from ..io import to_batch
 from ..matching import Matcher
 from ..model import SiLK
@@ -49,11 +53,11 @@ class Extractor:
         self.name = name
         self.seconds: list[float] = []
 
-    def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
+    def __call__(self, image: np.ndarray) -> Features:
         """Sparse features of ``image`` (see the module doc), timed."""
         return self._timed(self._extract, image)
 
-    def dense(self, image: np.ndarray) -> dict[str, np.ndarray]:
+    def dense(self, image: np.ndarray) -> Features:
         """Features of every output cell (same keys as a sparse call), timed. Only for dense-capable methods."""
         if not self.has_dense:
             raise SilkError(f"{self.name} has no dense descriptors: dense evaluation needs a SiLK model")
@@ -63,12 +67,12 @@ class Extractor:
     def seconds_per_image(self) -> float:
         return float(np.mean(self.seconds)) if self.seconds else 0.0
 
-    def _timed(self, fn: Callable[[np.ndarray], Any], image: np.ndarray) -> dict[str, np.ndarray]:
+    def _timed(self, fn: Callable[[np.ndarray], Any], image: np.ndarray) -> Features:
         image = check_image(image)
         start = time.perf_counter()
         out = fn(image)
         self.seconds.append(time.perf_counter() - start)
-        return check_features(out, self.name)
+        return check_features(out, self.name, (image.shape[1], image.shape[0]))
 
     def _extract(self, image: np.ndarray) -> Any:
         raise NotImplementedError
@@ -77,7 +81,7 @@ class Extractor:
         raise NotImplementedError
 
 
-class SiLKExtractor(Extractor):
+class ModelExtractor(Extractor):
     """A SiLK model. ``options``: detection overrides (``max_keypoints``, ``detection_threshold``,
     ``nms_radius``, ``remove_borders``); None keeps the model's defaults. Features include the neighbour
     descriptors for sub-cell match refinement (``neighbours=False`` to leave them out)."""
@@ -89,19 +93,18 @@ class SiLKExtractor(Extractor):
         self.model = model.eval()
         self.options = {"neighbours": True} | {k: v for k, v in options.items() if v is not None}
 
-    def _extract(self, image: np.ndarray) -> dict[str, torch.Tensor]:
+    def _extract(self, image: np.ndarray) -> Features:
         with torch.inference_mode():
-            out = self.model.extract(image, **self.options)
-        return {k: v[0] for k, v in out.items() if k not in ("image_size", "keypoint_mask")} | {
-            "scores": out["keypoint_scores"][0]}
+            return self.model.extract(image, **self.options)
 
-    def _dense(self, image: np.ndarray) -> dict[str, torch.Tensor]:
-        device = next(self.model.parameters()).device
+    def _dense(self, image: np.ndarray) -> Features:
+        device = self.model.descriptor_scale.device
         x = to_batch(image, self.model.config.in_channels).to(device)
         with torch.inference_mode():
             positions, desc = self.model(x, ("dense_positions", "dense_descriptors"))
-        desc = torch.nn.functional.normalize(desc[0], dim=1)
-        return {"keypoints": positions[0, :, :2], "scores": positions[0, :, 2], "descriptors": desc}
+        h, w = image.shape[:2]
+        return Features.from_mapping({"keypoints": positions[:, :, :2], "keypoint_scores": positions[:, :, 2],
+                                      "descriptors": F.normalize(desc, dim=2), "image_size": [[w, h]]})
 
 
 class OpenCVExtractor(Extractor):
@@ -154,57 +157,31 @@ def check_image(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def check_features(out: Any, name: str) -> dict[str, np.ndarray]:
-    """Validate and convert an extractor's output to the numpy dict of the module doc."""
-    if not isinstance(out, dict) or "keypoints" not in out or "descriptors" not in out:
+def check_features(out: Any, name: str, image_size: tuple[int, int] | None = None) -> Features:
+    """An extractor's output (a mapping of numpy arrays or tensors, one image, with or without a batch
+    dimension of 1) as :class:`Features` (``image_size`` (W, H) where it has none); :class:`SilkError` naming
+    the extractor if it is malformed."""
+    if not isinstance(out, Mapping) or "keypoints" not in out or "descriptors" not in out:
         raise SilkError(f"extractor {name!r} must return a dict with 'keypoints' and 'descriptors'")
-
-    def arr(x: Any) -> np.ndarray:
-        a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-        return a[0] if a.ndim == 3 and a.shape[0] == 1 else a
-
-    kpts = arr(out["keypoints"]).astype(np.float64)
-    desc = arr(out["descriptors"]).astype(np.float32)
-    n = len(kpts)
-    scores = arr(out["scores"]).astype(np.float64).reshape(-1) if out.get("scores") is not None else np.ones(n)
-    if kpts.ndim != 2 or kpts.shape[1] != 2:
-        raise SilkError(f"extractor {name!r}: keypoints must be (N, 2), got shape {kpts.shape}")
-    if desc.ndim != 2 or len(desc) != n or len(scores) != n:
-        raise SilkError(
-            f"extractor {name!r}: got {n} keypoints, descriptors of shape {desc.shape} and {len(scores)} scores"
-        )
-    if not (np.isfinite(kpts).all() and np.isfinite(desc).all()):
-        raise SilkError(f"extractor {name!r} returned NaN or inf keypoints or descriptors")
-    feats = {"keypoints": kpts, "scores": scores, "descriptors": desc}
-    if out.get("neighbour_descriptors") is not None:
-        around = arr(out["neighbour_descriptors"]).astype(np.float32)
-        around = around[0] if around.ndim == 4 and around.shape[0] == 1 else around
-        if around.shape[:2] != (n, 9) or around.shape[2] != desc.shape[1]:
-            raise SilkError(f"extractor {name!r}: neighbour_descriptors must be ({n}, 9, {desc.shape[1]}), "
-                            f"got {around.shape}")
-        feats["neighbour_descriptors"] = around
-        feats["neighbour_spacing"] = float(arr(out["neighbour_spacing"]).reshape(-1)[0])
+    feats = Features.from_mapping(out, f"extractor {name!r}", image_size)
+    if feats.batch_size != 1:
+        raise SilkError(f"extractor {name!r} must return the features of one image, got a batch of {feats.batch_size}")
     return feats
 
 
 def match_features(
-    feats0: dict[str, np.ndarray], feats1: dict[str, np.ndarray], matcher: Matcher
+    feats0: Features, feats1: Features, matcher: Matcher
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Matches of two extractor outputs: (K, 2) int64 ``[index in feats0, index in feats1]`` and the matched
     positions (K, 2) float64 in each image, refined below the cell size when the matcher refines and the
-    features have ``neighbour_descriptors`` (see :mod:`silk_keypoints.refinement`).
+    features have ``neighbour_descriptors`` (see :mod:`silk_keypoints.refinement`). The one place where
+    evaluation leaves torch for numpy.
 
     ``matcher`` is a :class:`~silk_keypoints.matching.Matcher`: its temperatures / thresholds mean what they
     mean for the original SiLK (descriptors are treated as if scaled to norm 1.41)."""
-    t0, t1 = torch_features(feats0), torch_features(feats1)
-    m = matcher({"image0": {"descriptors": t0["descriptors"]}, "image1": {"descriptors": t1["descriptors"]}})["matches"][0]
-    p0, p1 = matcher.points(t0, t1, m.cpu())
-    return m.cpu().numpy(), p0.double().numpy(), p1.double().numpy()
-
-
-def torch_features(feats: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """An extractor output (numpy) as torch tensors for matching and refinement (scores left out)."""
-    return {k: torch.as_tensor(v) for k, v in feats.items() if k != "scores"}
+    out = matcher({"image0": Features.from_mapping(feats0), "image1": Features.from_mapping(feats1)})
+    m, p0, p1 = out["matches"][0], out["points0"][0], out["points1"][0]
+    return m.cpu().numpy(), p0.double().cpu().numpy(), p1.double().cpu().numpy()
 
 
 def build_extractors(
@@ -212,7 +189,7 @@ def build_extractors(
     checkpoints: Sequence[str] = (),
     baselines: Sequence[str] = (),
     max_keypoints: int | None = None,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
 ) -> list[Extractor]:
     """Extractors for shipped model names, checkpoint files and OpenCV baselines (``"sift"``, ``"orb"``).
 
@@ -220,17 +197,16 @@ def build_extractors(
     ``max_keypoints`` None: SiLK models keep their default, baselines use 2048. Nothing asked: the default
     shipped model.
     """
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SilkError(f"device {device}: CUDA is not available on this machine")
+    device = resolve_device(device)
     out: list[Extractor] = []
     if not (models or checkpoints or baselines):
         models = [None]  # type: ignore[list-item]
     for name in models:
         model = SiLK.from_pretrained(name).to(device)
-        out.append(SiLKExtractor(model, name or "silk", max_keypoints=max_keypoints))
+        out.append(ModelExtractor(model, name or "silk", max_keypoints=max_keypoints))
     for path in checkpoints:
         model = SiLK.from_checkpoint(path).to(device)
-        out.append(SiLKExtractor(model, _stem(path), max_keypoints=max_keypoints))
+        out.append(ModelExtractor(model, _stem(path), max_keypoints=max_keypoints))
     for b in baselines:
         out.append(OpenCVExtractor(b.strip().lower(), max_keypoints or 2048))
     seen: dict[str, int] = {}
@@ -244,3 +220,11 @@ def build_extractors(
 def _stem(path: str) -> str:
     name = str(path).replace("\\", "/").rsplit("/", 1)[-1]
     return name.split(".", 1)[0] or name
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SiLKExtractor":  # the old name, confusable with ecosystem.lightglue.SiLKExtractor
+        warnings.warn("evaluation.extractors.SiLKExtractor is deprecated: use ModelExtractor", DeprecationWarning,
+                      stacklevel=2)
+        return ModelExtractor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

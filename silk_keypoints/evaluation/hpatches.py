@@ -36,20 +36,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from ..errors import SilkError
-from ..geometry import corner_error
+from ..features import Features
+from ..geometry import corner_error, estimate_homography
 from ..io import IMAGE_SUFFIXES, load_image, read_text_matrix
 from ..matching import Matcher, match_descriptors
-from .extractors import Extractor, torch_features
+from .extractors import Extractor
 from .metrics import accuracy, error_auc, matching_accuracy, repeatability
+from .protocols import Protocols
 
 LARGE_SEQUENCES = (
     "i_contruction",
@@ -78,7 +79,8 @@ class HPatchesProtocol:
         max_keypoints: keypoints per image asked from the extractors.
         pixel_offset: added to keypoints before any metric (0.5: the original SiLK's ``+0.5`` centres).
         exclude: sequence names left out.
-        ransac_threshold: reprojection threshold of ``cv2.findHomography`` (plain RANSAC), pixels.
+        ransac_threshold: reprojection threshold of the plain RANSAC homography
+            (:func:`silk_keypoints.geometry.estimate_homography` with ``method="ransac"``), pixels.
         table: metric columns of the printed table, e.g. ``"mma@3"``, ``"h_acc@1"``, ``"h_auc@5"``, ``"rep@1"``.
         refine: refine matched points below the cell size where the features allow it
             (:mod:`silk_keypoints.refinement`); off for ``silk``, whose original matched on the cell grid.
@@ -95,23 +97,18 @@ class HPatchesProtocol:
     refine: bool = True
 
 
-PROTOCOLS = {
-    "silk": HPatchesProtocol(
+PROTOCOLS = Protocols(
+    "HPatches",
+    HPatchesProtocol(
         "silk", short_side=480, multiple=8, max_keypoints=10001, pixel_offset=0.5, refine=False,
         table=("rep@1", "rep@3", "mma@1", "mma@2", "mma@3", "h_acc@1", "h_acc@2", "h_acc@3", "h_auc@3"),
     ),
-    "d2net": HPatchesProtocol(
+    HPatchesProtocol(
         "d2net", short_side=None, multiple=1, max_keypoints=4096, pixel_offset=0.0, exclude=LARGE_SEQUENCES,
         table=("rep@3", "mma@1", "mma@3", "mma@5", "mma@10", "h_auc@1", "h_auc@3", "h_auc@5"),
     ),
-}
-
-
-def get_protocol(name: str, **overrides) -> HPatchesProtocol:
-    """A protocol of :data:`PROTOCOLS` with some fields replaced (None values are ignored)."""
-    if name not in PROTOCOLS:
-        raise SilkError(f"unknown HPatches protocol {name!r}; available: {', '.join(PROTOCOLS)}")
-    return replace(PROTOCOLS[name], **{k: v for k, v in overrides.items() if v is not None})
+)
+get_protocol = PROTOCOLS.get_protocol
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -207,19 +204,9 @@ def load_for_protocol(path: Path, protocol: HPatchesProtocol) -> tuple[np.ndarra
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
-def find_homography(pts0: np.ndarray, pts1: np.ndarray, threshold: float = 3.0, seed: int = 0) -> np.ndarray | None:
-    """The original's estimator: ``cv2.findHomography`` with plain RANSAC (OpenCV's RNG seeded with ``seed``).
-    None with fewer than 4 matches or when OpenCV finds nothing."""
-    if len(pts0) < 4:
-        return None
-    cv2.setRNGSeed(int(seed))
-    H, _ = cv2.findHomography(pts0.astype(np.float64), pts1.astype(np.float64), cv2.RANSAC, threshold)
-    return H if H is not None and np.isfinite(H).all() else None
-
-
 def evaluate_pair(
-    feats0: dict[str, np.ndarray],
-    feats1: dict[str, np.ndarray],
+    feats0: Features,
+    feats1: Features,
     H: np.ndarray,
     size0: tuple[int, int],
     size1: tuple[int, int],
@@ -232,11 +219,12 @@ def evaluate_pair(
     """Metrics of one pair.
 
     Args:
-        feats0, feats1: extractor outputs (``keypoints`` (N, 2) pixel centres at integers, ``descriptors``).
+        feats0, feats1: extractor outputs (:class:`~silk_keypoints.features.Features` of one image each, or
+            mappings of ``keypoints`` (N, 2), pixel centres at integers, and ``descriptors`` (N, D)).
         H: (3, 3) ground truth mapping image 0 to image 1, in the frame of ``pixel_offset``.
         size0, size1: (W, H) of the images.
         pixel_offset, ransac_threshold: see :class:`HPatchesProtocol`.
-        seed: seed of the RANSAC.
+        seed: seed of the RANSAC (OpenCV's RNG).
         device: torch device for matching and the repeatability's nearest neighbours.
         refine: refine matched points below the cell size when the features have ``neighbour_descriptors``
             (:mod:`silk_keypoints.refinement`); repeatability always uses the keypoints as detected.
@@ -245,14 +233,14 @@ def evaluate_pair(
         dict: ``keypoints0``, ``keypoints1``, ``matches`` (counts), ``repeatability`` and ``mma``
         ({threshold: value}), ``corner_error`` (px, ``inf`` if estimation failed).
     """
-    k0 = feats0["keypoints"] + pixel_offset
-    k1 = feats1["keypoints"] + pixel_offset
-    d0, d1 = (torch.as_tensor(f["descriptors"], device=device) for f in (feats0, feats1))
-    matches = match_descriptors(d0, d1, "mnn")[0].cpu()
-    points = Matcher("mnn", refine=refine).points(torch_features(feats0), torch_features(feats1), matches)
-    p0, p1 = (p.numpy() + pixel_offset for p in points)
+    f0, f1 = Features.from_mapping(feats0, "feats0"), Features.from_mapping(feats1, "feats1")
+    k0, k1 = (f.keypoints[0].double().cpu().numpy() + pixel_offset for f in (f0, f1))
+    matches = match_descriptors(f0.descriptors[0].to(device), f1.descriptors[0].to(device), "mnn")[0].cpu()
+    points = Matcher("mnn", refine=refine).points(f0, f1, matches)
+    p0, p1 = (p.double().numpy() + pixel_offset for p in points)
     matches = matches.numpy()
-    H_est = find_homography(p0, p1, ransac_threshold, seed)
+    # the original's estimator: plain RANSAC with OpenCV's defaults (confidence 0.995, 2000 iterations)
+    H_est = estimate_homography(p0, p1, ransac_threshold, 0.995, 2000, method="ransac", seed=seed).model
     err = corner_error(H_est, H, size0)
     return {
         "keypoints0": len(k0),

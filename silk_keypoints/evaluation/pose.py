@@ -42,21 +42,24 @@ import pickle
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
 from ..errors import SilkError
+from ..features import Features
 from ..files import atomic_write
 from ..geometry import estimate_essential, estimate_fundamental, pose_errors
-from ..io import load_image, read_text_matrix
+from ..io import load_image, read_text_matrix, resize_long_side
 from ..matching import Matcher
+from ..model.checkpoint import RestrictedUnpickler
 from .extractors import Extractor, match_features
 from .metrics import accuracy, error_auc
+from .protocols import Protocols
 
 POSE_THRESHOLDS = (5, 10, 20)
 
@@ -72,17 +75,8 @@ class PoseProtocol:
     max_keypoints: int = 2048
 
 
-PROTOCOLS = {
-    "scannet": PoseProtocol("scannet", resize=640),
-    "megadepth": PoseProtocol("megadepth", resize=1600),
-}
-
-
-def get_protocol(name: str, **overrides: Any) -> PoseProtocol:
-    """A protocol of :data:`PROTOCOLS` with some fields replaced (None values are ignored)."""
-    if name not in PROTOCOLS:
-        raise SilkError(f"unknown pose protocol {name!r}; available: {', '.join(PROTOCOLS)}")
-    return replace(PROTOCOLS[name], **{k: v for k, v in overrides.items() if v is not None})
+PROTOCOLS = Protocols("pose", PoseProtocol("scannet", resize=640), PoseProtocol("megadepth", resize=1600))
+get_protocol = PROTOCOLS.get_protocol
 
 
 @dataclass
@@ -242,24 +236,10 @@ def read_pose_file(path: Path) -> np.ndarray:
     return read_text_matrix(path, "pose", ((4, 4),))
 
 
-class _ArrayUnpickler(pickle.Unpickler):
-    """Rebuilds numpy arrays / scalars and plain Python values only; any other global is refused."""
-
-    ALLOWED: ClassVar[set[tuple[str, str]]] = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
-
-
 def safe_load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All arrays of an ``.npz`` file. Object arrays are unpickled with a restricted unpickler (numpy arrays
-    and plain values only), so LoFTR's pickled scene infos load without trusting the file."""
+    """All arrays of an ``.npz`` file. Object arrays are unpickled by
+    :class:`~silk_keypoints.model.checkpoint.RestrictedUnpickler` (strict: any other global is refused), so
+    LoFTR's pickled scene infos load without trusting the file."""
     out = {}
     try:
         with zipfile.ZipFile(path) as z:
@@ -273,7 +253,7 @@ def safe_load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
                     np.lib.format.read_array_header_2_0
                 _, _, dtype = read_header(raw)
                 if dtype.hasobject:
-                    out[member[:-4]] = _ArrayUnpickler(raw).load()
+                    out[member[:-4]] = RestrictedUnpickler(raw, strict=True).load()
                 else:
                     raw.seek(0)
                     out[member[:-4]] = np.lib.format.read_array(raw, allow_pickle=False)
@@ -283,31 +263,13 @@ def safe_load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
-def load_resized(path: Path, long_side: int | None) -> tuple[np.ndarray, tuple[float, float]]:
-    """RGB uint8 image with its long side resized to ``long_side`` (INTER_AREA down, INTER_LINEAR up; None:
-    unchanged) and the (sx, sy) = new / old size."""
-    img = load_image(path)
-    h, w = img.shape[:2]
-    if not long_side or max(h, w) == long_side:
-        return img, (1.0, 1.0)
-    r = long_side / max(h, w)
-    size = (max(1, round(w * r)), max(1, round(h * r)))
-    img = cv2.resize(img, size, interpolation=cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR)
-    return img, (size[0] / w, size[1] / h)
-
-
-def to_original_pixels(kpts: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
-    """Keypoints (N, 2) of a resized image -> pixels of the original (centres at integers)."""
-    return (kpts + 0.5) / np.asarray(scale) - 0.5
-
-
 class FeatureCache:
     """Features of recently seen images (pairs often share images), computed by ``fn(path)``."""
 
-    def __init__(self, fn: Callable[[Path], dict], size: int = 16) -> None:
+    def __init__(self, fn: Callable[[Path], Features], size: int = 16) -> None:
         self.fn, self.size, self.items = fn, size, OrderedDict()
 
-    def __call__(self, path: Path) -> dict:
+    def __call__(self, path: Path) -> Features:
         if path in self.items:
             self.items.move_to_end(path)
         else:
@@ -317,18 +279,17 @@ class FeatureCache:
         return self.items[path]
 
 
-def extract_original(extractor: Extractor, path: Path, long_side: int | None) -> dict[str, np.ndarray]:
-    """Features of the image file resized to ``long_side``, keypoints in the original image's pixels."""
-    img, scale = load_resized(path, long_side)
-    feats = extractor(img)
-    out = {**feats, "keypoints": to_original_pixels(feats["keypoints"], scale)}
-    if "neighbour_spacing" in feats:
-        out["neighbour_spacing"] = feats["neighbour_spacing"] / float(np.mean(scale))
-    return out
+def extract_original(extractor: Extractor, path: Path, long_side: int | None) -> Features:
+    """Features of the image file with its long side resized to ``long_side`` (up or down; None: as it is),
+    keypoints in the original image's pixels."""
+    image = load_image(path)
+    h, w = image.shape[:2]
+    small, scale = resize_long_side(image, long_side, upscale=True)
+    return extractor(small).rescaled(scale, (w, h))
 
 
 def evaluate_pose_pair(
-    feats0: dict, feats1: dict, pair: PosePair, matcher: Matcher, ransac_threshold: float = 0.5
+    feats0: Features, feats1: Features, pair: PosePair, matcher: Matcher, ransac_threshold: float = 0.5
 ) -> dict:
     """Match, estimate the essential matrix, compare the pose. Returns ``matches``, ``inliers``,
     ``rotation_error``, ``translation_error``, ``pose_error`` (degrees, inf on failure) and ``message``."""

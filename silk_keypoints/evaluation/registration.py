@@ -37,6 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import SilkError
+from ..features import Features
 from ..geometry import pose_errors
 from ..io import load_image, read_text_matrix
 from ..matching import Matcher
@@ -248,7 +249,7 @@ def registration_errors(
 
 # ---------------------------------------------------------------------------------------------- evaluation
 def evaluate_registration_pair(
-    feats0: dict, feats1: dict, depth0: np.ndarray, depth1: np.ndarray, pair: RGBDPair, matcher: Matcher,
+    feats0: Features, feats1: Features, depth0: np.ndarray, depth1: np.ndarray, pair: RGBDPair, matcher: Matcher,
     inlier_threshold: float = 0.05, chamfer_stride: int = 5, seed: int = 0,
 ) -> dict:
     """Register one pair; returns ``matches``, ``correspondences`` (matches with depth at both ends),

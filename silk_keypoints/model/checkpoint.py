@@ -61,7 +61,26 @@ class _Inert:
         return _Inert()
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+# numpy arrays, scalars and dtypes (numpy 1 and 2 module names), beside torch's weights-only allow-list
+_NUMPY_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """The package's one unpickler for files it does not trust (checkpoints, LoFTR's pickled ``.npz`` infos).
+
+    Rebuilds only tensors (torch's ``weights_only`` allow-list), numpy arrays / scalars / dtypes, ``OrderedDict``
+    and plain values; nothing else is imported or called. Any other global becomes an inert placeholder, or,
+    with ``strict=True``, raises ``pickle.UnpicklingError("refusing to load module.name ...")``.
+    """
+
+    def __init__(self, file: Any, *, strict: bool = False, **kwargs: Any) -> None:
+        super().__init__(file, **kwargs)
+        self.strict = strict
+
     def find_class(self, module: str, name: str) -> Any:
         from torch._weights_only_unpickler import _get_allowed_globals
 
@@ -69,18 +88,22 @@ class _RestrictedUnpickler(pickle.Unpickler):
         key = f"{module}.{name}"
         if key in allowed:
             return allowed[key]
+        if (module, name) in _NUMPY_GLOBALS:
+            return super().find_class(module, name)
         if module == "collections" and name == "OrderedDict":
             import collections
 
             return collections.OrderedDict
+        if self.strict:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
         return _Inert
 
 
 class _RestrictedPickle:
     """A ``pickle_module`` for ``torch.load`` that never imports or calls anything outside an allow-list."""
 
-    Unpickler = _RestrictedUnpickler
-    load = staticmethod(lambda f, **kw: _RestrictedUnpickler(f, **kw).load())
+    Unpickler = RestrictedUnpickler
+    load = staticmethod(lambda f, **kw: RestrictedUnpickler(f, **kw).load())
     __name__ = "silk_restricted_pickle"
 
 

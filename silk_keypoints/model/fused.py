@@ -1,4 +1,4 @@
-"""The fast inference network: BatchNorm folded into convolutions, channels-last, fused heads, optional bf16.
+"""The fused inference network: BatchNorm folded into convolutions, channels-last, fused heads, optional bf16.
 
 :class:`FusedSiLK` is built from a :class:`~silk_keypoints.model.silk.SiLK` in eval mode and computes the same
 outputs with fewer, larger operations:
@@ -8,25 +8,26 @@ outputs with fewer, larger operations:
   so it folds into the *next* conv instead: ``conv(s*x + t) = conv_{w*s}(x) + (b + sum w*t)``. That is exact
   only when the next conv has no zero padding (padding 0 or a 1x1 kernel) and no max-pool sits in between;
   otherwise the BN stays as an explicit per-channel affine. The last backbone BN folds into both heads.
-  Folding is computed in float64 and rounded once to float32; it still moves VGG-4 parity logits by ~1e-4
-  (first-layer running variances near 0 make the folded weights large).
+  Folding is computed in float64 and rounded once to float32; first-layer running variances near 0 make the
+  folded weights large, so VGG-4 parity logits still move a little (docs/performance.md, Accuracy).
 * **Fused heads.** The first convs of the keypoint and descriptor heads read the same features and run as
   one convolution with both heads' output channels; the 1x1 output convs run as matrix products on the
   channels-last activations.
 * **Channels-last** (NHWC) activations, the layout oneDNN's and cuDNN's fastest convolutions use.
-* **Single-channel first conv on CPU** as an im2col matrix product (a 1 -> 64 3x3 conv is ~2x faster so).
-* **Sparse extraction** (:meth:`FusedSiLK.extract`): the descriptor 1x1 conv runs only at the selected cells;
-  the dense descriptor map is never built.
+* **Single-channel first conv on CPU** as an im2col matrix product (oneDNN is slow with one input channel;
+  docs/performance.md).
+* **Sparse extraction** (:meth:`FusedSiLK.passes` / :meth:`FusedSiLK.descriptors_at`, driven by
+  :func:`~silk_keypoints.model.pipeline.extract_features`): the descriptor 1x1 conv runs only at the selected
+  cells; the dense descriptor map is never built.
 * **A reused workspace on CPU.** Every fresh 100+ MB activation costs the kernel page faults (glibc maps
-  blocks above 32 MB anew on each call and the kernel zeroes them: ~20 % of the time on a 2-core VM).
-  :meth:`FusedSiLK.extract` writes each such conv output into one of two reused buffers instead (oneDNN
-  conv with a fused in-place add + ReLU on a zeroed buffer) and
-  runs large batches image by image; the buffers stay allocated between calls (~450 MB for VGG-4 at
-  480x640 in float32) until :meth:`FusedSiLK.release_workspace`.
+  blocks above 32 MB anew on each call and the kernel zeroes them; docs/performance.md measures it).
+  :meth:`FusedSiLK.passes` writes each such conv output into one of two reused buffers instead (oneDNN
+  conv with a fused in-place add + ReLU on a zeroed buffer) and runs large batches a few images at a time;
+  the buffers stay allocated between calls until :meth:`FusedSiLK.release_workspace`.
 * **bf16** (``dtype=torch.bfloat16``): weights and activations in bfloat16 with float32 accumulation, except
   the first ``FLOAT32_CONVS`` convs (the cheap ones that see the raw image and absorb the first BN, whose
-  near-zero variances make bf16 rounding errors blow up). ~2x faster on CPUs with AVX512-BF16/AMX and on
-  GPUs, at the price of 0.02-0.2 error on logits (see docs/performance.md): an option, never the default.
+  near-zero variances make bf16 rounding errors blow up). Faster on CPUs with AVX512-BF16/AMX and on GPUs,
+  at the price of errors on the logits (docs/performance.md): an option, never the default.
 
 Dense outputs are float32 (the dtype of the source model), NCHW-shaped tensors in channels-last memory.
 """
@@ -36,23 +37,20 @@ from __future__ import annotations
 import functools
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..refinement import neighbour_descriptors
 from .backbone import ConvBlock, local_contrast
+from .pipeline import images_per_pass
 
 FLOAT32_CONVS = 2  # in bf16 mode, the first convs that still compute in float32
-WORKSPACE_PIXELS = (
-    1 << 18
-)  # CPU extraction: images per workspace pass ~ this many pixels (at least one image)
+WORKSPACE_PIXELS = 1 << 18  # CPU extraction: images per workspace pass ~ this many pixels (at least one image)
 # smaller activations come from malloc's heap anyway (glibc maps blocks above 32 MB freshly on every call)
 WORKSPACE_MIN_BYTES = 32 << 20
 Affine = tuple[torch.Tensor, torch.Tensor]  # per-channel (scale, shift): y = scale * x + shift
-Selector = Callable[[torch.Tensor], tuple[list[torch.Tensor], list[torch.Tensor]]]
 
 
 def bn_affine(bn: nn.Module) -> Affine | None:
@@ -243,6 +241,9 @@ def _absorbs(block: ConvBlock) -> bool:
 class FusedSiLK(nn.Module):
     """Inference-only SiLK network with folded BatchNorm. ``forward(images)`` -> (logits, raw_descriptors).
 
+    Implements :class:`~silk_keypoints.model.pipeline.DenseNetwork` (``passes``, ``probability``,
+    ``descriptors_at``) and, for the named outputs, ``trunk``, ``features`` and ``heads``.
+
     Args:
         model: the source :class:`SiLK` (its current weights and eval-mode BN statistics are copied).
         dtype: compute dtype (default: the model's, float32); ``torch.bfloat16`` for the bf16 path.
@@ -268,6 +269,7 @@ class FusedSiLK(nn.Module):
             self.feature_affine = ChannelAffine(pending, self.dtype) if pending is not None else None
             self.hidden, out = self._fold_heads(heads, pending)
         self.head_channels = model.config.head_channels
+        self.grid = model.grid
         for name, (w, b) in zip(("keypoint", "descriptor"), out):
             self.register_buffer(f"{name}_weight", w.to(self.dtype))
             self.register_buffer(f"{name}_bias", b.to(self.dtype))
@@ -319,7 +321,7 @@ class FusedSiLK(nn.Module):
             out.append((wo[:, :, 0, 0], bo))
         return conv, out
 
-    def backbone_features(self, images: torch.Tensor, ws: Workspace | None = None) -> torch.Tensor:
+    def trunk(self, images: torch.Tensor, ws: Workspace | None = None) -> torch.Tensor:
         """(B, C, H, W) images -> backbone output in the compute dtype (before ``feature_affine``)."""
         x = images.to(self.out_dtype)
         if self.contrast_window:
@@ -331,7 +333,7 @@ class FusedSiLK(nn.Module):
         return x
 
     def features(self, backbone_out: torch.Tensor) -> torch.Tensor:
-        """The named output ``features`` from :meth:`backbone_features`."""
+        """The named output ``features`` from :meth:`trunk`."""
         x = self.feature_affine(backbone_out) if self.feature_affine is not None else backbone_out
         return x.to(self.out_dtype)
 
@@ -367,61 +369,38 @@ class FusedSiLK(nn.Module):
         return y.to(self.out_dtype).view(b, h, w, -1).permute(0, 3, 1, 2)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, raw = self.heads(self.backbone_features(images))
+        logits, raw = self.heads(self.trunk(images))
         return logits, raw
 
-    def extract(
-        self, images: torch.Tensor, select: Selector, neighbours: bool = False
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor] | None]:
-        """Sparse keypoints of (B, C, H, W) images, without the dense descriptor map.
+    def passes(self, images: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Both heads' hidden maps (b, 2 * head_channels, Hf, Wf), a few images per pass.
 
-        Args:
-            images: the batch.
-            select: ``probability (b, 1, Hf, Wf) -> (positions, flat cell indices)``, one entry per image,
-                e.g. :func:`~silk_keypoints.model.sparse.select_keypoints` with the detection options bound.
-            neighbours: also describe the 3x3 cells around each keypoint.
-
-        Returns:
-            positions: B tensors (N_i, 3) from ``select``; descriptors: B tensors (N_i, D), unit norm,
-            float32; neighbours: B tensors (N_i, 9, D) (see :func:`~silk_keypoints.refinement.gather_neighbours`)
-            or None.
+        On CPU the passes reuse the workspace (about ``WORKSPACE_PIXELS`` pixels each) when no other caller
+        holds it; a state is valid until the next one is produced.
         """
-        ch = self.head_channels
         use_ws = self.channels_last and images.device.type == "cpu" and inplace_conv_available()
         ws = self._workspace if use_ws and self._lock.acquire(blocking=False) else None
         try:
-            per_pass = (
-                max(1, WORKSPACE_PIXELS // (images.shape[-1] * images.shape[-2])) if ws else images.shape[0]
-            )
-            positions: list[torch.Tensor] = []
-            descriptors: list[torch.Tensor] = []
-            around: list[torch.Tensor] = []
+            per_pass = images_per_pass(images, WORKSPACE_PIXELS) if ws else images.shape[0]
             for chunk in images.split(per_pass):
                 if ws is not None:
                     ws.restart()
-                hidden = self.hidden(self.backbone_features(chunk, ws), ws)
-                probability = torch.sigmoid(
-                    self._conv1x1(hidden[:, :ch], self.keypoint_weight, self.keypoint_bias)
-                )
-                pos, index = select(probability)
-                positions += pos
-                descriptors += [self._descriptors_at(h[ch:], i) for h, i in zip(hidden, index)]
-                if neighbours:
-                    around += [self._neighbours_at(h[ch:], i) for h, i in zip(hidden, index)]
+                yield self.hidden(self.trunk(chunk, ws), ws)
         finally:
             if ws is not None:
                 self._lock.release()
-        return positions, descriptors, around if neighbours else None
 
-    def _descriptors_at(self, hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Descriptor-head hidden map (Ch, Hf, Wf) -> unit descriptors (N, D) of flat cells ``index``."""
-        rows = hidden.permute(1, 2, 0).reshape(-1, hidden.shape[0])[index]
+    def probability(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Keypoint probability (b, 1, Hf, Wf) from a pass's hidden maps."""
+        ch = self.head_channels
+        return torch.sigmoid(self._conv1x1(hidden[:, :ch], self.keypoint_weight, self.keypoint_bias))
+
+    def descriptors_at(self, hidden: torch.Tensor, image: int, cells: torch.Tensor) -> torch.Tensor:
+        """Unit descriptors (U, D) of flat cells ``cells`` of image ``image``: the 1x1 conv at those cells only."""
+        part = hidden[image, self.head_channels :]
+        rows = part.permute(1, 2, 0).reshape(-1, part.shape[0])[cells]
         d = torch.addmm(self.descriptor_bias, rows, self.descriptor_weight.t())
         return F.normalize(d.to(self.out_dtype), p=2, dim=1)
-
-    def _neighbours_at(self, hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Unit descriptors (N, 9, D) of the 3x3 cells around flat cells ``index``, zeros outside the map."""
-        return neighbour_descriptors(lambda cells: self._descriptors_at(hidden, cells), index, *hidden.shape[-2:])
 
     def release_workspace(self) -> None:
         """Free the CPU workspace buffers (they are re-allocated by the next :meth:`extract`)."""

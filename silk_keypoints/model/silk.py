@@ -17,19 +17,20 @@ layers they need run, and shared work runs once):
 Coordinates: image pixels of the input, (x, y), centre of the top-left pixel = (0, 0); for VGG-4 the
 cell (row i, col j) is the pixel (j + 9, i + 9). See :mod:`silk_keypoints.model.coords`.
 
-Exact and fast paths: ``model(images, outputs)`` runs the modules as defined (the exact path: parity with
-the original, forward hooks, gradients). :meth:`SiLK.extract` — and ``model(images, outputs, fast=True)`` —
-use the fast path chosen by :meth:`SiLK.set_inference` (default ``"fast"``: BatchNorm folded, channels-last,
-fused heads, see :mod:`silk_keypoints.model.fused`; within 2e-4 of the exact path). The fast path is used only
-in eval mode with gradients off; otherwise the exact path runs. Dense maps from the fast path are
-channels-last in memory (same shapes and values).
+Exact and fused paths: ``model(images, outputs)`` runs the modules as defined (the exact path: parity with
+the original, forward hooks, gradients). :meth:`SiLK.extract` — and ``model(images, outputs, exact=False)`` —
+use the path chosen by :meth:`SiLK.set_inference` (default ``"fused"``: BatchNorm folded, channels-last,
+fused heads, see :mod:`silk_keypoints.model.fused`; within 2e-4 of the exact path). The fused path is used
+only in eval mode with gradients off; otherwise the exact path runs. Dense maps from the fused path are
+channels-last in memory (same shapes and values). Both paths share one extraction pipeline
+(:mod:`silk_keypoints.model.pipeline`).
 """
 
 from __future__ import annotations
 
-import functools
 import os
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -37,15 +38,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SilkError
+from ..features import Features
 from ..io import to_batch
-from ..refinement import gather_neighbours
 from .backbone import Backbone
 from .checkpoint import check_state_dict, load_weights, save_weights
-from .config import DETECTION_KEYS, SiLKConfig
+from .config import SiLKConfig
 from .coords import GridMap, cell_grid
-from .fused import FusedSiLK, Selector
+from .fused import FusedSiLK
 from .heads import Head
-from .sparse import gather_descriptors, select_keypoints
+from .pipeline import check_images, detection_options, extract_features, selector
+from .sparse import gather_descriptors
 
 OUTPUT_NAMES = (
     "features",
@@ -58,7 +60,7 @@ OUTPUT_NAMES = (
     "dense_descriptors",
 )
 DEFAULT_OUTPUTS = ("sparse_positions", "sparse_descriptors")
-INFERENCE_MODES = ("fast", "bf16", "exact")
+INFERENCE_MODES = ("fused", "bf16", "exact")
 _NEEDS_LOGITS = {"logits", "probability", "sparse_positions", "sparse_descriptors", "dense_positions"}
 _NEEDS_DESCRIPTORS = {"raw_descriptors", "sparse_descriptors", "dense_descriptors"}
 
@@ -88,26 +90,30 @@ class SiLK(nn.Module):
         self.register_buffer("descriptor_scale", torch.tensor(float(self.config.descriptor_scale)))
         self.grid: GridMap = self.backbone.grid.then(*self.keypoint_head.layer)
         self.min_size = _min_input_size(self.config)
-        self.inference = "fast"
+        self.inference = "fused"
         self._fused: tuple[tuple, FusedSiLK] | None = None  # (weights key, network); not a submodule
 
-    # ------------------------------------------------------------------ exact / fast path
+    # ------------------------------------------------------------------ exact / fused path
     def set_inference(self, mode: str) -> SiLK:
-        """Choose the path of :meth:`extract` and ``forward(..., fast=True)`` in eval mode. Returns ``self``.
+        """Choose the path of :meth:`extract` and ``forward(..., exact=False)`` in eval mode. Returns ``self``.
 
-        * ``"fast"`` (default): BatchNorm folded, channels-last, fused heads, float32; within 2e-4 of exact.
-        * ``"bf16"``: the fast network in bfloat16 (first two convs float32); ~2x faster again on CPUs with
-          AVX512-BF16/AMX and on GPUs, but logits move by 0.02-0.2 and ~1% of the keypoints change
-          (docs/performance.md).
+        * ``"fused"`` (default): BatchNorm folded, channels-last, fused heads, float32; within 2e-4 of exact.
+        * ``"bf16"``: the fused network in bfloat16 (first two convs float32); faster on CPUs with
+          AVX512-BF16/AMX and on GPUs, but logits move and some keypoints change (docs/performance.md).
         * ``"exact"``: always the modules as defined.
+
+        ``"fast"``, the old name of ``"fused"``, is accepted with a :class:`DeprecationWarning`.
         """
+        if mode == "fast":
+            warnings.warn('set_inference("fast") is deprecated: use "fused"', DeprecationWarning, stacklevel=2)
+            mode = "fused"
         if mode not in INFERENCE_MODES:
             raise SilkError(f"unknown inference mode {mode!r}; available: {list(INFERENCE_MODES)}")
         self.inference = mode
         return self
 
     def fused_network(self) -> FusedSiLK:
-        """The fast network (:class:`FusedSiLK`) of the current weights and mode, built on first use.
+        """The fused network (:class:`FusedSiLK`) of the current weights and mode, built on first use.
 
         Cached; rebuilt when any parameter or buffer changes (in-place updates, ``load_state_dict``,
         ``.to()``).
@@ -128,41 +134,49 @@ class SiLK(nn.Module):
         state["_fused"] = None  # a cache: not pickled, not deep-copied
         return state
 
-    def _use_fast(self, fast: bool) -> bool:
-        return fast and self.inference != "exact" and not self.training and not torch.is_grad_enabled()
+    def network(self, exact: bool = False) -> ExactNetwork | FusedSiLK:
+        """What runs the dense part: the fused network if ``exact`` is False, the mode is not ``"exact"``, the
+        model is in eval mode and gradients are off; the modules as defined otherwise."""
+        fused = not exact and self.inference != "exact" and not self.training and not torch.is_grad_enabled()
+        return self.fused_network() if fused else ExactNetwork(self)
 
     # ------------------------------------------------------------------ named outputs
     def forward(
         self,
         images: torch.Tensor,
         outputs: Sequence[str] | str | None = None,
-        fast: bool = False,
+        exact: bool = True,
+        fast: bool | None = None,
         **detection: Any,
     ) -> tuple[Any, ...] | Any:
         """Compute the named ``outputs`` (default: ``self.default_outputs``) for images (B, C, H, W) in [0, 1].
 
-        ``fast=True`` uses the fast path of :meth:`set_inference` (only in eval mode with gradients off).
-        ``detection`` overrides the sparse-selection defaults of the config for this call
-        (``detection_threshold``, ``max_keypoints``, ``nms_radius``, ``remove_borders``).
+        ``exact=False`` uses the path of :meth:`set_inference` (only in eval mode with gradients off);
+        ``fast=True`` is its deprecated spelling. ``detection`` overrides the sparse-selection defaults of the
+        config for this call (``detection_threshold``, ``max_keypoints``, ``nms_radius``, ``remove_borders``).
         A single name (str) returns that output alone; a sequence returns a tuple in that order.
         """
+        if fast is not None:
+            warnings.warn("forward(fast=...) is deprecated: use exact=False", DeprecationWarning, stacklevel=2)
+            exact = not fast
         single = isinstance(outputs, str)
         names = _check_names([outputs] if single else (outputs or self.default_outputs))
-        self.check_images(images)
-        fused = self.fused_network() if self._use_fast(fast) else None
-        get = self._lazy_outputs(images, self._detection_options(detection), fused, names)
+        check_images(images, self.config, self.min_size)
+        get = self._lazy_outputs(images, detection_options(self.config, detection), self.network(exact), names)
         result = tuple(get(n) for n in names)
         return result[0] if single else result
 
     def _lazy_outputs(
-        self, images: torch.Tensor, opts: dict, fused: FusedSiLK | None = None, names: Sequence[str] = ()
+        self, images: torch.Tensor, opts: dict, network: ExactNetwork | FusedSiLK, names: Sequence[str]
     ) -> Callable[[str], Any]:
         """A memoising ``get(name)``: each output is computed on first request from the ones it needs.
 
-        With ``fused``, dense maps come from the fast network, which runs each head only if one of ``names``
-        needs it (its two heads share one convolution when both are needed).
+        Each head runs only if one of ``names`` needs it (the fused network's two heads share one convolution
+        when both are needed).
         """
         cache: dict[str, Any] = {}
+        wanted = set(names)
+        heads = bool(wanted & _NEEDS_LOGITS), bool(wanted & _NEEDS_DESCRIPTORS)
 
         def get(name: str) -> Any:
             if name not in cache:
@@ -172,9 +186,6 @@ class SiLK(nn.Module):
         def scale() -> float:
             return float(self.descriptor_scale)
 
-        def sparse() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-            return self._selector((images.shape[-1], images.shape[-2]), opts)(get("probability"))
-
         def dense_positions() -> torch.Tensor:
             prob = get("probability")
             b, _, h, w = prob.shape
@@ -182,8 +193,7 @@ class SiLK(nn.Module):
             return torch.cat([xy.expand(b, -1, -1), prob.reshape(b, h * w, 1)], dim=-1)
 
         def dense_descriptors() -> torch.Tensor:
-            raw = get("raw_descriptors")
-            d = F.normalize(raw.flatten(2), p=2, dim=1) * scale()
+            d = F.normalize(get("raw_descriptors").flatten(2), p=2, dim=1) * scale()
             return d.transpose(1, 2)
 
         def sparse_descriptors() -> list[torch.Tensor]:
@@ -191,73 +201,25 @@ class SiLK(nn.Module):
             _, index = get("_sparse")
             return [gather_descriptors(raw[i], index[i], scale()) for i in range(raw.shape[0])]
 
-        def fused_heads() -> tuple[torch.Tensor | None, torch.Tensor | None]:
-            wanted = set(names)
-            logits, descriptors = bool(wanted & _NEEDS_LOGITS), bool(wanted & _NEEDS_DESCRIPTORS)
-            return fused.heads(get("_backbone"), logits, descriptors)
-
         rules: dict[str, Callable[[], Any]] = {
-            "features": lambda: self.backbone(images),
-            "logits": lambda: self.keypoint_head(get("features")),
+            "_trunk": lambda: network.trunk(images),
+            "_heads": lambda: network.heads(get("_trunk"), *heads),
+            "features": lambda: network.features(get("_trunk")),
+            "logits": lambda: get("_heads")[0],
             "probability": lambda: torch.sigmoid(get("logits")),
-            "raw_descriptors": lambda: self.descriptor_head(get("features")),
-            "_sparse": sparse,
+            "raw_descriptors": lambda: get("_heads")[1],
+            "_sparse": lambda: selector(self.grid, (images.shape[-1], images.shape[-2]), opts)(get("probability")),
             "sparse_positions": lambda: get("_sparse")[0],
             "sparse_descriptors": sparse_descriptors,
             "dense_positions": dense_positions,
             "dense_descriptors": dense_descriptors,
         }
-        if fused is not None:
-            rules.update(
-                _backbone=lambda: fused.backbone_features(images),
-                _heads=fused_heads,
-                features=lambda: fused.features(get("_backbone")),
-                logits=lambda: get("_heads")[0],
-                raw_descriptors=lambda: get("_heads")[1],
-            )
         return get
-
-    def _selector(self, image_size: tuple[int, int], opts: dict[str, Any]) -> Selector:
-        """:func:`select_keypoints` for (W, H) images with the detection options ``opts`` bound."""
-        return functools.partial(
-            select_keypoints,
-            grid=self.grid,
-            image_size=image_size,
-            max_keypoints=opts["max_keypoints"],
-            threshold=opts["detection_threshold"],
-            nms_radius=opts["nms_radius"],
-            remove_borders=opts["remove_borders"],
-        )
-
-    def _detection_options(self, detection: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(detection) - set(DETECTION_KEYS))
-        if unknown:
-            raise SilkError(f"unknown detection options {unknown}; known: {list(DETECTION_KEYS)}")
-        opts = {k: getattr(self.config, k) for k in DETECTION_KEYS}
-        opts.update({k: v for k, v in detection.items() if v is not None})
-        return opts
 
     # ------------------------------------------------------------------ input checks
     def check_images(self, images: torch.Tensor) -> None:
         """Raise :class:`SilkError` unless ``images`` is a finite float (B, C, H, W) batch the net can take."""
-        if not isinstance(images, torch.Tensor):
-            raise SilkError(f"images must be a torch.Tensor (B, C, H, W), got {type(images).__name__}")
-        if images.ndim != 4:
-            raise SilkError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
-        if not torch.is_floating_point(images):
-            raise SilkError(f"images must be float in [0, 1], got dtype {images.dtype}")
-        c, h, w = images.shape[1:]
-        if c != self.config.in_channels:
-            raise SilkError(f"this model takes {self.config.in_channels}-channel images, got {c} channels")
-        if h < self.min_size or w < self.min_size:
-            raise SilkError(f"image {w}x{h} is too small: this model needs at least {self.min_size}x{self.min_size} px")
-        if h * w > self.config.max_pixels:
-            raise SilkError(
-                f"image {w}x{h} ({h * w / 1e6:.1f} MP) is larger than max_pixels={self.config.max_pixels / 1e6:.1f} MP: "
-                "resize it first (CLI: --resize LONG_SIDE) or raise max_pixels if you have the memory"
-            )
-        if not torch.isfinite(images).all():
-            raise SilkError("image contains NaN or inf values")
+        check_images(images, self.config, self.min_size)
 
     # ------------------------------------------------------------------ LightGlue-style extraction
     @torch.inference_mode()
@@ -270,44 +232,32 @@ class SiLK(nn.Module):
         remove_borders: int | None = None,
         exact: bool = False,
         neighbours: bool = False,
-    ) -> dict[str, torch.Tensor]:
+    ) -> Features:
         """Detect and describe keypoints, LightGlue/glue-factory style.
 
         Args:
             image: torch (B, C, H, W) / (C, H, W) float in [0, 1], or numpy (H, W) / (H, W, 3) uint8.
             max_keypoints, detection_threshold, nms_radius, remove_borders: override the config's defaults.
-            exact: use the exact path instead of the one chosen by :meth:`set_inference` (default: fast).
+            exact: use the exact path instead of the one chosen by :meth:`set_inference` (default: fused).
             neighbours: also return the descriptors of the 3x3 cells around each keypoint, which
                 :class:`~silk_keypoints.matching.Matcher` uses to refine matches below the cell size
-                (:mod:`silk_keypoints.refinement`): more accurate matches (MMA@1 0.81 -> 0.95 for ``fast``)
-                for 9x the memory of ``descriptors`` and some time (docs/performance.md).
+                (:mod:`silk_keypoints.refinement`), for 9x the memory of ``descriptors`` and some time.
 
         Returns:
-            ``keypoints`` (B, N, 2) float (x, y), pixel centres at integers; ``keypoint_scores`` (B, N);
-            ``descriptors`` (B, N, D) unit L2 norm; ``image_size`` (B, 2) as (W, H). If the images of a batch
-            yield different counts, shorter ones are padded at the end with zeros and ``keypoint_mask`` (B, N)
-            marks the real keypoints (always present). With ``neighbours``: ``neighbour_descriptors``
-            (B, N, 9, D) unit (zeros outside the map), row-major 3x3 with the keypoint's own at index 4, and
-            ``neighbour_spacing`` (B,) the distance between neighbouring cells in pixels (the grid stride).
+            :class:`~silk_keypoints.features.Features`, a mapping: ``keypoints`` (B, N, 2) float (x, y), pixel
+            centres at integers; ``keypoint_scores`` (B, N); ``descriptors`` (B, N, D) unit L2 norm;
+            ``image_size`` (B, 2) as (W, H). If the images of a batch yield different counts, shorter ones are
+            padded at the end with zeros and ``keypoint_mask`` (B, N) marks the real keypoints (always
+            present). With ``neighbours``: ``neighbour_descriptors`` (B, N, 9, D) unit (zeros outside the map),
+            row-major 3x3 with the keypoint's own at index 4, and ``neighbour_spacing`` (B,) the distance
+            between neighbouring cells in pixels (the grid stride).
         """
-        device = next(self.parameters()).device
-        x = to_batch(image, self.config.in_channels).to(device)
-        detection = {"max_keypoints": max_keypoints, "detection_threshold": detection_threshold,
-                     "nms_radius": nms_radius, "remove_borders": remove_borders}
-        if self._use_fast(not exact):
-            self.check_images(x)
-            opts = self._detection_options(detection)
-            select = self._selector((x.shape[-1], x.shape[-2]), opts)
-            positions, descriptors, around = self.fused_network().extract(x, select, neighbours)
-            return pack_keypoints(positions, descriptors, x.shape, 1.0, around, self.grid.stride)
-        self.check_images(x)
-        get = self._lazy_outputs(x, self._detection_options(detection))
-        (positions, index), descriptors = get("_sparse"), get("sparse_descriptors")
-        around = None
-        if neighbours:
-            raw = get("raw_descriptors")
-            around = [gather_neighbours(raw[i], index[i]) for i in range(raw.shape[0])]
-        return pack_keypoints(positions, descriptors, x.shape, float(self.descriptor_scale), around, self.grid.stride)
+        x = to_batch(image, self.config.in_channels).to(self.descriptor_scale.device)
+        check_images(x, self.config, self.min_size)
+        opts = detection_options(self.config, {
+            "max_keypoints": max_keypoints, "detection_threshold": detection_threshold,
+            "nms_radius": nms_radius, "remove_borders": remove_borders})
+        return extract_features(self.network(exact), x, opts, neighbours)
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
@@ -339,41 +289,40 @@ class SiLK(nn.Module):
         return _output_size(self.config, height), _output_size(self.config, width)
 
 
-def pack_keypoints(
-    positions: list[torch.Tensor],
-    descriptors: list[torch.Tensor],
-    shape: torch.Size,
-    scale: float,
-    neighbours: list[torch.Tensor] | None = None,
-    spacing: float = 1.0,
-) -> dict[str, torch.Tensor]:
-    """Per-image sparse outputs -> padded LightGlue-style batch dict (see :meth:`SiLK.extract`).
+class ExactNetwork:
+    """The modules of a :class:`SiLK` as defined (parity, hooks, gradients), with the interface the extraction
+    pipeline and the named outputs use (:class:`~silk_keypoints.model.pipeline.DenseNetwork`).
 
-    ``neighbours``: per image (N_i, 9, D) neighbour descriptors, ``spacing`` their cell size in pixels.
+    A pass is the whole batch; its state is ``(logits (B, 1, Hf, Wf), raw descriptors (B, D, Hf, Wf))``.
     """
-    b, _, h, w = shape
-    n = max(p.shape[0] for p in positions)
-    dim = descriptors[0].shape[1]
-    ref = positions[0]
-    kpts = ref.new_zeros(b, n, 2)
-    scores = ref.new_zeros(b, n)
-    desc = ref.new_zeros(b, n, dim)
-    mask = torch.zeros(b, n, dtype=torch.bool, device=ref.device)
-    for i, (p, d) in enumerate(zip(positions, descriptors)):
-        k = p.shape[0]
-        kpts[i, :k] = p[:, :2]
-        scores[i, :k] = p[:, 2]
-        desc[i, :k] = d / scale
-        mask[i, :k] = True
-    size = torch.tensor([[w, h]], dtype=ref.dtype, device=ref.device).expand(b, 2).clone()
-    out = {"keypoints": kpts, "keypoint_scores": scores, "descriptors": desc, "image_size": size, "keypoint_mask": mask}
-    if neighbours is not None:
-        around = ref.new_zeros(b, n, 9, dim)
-        for i, a in enumerate(neighbours):
-            around[i, : a.shape[0]] = a
-        out["neighbour_descriptors"] = around
-        out["neighbour_spacing"] = ref.new_full((b,), float(spacing))
-    return out
+
+    def __init__(self, model: SiLK) -> None:
+        self.model = model
+        self.grid = model.grid
+
+    def trunk(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images -> backbone output (the named output ``features``)."""
+        return self.model.backbone(images)
+
+    def features(self, trunk: torch.Tensor) -> torch.Tensor:
+        return trunk
+
+    def heads(
+        self, trunk: torch.Tensor, logits: bool = True, descriptors: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Backbone output -> (logits (B, 1, Hf, Wf), raw descriptors (B, D, Hf, Wf)); skipped: None."""
+        return (self.model.keypoint_head(trunk) if logits else None,
+                self.model.descriptor_head(trunk) if descriptors else None)
+
+    def passes(self, images: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        yield self.heads(self.trunk(images))
+
+    def probability(self, state: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return torch.sigmoid(state[0])
+
+    def descriptors_at(self, state: tuple[torch.Tensor, torch.Tensor], image: int, cells: torch.Tensor) -> torch.Tensor:
+        raw = state[1][image]
+        return F.normalize(raw.reshape(raw.shape[0], -1)[:, cells].t(), p=2, dim=1)
 
 
 def _tensor_key(t: torch.Tensor) -> tuple:

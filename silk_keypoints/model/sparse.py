@@ -10,10 +10,15 @@ Difference to the original: its top-k keeps the ``k + 1`` best cells (a quantile
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
 from .coords import GridMap
+
+#: (dx, dy) of the 9 neighbours in cells, row-major (dy outer), the centre at index 4.
+NEIGHBOUR_OFFSETS = torch.tensor([[dx, dy] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], dtype=torch.float32)
 
 
 def nms_mask(scores: torch.Tensor, radius: int) -> torch.Tensor:
@@ -86,3 +91,31 @@ def gather_descriptors(raw: torch.Tensor, index: torch.Tensor, scale: float = 1.
     """
     d = raw.reshape(raw.shape[0], -1)[:, index].t()
     return F.normalize(d, p=2, dim=1) * scale
+
+
+def neighbour_cells(index: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices of the 3x3 cells around flat cells ``index`` (N,) of an ``height x width`` map.
+
+    Returns:
+        cells: (N, 9) int64, clamped into the map (use ``valid`` to tell the outside ones);
+        valid: (N, 9) bool, False where the neighbour lies outside the map.
+    """
+    offsets = NEIGHBOUR_OFFSETS.to(device=index.device, dtype=torch.long)
+    rows = torch.div(index, width, rounding_mode="floor")[:, None] + offsets[:, 1]
+    cols = (index % width)[:, None] + offsets[:, 0]
+    valid = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+    cells = rows.clamp(0, height - 1) * width + cols.clamp(0, width - 1)
+    return cells, valid
+
+
+def neighbour_descriptors(
+    describe: Callable[[torch.Tensor], torch.Tensor], index: torch.Tensor, height: int, width: int
+) -> torch.Tensor:
+    """Descriptors (N, 9, D) of the 3x3 cells around flat cells ``index`` (N,) of an ``height x width`` map,
+    zeros outside the map. ``describe(cells)`` maps flat cell indices (U,) to unit descriptors (U, D); it is
+    called once, on the distinct cells (neighbourhoods of nearby keypoints overlap)."""
+    cells, valid = neighbour_cells(index, height, width)
+    unique, inverse = torch.unique(cells, return_inverse=True)
+    desc = describe(unique)
+    desc = torch.cat([desc, desc.new_zeros(1, desc.shape[1])])  # the row for cells outside the map
+    return desc[inverse.masked_fill(~valid, len(unique))]

@@ -4,11 +4,14 @@
 * ``fast``: local contrast normalisation of the input (63-px window), padded VGG (Conv -> BN -> ReLU), one
   2x2 max-pool after the first stage (output stride 2), narrow heads: ~22 GMAC at 480x640 (SuperPoint-class
   cost), 0.27 M parameters. The normalisation makes the keypoint ranking follow local structure rather than
-  the lighting (repeatability@3 on illumination pairs 0.88 -> 0.95 on the validation set).
+  the lighting.
 * ``tiny``: 8/24/64 channels, 2x2 max-pools after the first two stages (output stride 4), 1x1 heads,
-  64-D descriptors: ~1.9 GMAC at 480x640 (XFeat class), 72 k parameters. Spending the budget on a
-  coarser, deeper map gave far better descriptors than a stride-2 map with 32 channels (MMA@3 0.95 vs
-  0.84 on the validation set); sub-cell match refinement recovers most of the 1-px accuracy.
+  64-D descriptors: ~1.9 GMAC at 480x640 (XFeat class), 72 k parameters: the budget goes to a coarser,
+  deeper map rather than a stride-2 map with 32 channels; sub-cell match refinement recovers most of the
+  1-px accuracy.
+
+What each variant measures, how it was trained and what was tried and not shipped: the model cards
+(``weights/<name>.md``) and the run logs in ``runs/``.
 
 Strided variants keep the named-output contract: maps are on a coarser grid, and positions are still
 image pixels (the :class:`~silk_keypoints.model.coords.GridMap` of the model does the conversion).

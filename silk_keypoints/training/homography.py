@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from kornia.geometry.transform import get_perspective_transform, warp_perspective
 
+from ..geometry import warp_points_torch
 from ..model.coords import GridMap, cell_grid
 from .loss import mutual_only
 
@@ -107,20 +108,10 @@ def warp_images(images: torch.Tensor, homographies: torch.Tensor) -> torch.Tenso
     return warp_perspective(images, matrices, (h, w), mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
-def warp_points(points: torch.Tensor, homographies: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply (B, 3, 3) homographies to points (B, N, 2) (x, y) -> (warped (B, N, 2), in_front (B, N) bool).
-
-    ``in_front`` is False where the homogeneous scale is <= 0 (the point maps to infinity or behind).
-    """
-    homog = torch.cat([points, torch.ones_like(points[..., :1])], -1) @ homographies.transpose(-1, -2)
-    z = homog[..., 2:]
-    in_front = z[..., 0] > 1e-12
-    return homog[..., :2] / torch.where(in_front[..., None], z, torch.ones_like(z)), in_front
-
-
 def _nearest_cells(points: torch.Tensor, ok: torch.Tensor, grid: GridMap, map_size: tuple[int, int]) -> torch.Tensor:
     """Image points (B, N, 2) -> row-major index of the nearest cell of a ``map_size`` (H, W) map, -1 outside."""
     h, w = map_size
+    points = torch.where(ok[..., None], points, torch.zeros_like(points))  # no inf -> long casts
     cells = torch.floor(grid.to_cells(points) + 0.5).long()
     x, y = cells[..., 0], cells[..., 1]
     inside = ok & (x >= 0) & (x < w) & (y >= 0) & (y < h)
@@ -153,62 +144,6 @@ def dense_correspondences(
     b = h.shape[0]
     pts0 = grid.to_image(cell_grid(*map_size0, device=dev).double()).expand(b, -1, -1)
     pts1 = grid.to_image(cell_grid(*map_size1, device=dev).double()).expand(b, -1, -1)
-    fwd = _nearest_cells(*warp_points(pts0, h), grid, map_size1)
-    bwd = _nearest_cells(*warp_points(pts1, torch.linalg.inv(h)), grid, map_size0)
+    fwd = _nearest_cells(*warp_points_torch(pts0, h), grid, map_size1)
+    bwd = _nearest_cells(*warp_points_torch(pts1, torch.linalg.inv(h)), grid, map_size0)
     return mutual_only(fwd, bwd)
-
-
-# ---------------------------------------------------------------------------------------------- evaluation
-def _inside(points: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    w, h = size
-    x, y = points[..., 0], points[..., 1]
-    return (x >= -0.5) & (x <= w - 0.5) & (y >= -0.5) & (y <= h - 0.5)
-
-
-def repeatability(
-    kpts0: torch.Tensor, kpts1: torch.Tensor, homography: torch.Tensor, size: tuple[int, int], threshold: float = 3.0
-) -> float:
-    """Share of keypoints seen by both views that have a keypoint of the other view within ``threshold`` px.
-
-    Args:
-        kpts0: (N0, 2), kpts1: (N1, 2) keypoints (x, y) of view 0 / view 1; homography (3, 3) view 0 -> 1;
-        size: (W, H) of both views. Keypoints whose warp leaves the other view are not counted.
-    Returns:
-        ``(#repeated0 + #repeated1) / (#visible0 + #visible1)`` (0 when no keypoint is visible).
-    """
-    h = homography.double()
-    warped0, ok0 = warp_points(kpts0.double()[None], h[None])
-    warped1, ok1 = warp_points(kpts1.double()[None], torch.linalg.inv(h)[None])
-    a = warped0[0][ok0[0] & _inside(warped0[0], size)]  # view-0 keypoints, in view 1
-    b = kpts1.double()[ok1[0] & _inside(warped1[0], size)]  # view-1 keypoints seen by view 0
-    if a.shape[0] == 0 or b.shape[0] == 0:
-        return 0.0
-    dist = torch.cdist(a, b)
-    repeated = (dist.min(1).values <= threshold).sum() + (dist.min(0).values <= threshold).sum()
-    return float(repeated) / (a.shape[0] + b.shape[0])
-
-
-def matching_accuracy(
-    kpts0: torch.Tensor,
-    kpts1: torch.Tensor,
-    desc0: torch.Tensor,
-    desc1: torch.Tensor,
-    homography: torch.Tensor,
-    threshold: float = 3.0,
-) -> float:
-    """Mean matching accuracy: share of mutual-nearest-neighbour descriptor matches within ``threshold`` px.
-
-    Args:
-        kpts0: (N0, 2), kpts1: (N1, 2) keypoints (x, y); desc0: (N0, D), desc1: (N1, D); homography (3, 3)
-        view 0 -> 1. Returns 0 when there is no match.
-    """
-    if kpts0.shape[0] == 0 or kpts1.shape[0] == 0:
-        return 0.0
-    sim = desc0.float() @ desc1.float().T
-    best0, best1 = sim.argmax(1), sim.argmax(0)
-    i = torch.nonzero(best1[best0] == torch.arange(kpts0.shape[0])).squeeze(1)
-    if i.numel() == 0:
-        return 0.0
-    warped, ok = warp_points(kpts0.double()[i][None], homography.double()[None])
-    error = (warped[0] - kpts1.double()[best0[i]]).norm(dim=-1)
-    return float(((error <= threshold) & ok[0]).float().mean())

@@ -36,28 +36,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tomllib
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..devices import resolve_device
 from ..errors import SilkError
+from ..evaluation.metrics import matching_accuracy, repeatability
 from ..files import atomic_write
 from ..io import load_image, to_batch
+from ..matching import match_descriptors
 from ..model import SiLK, SiLKConfig
 from ..model.config import dataclass_from_dict
 from ..model.zoo import variant_config
 from .augment import RECIPES, augment
 from .data import EpochSampler, ImageCrops, batches_per_epoch, crop_image, scan_images, split_train_val
-from .homography import (
-    HomographyConfig,
-    dense_correspondences,
-    matching_accuracy,
-    repeatability,
-    sample_homographies,
-    warp_images,
-)
+from .homography import HomographyConfig, dense_correspondences, sample_homographies, warp_images
 from .loss import SCALARS, LossConfig, silk_loss
 from .schedule import SCHEDULES, WeightAverage, lr_factor
 
@@ -169,22 +166,90 @@ def _train(
     world: int,
     device: torch.device,
 ) -> dict[str, Any]:
+    loop = _setup(config, resume, rank, world, device)
+    logs = _Logs(loop.run, rank, config.steps, loop.step)
+    stop = _StopOnSignal()
+    metrics: dict[str, float] = {}
+    try:
+        while loop.step < config.steps and not stop.requested:
+            for crops in _loader(loop):
+                step_metrics = _train_step(loop, crops, stop)
+                if step_metrics is None:  # a stop was requested on some process
+                    break
+                metrics = step_metrics
+                if callback is not None:
+                    callback(loop.step, metrics)
+                _after_step(loop, metrics, logs)
+                if loop.step >= config.steps or stop.requested:
+                    break
+        if rank == 0 and stop.requested:
+            loop.save(loop.last_path)
+        if rank == 0 and not stop.requested:
+            final = loop.model if loop.average is None else loop.average.model
+            final.save(loop.run / "model.safetensors", info={"step": loop.step, "train": config.to_dict()})
+    finally:
+        stop.restore()
+        logs.close()
+    return {
+        "step": loop.step,
+        "interrupted": stop.requested,
+        "last": str(loop.last_path),
+        "best": str(loop.best_path) if loop.best is not None else None,
+        "weights": None if stop.requested else str(loop.run / "model.safetensors"),
+        "metrics": metrics,
+        "rank": rank,
+    }
+
+
+@dataclass
+class _Loop:
+    """What one process of a run holds: model, optimiser state, data, the step and the best validation."""
+
+    config: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    run: Path
+    model: SiLK
+    net: torch.nn.Module  # the model, wrapped in DistributedDataParallel when world > 1
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    average: WeightAverage | None
+    dataset: ImageCrops
+    sampler: EpochSampler
+    per_epoch: int
+    use_amp: bool
+    val_pairs: dict[str, torch.Tensor] | None
+    step: int = 0
+    best: dict | None = None
+    generator: torch.Generator = field(default_factory=torch.Generator)
+
+    @property
+    def last_path(self) -> Path:
+        return self.run / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.run / "best.pt"
+
+    def save(self, path: Path) -> None:
+        _save_checkpoint(path, self.model, self.optimizer, self.scheduler, self.scaler, self.step, self.best,
+                         self.config, self.average)
+
+
+def _setup(config: TrainConfig, resume: bool, rank: int, world: int, device: torch.device) -> _Loop:
+    """Model, data, optimiser and validation pairs of a new run, or of the run in ``config.out`` to resume."""
     run = Path(config.out)
-    last_path, best_path = run / "last.pt", run / "best.pt"
-    state = _load_checkpoint(last_path) if resume else None
-    if state is None and last_path.exists():
+    state = _load_checkpoint(run / "last.pt") if resume else None
+    if state is None and (run / "last.pt").exists():
         raise SilkError(f"{run} already holds a run: pass --resume to continue it, or choose another --out")
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
-
-    # model, data, optimiser
     torch.manual_seed(config.seed)  # the initial weights
     model = _build_model(config, state).to(device).train()
-    paths = scan_images(config.images, config.crop, config.small_images)
-    train_paths, val_paths = split_train_val(paths)
+    train_paths, val_paths = split_train_val(scan_images(config.images, config.crop, config.small_images))
     dataset = ImageCrops(train_paths, config.crop, config.seed)
-    sampler = EpochSampler(dataset, world, rank, config.seed)
-    per_epoch = batches_per_epoch(len(dataset), config.batch_size, world)
     pairs = config.batch_size * world
     lr = config.lr * {"none": 1.0, "sqrt": math.sqrt(pairs), "linear": float(pairs)}[config.lr_scaling]
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999))
@@ -203,90 +268,72 @@ def _train(
         if average is not None and state.get("ema") is not None:
             average.load_state_dict(state["ema"])
     net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if world > 1 else model
-    generator = torch.Generator()
-
-    def save(path: Path) -> None:
-        _save_checkpoint(path, model, optimizer, scheduler, scaler, step, best, config, average)
-
-    # logging and validation live on rank 0
     val_pairs = _validation_pairs(val_paths, config) if rank == 0 and config.val_every else None
     if rank == 0 and config.val_every and val_pairs is None:
-        warnings.warn("no validation images (see split_train_val): validation and best.pt are disabled", stacklevel=2)
-    writer = _summary_writer(run) if rank == 0 else None
-    log_file = (run / "metrics.jsonl").open("a") if rank == 0 else None
-    bar = tqdm(total=config.steps, initial=step, disable=rank != 0, dynamic_ncols=True, desc="silk train")
-    stop = _StopOnSignal()
-    metrics: dict[str, float] = {}
-    try:
-        while step < config.steps and not stop.requested:
-            epoch, batch_in_epoch = divmod(step, per_epoch)
-            sampler.set_epoch(epoch)
-            sampler.start = batch_in_epoch * config.batch_size
-            loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True,
-                                num_workers=config.workers, pin_memory=device.type == "cuda")
-            for crops in loader:
-                generator.manual_seed(_step_seed(config.seed, rank, step))
-                losses = _loss_of_batch(net, model, crops.to(device, non_blocking=True), config, generator, use_amp)
-                flags = torch.tensor([float(not torch.isfinite(losses["loss"])), float(stop.requested)], device=device)
-                if world > 1:
-                    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-                if flags[0]:
-                    kept = f"the last good checkpoint is {last_path}" if last_path.exists() else "no checkpoint was written"
-                    raise SilkError(
-                        f"the loss became {float(losses['loss'].detach())} at step {step + 1}: training stopped; {kept}. "
-                        "Try a lower --lr, or check the images"
-                    )
-                if flags[1]:
-                    stop.requested = True
-                    break
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(losses["loss"]).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                if average is not None:
-                    average.update(model)
-                step += 1
-                metrics = {k: float(v.detach()) for k, v in losses.items()}
-                if callback is not None:
-                    callback(step, metrics)
-                if step % config.log_every == 0 or step == config.steps:
-                    logged = _average(metrics, world, device)
-                    if rank == 0:
-                        _log(writer, log_file, "train", step, {**logged, "lr": scheduler.get_last_lr()[0]})
-                        bar.set_postfix(loss=f"{logged['loss']:.3f}", f1=f"{logged['f1']:.3f}")
-                bar.update(1)
-                if rank == 0 and val_pairs is not None and (step % config.val_every == 0 or step == config.steps):
-                    val = validate(model if average is None else average.model, val_pairs, config)
-                    _log(writer, log_file, "val", step, val)
-                    if best is None or val[config.best_metric] > best["value"]:
-                        best = {"metric": config.best_metric, "value": val[config.best_metric], "step": step}
-                        save(best_path)
-                if rank == 0 and (step % config.ckpt_every == 0 or step == config.steps):
-                    save(last_path)
-                if step >= config.steps or stop.requested:
-                    break
-        if rank == 0 and stop.requested:
-            save(last_path)
-        if rank == 0 and not stop.requested:
-            final = model if average is None else average.model
-            final.save(run / "model.safetensors", info={"step": step, "train": config.to_dict()})
-    finally:
-        stop.restore()
-        bar.close()
-        if writer is not None:
-            writer.close()
-        if log_file is not None:
-            log_file.close()
-    return {
-        "step": step,
-        "interrupted": stop.requested,
-        "last": str(last_path),
-        "best": str(best_path) if best is not None else None,
-        "weights": None if stop.requested else str(run / "model.safetensors"),
-        "metrics": metrics,
-        "rank": rank,
-    }
+        warnings.warn("no validation images (see split_train_val): validation and best.pt are disabled", stacklevel=3)
+    return _Loop(config, rank, world, device, run, model, net, optimizer, scheduler, scaler, average, dataset,
+                 EpochSampler(dataset, world, rank, config.seed),
+                 batches_per_epoch(len(dataset), config.batch_size, world), use_amp, val_pairs, step, best)
+
+
+def _loader(loop: _Loop) -> DataLoader:
+    """The batches of the current epoch from the current step on (exact resume in the middle of an epoch)."""
+    epoch, batch_in_epoch = divmod(loop.step, loop.per_epoch)
+    loop.sampler.set_epoch(epoch)
+    loop.sampler.start = batch_in_epoch * loop.config.batch_size
+    return DataLoader(loop.dataset, batch_size=loop.config.batch_size, sampler=loop.sampler, drop_last=True,
+                      num_workers=loop.config.workers, pin_memory=loop.device.type == "cuda")
+
+
+def _train_step(loop: _Loop, crops: torch.Tensor, stop: _StopOnSignal) -> dict[str, float] | None:
+    """One optimisation step on uint8 ``crops`` (B, 3, S, S); returns the loss terms, or None (and sets
+    ``stop.requested``) when any process was asked to stop. Raises :class:`SilkError` on a non-finite loss."""
+    config = loop.config
+    loop.generator.manual_seed(_step_seed(config.seed, loop.rank, loop.step))
+    losses = _loss_of_batch(loop.net, loop.model, crops.to(loop.device, non_blocking=True), config, loop.generator,
+                            loop.use_amp)
+    flags = torch.tensor([float(not torch.isfinite(losses["loss"])), float(stop.requested)], device=loop.device)
+    if loop.world > 1:
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    if flags[0]:
+        kept = f"the last good checkpoint is {loop.last_path}" if loop.last_path.exists() else "no checkpoint was written"
+        raise SilkError(
+            f"the loss became {float(losses['loss'].detach())} at step {loop.step + 1}: training stopped; {kept}. "
+            "Try a lower --lr, or check the images"
+        )
+    if flags[1]:
+        stop.requested = True
+        return None
+    loop.optimizer.zero_grad(set_to_none=True)
+    loop.scaler.scale(losses["loss"]).backward()
+    loop.scaler.step(loop.optimizer)
+    loop.scaler.update()
+    loop.scheduler.step()
+    if loop.average is not None:
+        loop.average.update(loop.model)
+    loop.step += 1
+    return {k: float(v.detach()) for k, v in losses.items()}
+
+
+def _after_step(loop: _Loop, metrics: dict[str, float], logs: _Logs) -> None:
+    """Logging every ``log_every`` steps, validation (and ``best.pt``) every ``val_every``, ``last.pt`` every
+    ``ckpt_every``, each also at the last step; files are written by rank 0."""
+    config, step, rank = loop.config, loop.step, loop.rank
+    last = step == config.steps
+    if step % config.log_every == 0 or last:
+        logged = _average(metrics, loop.world, loop.device)
+        if rank == 0:
+            logs.write("train", step, {**logged, "lr": loop.scheduler.get_last_lr()[0]})
+            logs.bar.set_postfix(loss=f"{logged['loss']:.3f}", f1=f"{logged['f1']:.3f}")
+    logs.bar.update(1)
+    if rank == 0 and loop.val_pairs is not None and (step % config.val_every == 0 or last):
+        val = validate(loop.model if loop.average is None else loop.average.model, loop.val_pairs, config)
+        logs.write("val", step, val)
+        if loop.best is None or val[config.best_metric] > loop.best["value"]:
+            loop.best = {"metric": config.best_metric, "value": val[config.best_metric], "step": step}
+            loop.save(loop.best_path)
+    if rank == 0 and (step % config.ckpt_every == 0 or last):
+        loop.save(loop.last_path)
 
 
 def _loss_of_batch(
@@ -352,15 +399,12 @@ def validate(model: SiLK, pairs: dict[str, torch.Tensor], config: TrainConfig, c
         corr0, corr1 = dense_correspondences(hom.to(device), model.grid, tuple(logits.shape[-2:]))
         terms = silk_loss(desc[0::2], desc[1::2], logits[0::2], logits[1::2], corr0, corr1, full_loss)
         values = {k: float(v) * hom.shape[0] for k, v in terms.items()}
-        size = (config.crop, config.crop)
+        size, t = (config.crop, config.crop), config.val_threshold
         for i in range(hom.shape[0]):
             k0, k1, h = kpts[2 * i][:, :2].cpu(), kpts[2 * i + 1][:, :2].cpu(), hom[i]
-            values["repeatability"] = values.get("repeatability", 0.0) + repeatability(
-                k0, k1, h, size, config.val_threshold
-            )
-            values["mma"] = values.get("mma", 0.0) + matching_accuracy(
-                k0, k1, kdesc[2 * i].cpu(), kdesc[2 * i + 1].cpu(), h, config.val_threshold
-            )
+            m = match_descriptors(kdesc[2 * i].cpu().float(), kdesc[2 * i + 1].cpu().float(), "mnn")[0]
+            values["repeatability"] = values.get("repeatability", 0.0) + repeatability(k0, k1, h, size, size, (t,))[t]
+            values["mma"] = values.get("mma", 0.0) + matching_accuracy(k0[m[:, 0]], k1[m[:, 1]], h, (t,))[t]
         for k, v in values.items():
             sums[k] = sums.get(k, 0.0) + v
     model.train(was_training)
@@ -429,6 +473,19 @@ def _load_checkpoint(path: Path) -> dict:
     return state
 
 
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """TrainConfig fields from a ``.json`` or ``.toml`` file."""
+    file = Path(path)
+    if not file.is_file():
+        raise SilkError(f"config file not found: {file}")
+    try:
+        if file.suffix == ".toml":
+            return tomllib.loads(file.read_text())
+        return json.loads(file.read_text())
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise SilkError(f"cannot parse config file {file}: {e}") from None
+
+
 def load_run_config(run: str | os.PathLike) -> TrainConfig:
     """The training config stored in ``<run>/last.pt`` (what ``--resume`` continues with)."""
     return TrainConfig.from_dict(_load_checkpoint(Path(run) / "last.pt")["config"]["train"])
@@ -452,11 +509,10 @@ def resume_config(stored: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
 
 def _setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = device_name.startswith("cuda")
-    if cuda and not torch.cuda.is_available():
-        raise SilkError(f"--device {device_name}: CUDA is not available on this machine")
+    device = resolve_device(device_name, "--device")
+    cuda = device.type == "cuda"
     if world == 1:
-        return 0, 1, torch.device(device_name)
+        return 0, 1, device
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local) if cuda else torch.device("cpu")
     if cuda:
@@ -488,6 +544,25 @@ def _log(writer: Any, log_file: Any, prefix: str, step: int, values: dict[str, f
             writer.add_scalar(f"{prefix}/{k}", v, step)
     log_file.write(json.dumps({"split": prefix, "step": step, "time": time.time(), **values}) + "\n")
     log_file.flush()
+
+
+class _Logs:
+    """Rank 0's TensorBoard events, ``metrics.jsonl`` and progress bar (other ranks: a hidden bar only)."""
+
+    def __init__(self, run: Path, rank: int, total: int, initial: int) -> None:
+        self.writer = _summary_writer(run) if rank == 0 else None
+        self.file = (run / "metrics.jsonl").open("a") if rank == 0 else None
+        self.bar = tqdm(total=total, initial=initial, disable=rank != 0, dynamic_ncols=True, desc="silk train")
+
+    def write(self, prefix: str, step: int, values: dict[str, float]) -> None:
+        _log(self.writer, self.file, prefix, step, values)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        if self.file is not None:
+            self.file.close()
 
 
 class _StopOnSignal:

@@ -1,6 +1,6 @@
 """A timed training burst on one lent GPU: several variants fine-tuned side by side, each ending on time.
 
-    python training-runs/gpu_burst.py --images PHOTOS --runs RUN_ROOT --seconds 420 [--variants vgg4 fast tiny]
+    python -m silk_keypoints.training.gpu_burst --images PHOTOS --runs RUN_ROOT --seconds 420 [--variants fast tiny]
 
 For each variant a short probe (``PROBE_STEPS`` steps, all variants at once, so the rate includes their
 contention for the GPU) measures steps per second; then every variant runs ``silk train`` with the step count
@@ -33,6 +33,7 @@ COMMON = ["--lr-schedule", "cosine", "--ema", "0.999", "--augment", "lighting", 
 
 
 def command(variant: str, images: str, out: Path, steps: int, device: str, extra: list[str]) -> list[str]:
+    """The ``silk train`` command line (this Python, ``-m silk_keypoints.cli``) of one variant's run."""
     return [sys.executable, "-m", "silk_keypoints.cli", "train", "--images", images, "--out", str(out),
             "--model", variant, "--steps", str(steps), "--device", device, "--workers", "3",
             *SETTINGS[variant], *COMMON, *extra]
@@ -46,6 +47,8 @@ def rate(metrics: Path) -> float:
 
 
 def run_all(cmds: dict[str, list[str]], logs: Path, deadline: float) -> dict[str, int]:
+    """Run the commands side by side (output to ``logs/<variant>.log``), SIGINT those still going at
+    ``deadline`` (seconds since the epoch); returns each variant's exit code."""
     procs = {v: subprocess.Popen(c, stdout=(logs / f"{v}.log").open("a"), stderr=subprocess.STDOUT)
              for v, c in cmds.items()}
     while any(p.poll() is None for p in procs.values()):
@@ -59,6 +62,7 @@ def run_all(cmds: dict[str, list[str]], logs: Path, deadline: float) -> dict[str
 
 
 def main() -> int:
+    """The command line: probe, plan, run; returns 0 when every run exited cleanly."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", required=True)
     parser.add_argument("--runs", required=True, type=Path)

@@ -1,0 +1,32 @@
+"""The one device check: a device name (``cpu``, ``cuda``, ``cuda:1``, ``mps``) -> a usable ``torch.device``."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import SilkError
+
+BACKENDS = ("cpu", "cuda", "mps")
+
+
+def resolve_device(name: str | torch.device, what: str = "device") -> torch.device:
+    """``name`` as a ``torch.device`` that this machine has.
+
+    ``what`` names the input in the error (e.g. ``"--device"``). Raises :class:`SilkError` with one line for
+    an unknown name (``"banana"``), a backend other than :data:`BACKENDS`, and a backend or CUDA index this
+    machine does not have (``cuda`` on a CPU-only torch, ``mps`` off Apple silicon).
+    """
+    try:
+        device = name if isinstance(name, torch.device) else torch.device(str(name).strip())
+    except (RuntimeError, ValueError):
+        raise SilkError(f"{what} {name!r}: unknown device; use one of cpu, cuda, cuda:N, mps") from None
+    if device.type not in BACKENDS:
+        raise SilkError(f"{what} {name}: unsupported device type {device.type!r}; use one of cpu, cuda, cuda:N, mps")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SilkError(f"{what} {name}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise SilkError(f"{what} {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise SilkError(f"{what} {name}: MPS (Apple GPU) is not available on this machine")
+    return device

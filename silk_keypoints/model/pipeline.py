@@ -1,0 +1,121 @@
+"""The extraction pipeline, written once: images -> :class:`~silk_keypoints.features.Features`.
+
+Input checks, option merging, passes of bounded memory, keypoint selection, descriptors at the selected cells,
+neighbour descriptors and packing are the same whatever runs the network. A network only has to implement
+:class:`DenseNetwork`: the exact modules (:class:`~silk_keypoints.model.silk.ExactNetwork`), the folded fast
+network (:class:`~silk_keypoints.model.fused.FusedSiLK`) and the onnxruntime runner
+(:class:`~silk_keypoints.ecosystem.onnx.OnnxSiLK`) do.
+
+Coordinates: image pixels (x, y), centre of the top-left pixel = (0, 0), through the network's ``grid``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
+
+import torch
+
+from ..errors import SilkError
+from ..features import Features
+from .config import DETECTION_KEYS, SiLKConfig
+from .coords import GridMap
+from .sparse import neighbour_descriptors, select_keypoints
+
+
+class DenseNetwork(Protocol):
+    """What the pipeline needs from a network. ``P`` is whatever one pass computes (opaque to the pipeline)."""
+
+    grid: GridMap
+
+    def passes(self, images: torch.Tensor) -> Iterator[Any]:
+        """Run the network on (B, C, H, W) images in passes of bounded memory; yield one state per pass,
+        covering the images in order."""
+
+    def probability(self, state: Any) -> torch.Tensor:
+        """Keypoint probability (b, 1, Hf, Wf) of the b images of a pass."""
+
+    def descriptors_at(self, state: Any, image: int, cells: torch.Tensor) -> torch.Tensor:
+        """Unit descriptors (U, D) float32 of flat cells ``cells`` (U,) of image ``image`` of a pass."""
+
+
+def detection_options(config: SiLKConfig, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The config's detection defaults with the non-None ``overrides`` applied; unknown keys are refused."""
+    unknown = sorted(set(overrides) - set(DETECTION_KEYS))
+    if unknown:
+        raise SilkError(f"unknown detection options {unknown}; known: {list(DETECTION_KEYS)}")
+    opts = {k: getattr(config, k) for k in DETECTION_KEYS}
+    opts.update({k: v for k, v in overrides.items() if v is not None})
+    return opts
+
+
+def check_images(images: torch.Tensor, config: SiLKConfig, min_size: int) -> None:
+    """Raise :class:`SilkError` unless ``images`` is a finite float (B, C, H, W) batch the network can take."""
+    if not isinstance(images, torch.Tensor):
+        raise SilkError(f"images must be a torch.Tensor (B, C, H, W), got {type(images).__name__}")
+    if images.ndim != 4:
+        raise SilkError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+    if images.shape[0] == 0:
+        raise SilkError(f"images is an empty batch (shape {tuple(images.shape)})")
+    if not torch.is_floating_point(images):
+        raise SilkError(f"images must be float in [0, 1], got dtype {images.dtype}")
+    c, h, w = images.shape[1:]
+    if c != config.in_channels:
+        raise SilkError(f"this model takes {config.in_channels}-channel images, got {c} channels")
+    if h < min_size or w < min_size:
+        raise SilkError(f"image {w}x{h} is too small: this model needs at least {min_size}x{min_size} px")
+    if h * w > config.max_pixels:
+        raise SilkError(
+            f"image {w}x{h} ({h * w / 1e6:.1f} MP) is larger than max_pixels={config.max_pixels / 1e6:.1f} MP: "
+            "resize it first (CLI: --resize LONG_SIDE) or raise max_pixels if you have the memory"
+        )
+    if not torch.isfinite(images).all():
+        raise SilkError("image contains NaN or inf values")
+
+
+def images_per_pass(images: torch.Tensor, pixels: int) -> int:
+    """How many images of the batch make about ``pixels`` pixels (at least one)."""
+    return max(1, pixels // (images.shape[-1] * images.shape[-2]))
+
+
+def selector(grid: GridMap, image_size: tuple[int, int], options: Mapping[str, Any]):
+    """:func:`~silk_keypoints.model.sparse.select_keypoints` for (W, H) images with ``options`` bound."""
+    return functools.partial(
+        select_keypoints,
+        grid=grid,
+        image_size=image_size,
+        max_keypoints=options["max_keypoints"],
+        threshold=options["detection_threshold"],
+        nms_radius=options["nms_radius"],
+        remove_borders=options["remove_borders"],
+    )
+
+
+def extract_features(
+    network: DenseNetwork, images: torch.Tensor, options: Mapping[str, Any], neighbours: bool = False
+) -> Features:
+    """Sparse keypoints of checked (B, C, H, W) images.
+
+    Args:
+        network: runs the dense part (see :class:`DenseNetwork`).
+        images: a batch that passed :func:`check_images`.
+        options: detection options from :func:`detection_options`.
+        neighbours: also describe the 3x3 cells around each keypoint (for match refinement).
+    """
+    size = (images.shape[-1], images.shape[-2])
+    select = selector(network.grid, size, options)
+    keypoints, scores, descriptors, around = [], [], [], []
+    for state in network.passes(images):
+        probability = network.probability(state)
+        positions, cells = select(probability)
+        hf, wf = probability.shape[-2:]
+        for i, (p, c) in enumerate(zip(positions, cells)):
+            describe = functools.partial(network.descriptors_at, state, i)
+            keypoints.append(p[:, :2])
+            scores.append(p[:, 2])
+            descriptors.append(describe(c))
+            if neighbours:
+                around.append(neighbour_descriptors(describe, c, hf, wf))
+    return Features.from_lists(keypoints, scores, descriptors, size, around if neighbours else None,
+                               network.grid.stride)
