@@ -11,6 +11,7 @@ Coordinates everywhere: image pixels (x, y), centre of the top-left pixel = (0, 
 """
 
 from .errors import SilkError
+from .features import Features
 from .image_features import extract_image
 from .io import load_image
 from .matching import Matcher, match_descriptors
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "OUTPUT_NAMES",
+    "Features",
     "Matcher",
     "SiLK",
     "SiLKConfig",

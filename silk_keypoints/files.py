@@ -34,6 +34,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     return path
 
 
+def check_input_file(path: str | os.PathLike, what: str) -> Path:
+    """Raise :class:`SilkError` (naming ``what``, e.g. "image") unless ``path`` is an existing, non-empty file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SilkError(f"{what} not found: {path}")
+    if path.stat().st_size == 0:
+        raise SilkError(f"{what} is empty (0 bytes): {path}")
+    return path
+
+
 def check_output_path(path: str | os.PathLike, formats: Sequence[str] | None = None, what: str = "file") -> Path:
     """Raise :class:`SilkError` unless ``path`` can be written: an existing, writable folder, not a folder
     itself, and a suffix among ``formats`` (None: any). Call it before slow work so a typo fails fast."""

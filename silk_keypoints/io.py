@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .errors import SilkError
+from .files import check_input_file
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)
@@ -29,11 +30,7 @@ def load_image(path: str | os.PathLike, gray: bool = False) -> np.ndarray:
     Raises:
         SilkError: missing, empty, corrupt or unsupported file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise SilkError(f"image not found: {path}")
-    if path.stat().st_size == 0:
-        raise SilkError(f"image file is empty (0 bytes): {path}")
+    path = check_input_file(path, "image")
     data = np.fromfile(str(path), dtype=np.uint8)
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None:

@@ -85,3 +85,15 @@ def test_read_text_matrix(tmp_path):
         read_text_matrix(f, "intrinsics", ((3, 3),))
     with pytest.raises(SilkError, match="homography file not found"):
         read_text_matrix(tmp_path / "none.txt", "homography", ((3, 3),))
+
+
+def test_check_input_file_names_what_is_wrong(tmp_path):
+    from silk_keypoints.files import check_input_file
+
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "ok.jpg").write_bytes(b"x")
+    assert check_input_file(tmp_path / "ok.jpg", "image") == tmp_path / "ok.jpg"
+    with pytest.raises(SilkError, match="image not found"):
+        check_input_file(tmp_path / "none.jpg", "image")
+    with pytest.raises(SilkError, match=r"checkpoint is empty \(0 bytes\)"):
+        check_input_file(tmp_path / "empty.jpg", "checkpoint")

@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import SilkError
-from ..files import atomic_write
+from ..files import atomic_write, check_input_file
 from .config import SiLKConfig
 
 ORIGINAL_PREFIX = "_mods.model."
@@ -146,11 +146,7 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], SiLK
     Raises:
         SilkError: missing, empty, truncated or unrecognised file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise SilkError(f"checkpoint not found: {path}")
-    if path.stat().st_size == 0:
-        raise SilkError(f"checkpoint is empty (0 bytes): {path}")
+    path = check_input_file(path, "checkpoint")
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
     try:
