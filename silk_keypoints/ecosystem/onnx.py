@@ -271,6 +271,9 @@ class OnnxSiLK:
         desc = state["descriptors"][image]
         return desc.reshape(desc.shape[0], -1)[:, cells].t()
 
+    def offsets_at(self, state: dict[str, torch.Tensor], image: int, cells: torch.Tensor) -> None:
+        return None
+
     def _fixed_batch(self) -> bool:
         return isinstance(self.input_shape[0], int)
 

@@ -402,6 +402,9 @@ class FusedSiLK(nn.Module):
         d = torch.addmm(self.descriptor_bias, rows, self.descriptor_weight.t())
         return F.normalize(d.to(self.out_dtype), p=2, dim=1)
 
+    def offsets_at(self, hidden: torch.Tensor, image: int, cells: torch.Tensor) -> None:
+        return None
+
     def release_workspace(self) -> None:
         """Free the CPU workspace buffers (they are re-allocated by the next :meth:`extract`)."""
         with self._lock:

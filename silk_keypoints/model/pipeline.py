@@ -21,7 +21,7 @@ from ..errors import SilkError
 from ..features import Features
 from .config import DETECTION_KEYS, SiLKConfig
 from .coords import GridMap
-from .sparse import neighbour_descriptors, select_keypoints
+from .sparse import interpolated_descriptors, neighbour_descriptors, select_keypoints
 
 
 class DenseNetwork(Protocol):
@@ -38,6 +38,10 @@ class DenseNetwork(Protocol):
 
     def descriptors_at(self, state: Any, image: int, cells: torch.Tensor) -> torch.Tensor:
         """Unit descriptors (U, D) float32 of flat cells ``cells`` (U,) of image ``image`` of a pass."""
+
+    def offsets_at(self, state: Any, image: int, cells: torch.Tensor) -> torch.Tensor | None:
+        """Sub-cell keypoint offsets (U, 2) (dx, dy) in pixels of flat cells ``cells`` of image ``image``;
+        None for a network without an offset head (keypoints stay on the cell centres)."""
 
 
 def detection_options(config: SiLKConfig, overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -97,6 +101,10 @@ def extract_features(
 ) -> Features:
     """Sparse keypoints of checked (B, C, H, W) images.
 
+    Keypoints are the selected cells' centres moved by the network's offsets (if it has an offset head), and
+    their descriptors are sampled there (bilinear on the unit descriptor map); neighbour descriptors stay
+    those of the 3x3 cells around the selected cell.
+
     Args:
         network: runs the dense part (see :class:`DenseNetwork`).
         images: a batch that passed :func:`check_images`.
@@ -112,9 +120,15 @@ def extract_features(
         hf, wf = probability.shape[-2:]
         for i, (p, c) in enumerate(zip(positions, cells)):
             describe = functools.partial(network.descriptors_at, state, i)
-            keypoints.append(p[:, :2])
+            offsets = network.offsets_at(state, i, c)
+            if offsets is None:
+                keypoints.append(p[:, :2])
+                descriptors.append(describe(c))
+            else:
+                xy = p[:, :2] + offsets.to(p.dtype)
+                keypoints.append(xy)
+                descriptors.append(interpolated_descriptors(describe, network.grid.to_cells(xy), hf, wf))
             scores.append(p[:, 2])
-            descriptors.append(describe(c))
             if neighbours:
                 around.append(neighbour_descriptors(describe, c, hf, wf))
     return Features.from_lists(keypoints, scores, descriptors, size, around if neighbours else None,

@@ -222,7 +222,7 @@ class SiLK(nn.Module):
         check_images(images, self.config, self.min_size)
 
     # ------------------------------------------------------------------ LightGlue-style extraction
-    @torch.inference_mode()
+    @torch.no_grad()
     def extract(
         self,
         image: torch.Tensor | Any,
@@ -323,6 +323,9 @@ class ExactNetwork:
     def descriptors_at(self, state: tuple[torch.Tensor, torch.Tensor], image: int, cells: torch.Tensor) -> torch.Tensor:
         raw = state[1][image]
         return F.normalize(raw.reshape(raw.shape[0], -1)[:, cells].t(), p=2, dim=1)
+
+    def offsets_at(self, state: tuple[torch.Tensor, torch.Tensor], image: int, cells: torch.Tensor) -> None:
+        return None
 
 
 def _tensor_key(t: torch.Tensor) -> tuple:

@@ -119,3 +119,24 @@ def neighbour_descriptors(
     desc = describe(unique)
     desc = torch.cat([desc, desc.new_zeros(1, desc.shape[1])])  # the row for cells outside the map
     return desc[inverse.masked_fill(~valid, len(unique))]
+
+
+def interpolated_descriptors(
+    describe: Callable[[torch.Tensor], torch.Tensor], cells: torch.Tensor, height: int, width: int
+) -> torch.Tensor:
+    """Unit descriptors (N, D) at continuous cell positions ``cells`` (N, 2) (col, row) of an ``height x width``
+    map: the bilinear blend of the unit descriptors of the four cells around each position, L2-normalised.
+
+    Positions are clamped to the map (no extrapolation); ``describe(flat cells (U,)) -> (U, D)`` unit
+    descriptors is called once, on the distinct cells.
+    """
+    u = torch.stack([cells[:, 0].clamp(0, width - 1), cells[:, 1].clamp(0, height - 1)], dim=1)
+    lo = u.floor().long()
+    hi = torch.stack([(lo[:, 0] + 1).clamp(max=width - 1), (lo[:, 1] + 1).clamp(max=height - 1)], dim=1)
+    fx, fy = (u - lo).unbind(1)
+    corners = torch.stack([lo[:, 1] * width + lo[:, 0], lo[:, 1] * width + hi[:, 0],
+                           hi[:, 1] * width + lo[:, 0], hi[:, 1] * width + hi[:, 0]], dim=1)  # (N, 4)
+    weights = torch.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], dim=1)
+    unique, inverse = torch.unique(corners, return_inverse=True)
+    desc = describe(unique)[inverse]  # (N, 4, D)
+    return F.normalize((weights[..., None].to(desc.dtype) * desc).sum(dim=1), p=2, dim=1)
