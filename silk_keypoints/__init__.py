@@ -10,14 +10,36 @@ Quick start::
 Coordinates everywhere: image pixels (x, y), centre of the top-left pixel = (0, 0).
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import SilkError
-from .features import Features
-from .image_features import extract_image
-from .io import load_image
-from .matching import Matcher, match_descriptors
-from .model import OUTPUT_NAMES, SiLK, SiLKConfig
+
+if TYPE_CHECKING:
+    from .features import Features
+    from .image_features import extract_image
+    from .io import load_image
+    from .matching import Matcher, match_descriptors
+    from .model import OUTPUT_NAMES, SiLK, SiLKConfig
 
 __version__ = "0.1.0"
+
+# public name -> submodule; imported on first use, so that `import silk_keypoints` (and `silk --help`) does
+# not load torch
+_LAZY = {
+    "Features": "features", "extract_image": "image_features", "load_image": "io", "Matcher": "matching",
+    "match_descriptors": "matching", "OUTPUT_NAMES": "model", "SiLK": "model", "SiLKConfig": "model",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "OUTPUT_NAMES",

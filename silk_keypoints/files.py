@@ -62,6 +62,15 @@ def check_output_path(path: str | os.PathLike, formats: Sequence[str] | None = N
     return path
 
 
+def check_overwrite(path: str | os.PathLike, overwrite: bool) -> Path:
+    """Raise :class:`SilkError` if ``path`` exists and ``overwrite`` is False: the one overwrite rule of every
+    writer and command (CLI: ``--overwrite``). Returns ``path``."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise SilkError(f"{path} exists: pass --overwrite (Python: overwrite=True) to replace it")
+    return path
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temp file + rename: no half-written file on failure)."""
     path = Path(path)

@@ -44,7 +44,7 @@ def image_features(
         image = rgb_to_gray_uint8(image)
     h, w = image.shape[:2]
     small, scale = resize_long_side(image, resize, upscale)
-    with torch.inference_mode():
+    with torch.no_grad():
         feats = model.extract(small, neighbours=neighbours, **options)
     return feats.rescaled(scale, (w, h))
 

@@ -19,20 +19,23 @@ from .files import check_input_file
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+# stored depth and colour type; without IMREAD_UNCHANGED OpenCV applies the EXIF orientation
+_READ_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
 
 
 def load_image(path: str | os.PathLike, gray: bool = False) -> np.ndarray:
-    """Read an image file -> uint8 (H, W) if ``gray`` else (H, W, 3) RGB.
+    """Read an image file -> uint8 (H, W) if ``gray`` else (H, W, 3) RGB, upright.
 
-    16-bit files are scaled to 8 bit, alpha is dropped (composited on black is *not* done: the colour
-    channels are kept as stored).
+    The EXIF orientation is applied, as ``cv2.imread``, hloc and image viewers do (a phone JPEG with
+    orientation 6 comes back rotated, with width and height swapped). 16-bit files are scaled to 8 bit, alpha
+    is dropped (composited on black is *not* done: the colour channels are kept as stored).
 
     Raises:
         SilkError: missing, empty, corrupt or unsupported file.
     """
     path = check_input_file(path, "image")
     data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    img = cv2.imdecode(data, _READ_FLAGS)
     if img is None:
         raise SilkError(f"cannot decode image {path}: corrupt or unsupported format")
     if img.dtype == np.uint16:

@@ -34,6 +34,7 @@ from .viz import draw_keypoints, draw_matches, save_image, side_by_side
 
 DATA_DIR = Path(__file__).parent / "data"
 DEMO_PAIR = (DATA_DIR / "box.jpg", DATA_DIR / "box_in_scene.jpg")
+DEMO_PICTURES = ("matches.png", "keypoints.png")  # what run_demo writes into its folder
 GEOMETRIES = ("homography", "fundamental", "none")
 _RANSAC_DEFAULTS = {"homography": 3.0, "fundamental": 1.0}
 
@@ -226,7 +227,7 @@ def run_demo(
     result = match_pair(model, *DEMO_PAIR, progress=progress, **options)
     if progress:
         progress("drawing pictures")
-    return result, save_pictures(result, out / "matches.png", out / "keypoints.png")
+    return result, save_pictures(result, *(out / name for name in DEMO_PICTURES))
 
 
 def make_output_dir(path: str | os.PathLike) -> Path:

@@ -2,12 +2,15 @@
 
 import argparse
 import ast
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from silk_keypoints import SilkError
-from silk_keypoints.cli import build_parser
+from silk_keypoints.cli import COMMANDS, build_parser, main
 from silk_keypoints.cli.common import (
     add_matcher_args,
     image_name,
@@ -16,6 +19,9 @@ from silk_keypoints.cli.common import (
     progress_printer,
     weights_description,
 )
+from silk_keypoints.cli.models import model_rows
+from silk_keypoints.files import check_overwrite
+from silk_keypoints.model.zoo import available_pretrained
 
 CLI = Path(__file__).parents[1] / "silk_keypoints" / "cli"
 MATCHING = {
@@ -79,4 +85,84 @@ def test_cli_modules_do_not_import_each_other():
     for path in CLI.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level == 1 and path.name not in ("__init__.py", "__main__.py"):
+                if node.module is None:  # the package itself: only its parser helper
+                    assert [a.name for a in node.names] == ["add_command"], path.name
+                    continue
                 assert node.module == "common", f"{path.name} imports .{node.module}: shared things go in common.py"
+
+
+def _imports_torch(argv: list[str]) -> tuple[bool, str]:
+    code = ("import sys\nfrom silk_keypoints.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n"
+            "    pass\nprint('torch' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True)
+    *out, flag = run.stdout.strip().splitlines()
+    return flag == "True", "\n".join(out)
+
+
+def test_help_and_models_start_without_torch():
+    """`silk --help` and `silk models` import no command module and no torch (start-up, docs/performance.md)."""
+    loaded, out = _imports_torch(["--help"])
+    assert not loaded and all(name in out for name in COMMANDS)
+    loaded, out = _imports_torch(["models"])
+    assert not loaded and all(name in out for name in available_pretrained())
+    assert _imports_torch(["extract", "--help"])[0]  # a real command loads what it needs
+
+
+def test_parser_registers_only_the_command_asked_for():
+    sub = next(a for a in build_parser("models")._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == list(COMMANDS)
+    assert sub.choices["extract"].format_help().count("--") == 0  # a name and a help only
+    helps = {c.dest: c.help for c in sub._choices_actions}
+    assert helps == {name: help for name, (_, help) in COMMANDS.items()}
+    full = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert "--max-keypoints" in full.choices["extract"].format_help()
+
+
+def test_models_command_and_model_help(capsys):
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["name", "MB", "GMAC", "description"]
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert sorted(rows) == available_pretrained()
+    for name, size, gmac, description in model_rows():
+        assert float(size) > 0 and (gmac == "?" or float(gmac) > 0) and description in rows[name]
+        assert not description.startswith("see its")  # every shipped model has its line
+    assert sum("(default)" in line for line in rows.values()) == 1
+    help_text = " ".join(build_parser("extract")._subparsers._group_actions[0].choices["extract"]
+                         .format_help().split())
+    assert all(name in help_text for name in available_pretrained()) and "see silk models" in help_text
+
+
+def test_help_texts_are_plain_and_short():
+    texts = []
+
+    def walk(parser: argparse.ArgumentParser, where: str) -> None:
+        texts.append((where, parser.description or ""))
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                texts.extend((f"{where} {c.dest}", c.help or "") for c in action._choices_actions)
+                for name, child in action.choices.items():
+                    walk(child, f"{where} {name}")
+            elif action.help and action.help != argparse.SUPPRESS:
+                texts.append((f"{where} {action.option_strings}", action.help))
+
+    walk(build_parser(), "silk")
+    for where, text in texts:
+        assert "``" not in text and not re.search(r":[a-z]+:`", text), where
+        assert len(text) <= 600, (where, len(text))
+
+
+def test_overwrite_rule_is_one_sentence(tmp_path):
+    path = tmp_path / "x.txt"
+    assert check_overwrite(path, False) == path
+    path.write_text("keep")
+    assert check_overwrite(path, True) == path
+    with pytest.raises(SilkError, match=r"x.txt exists: pass --overwrite \(Python: overwrite=True\) to replace it"):
+        check_overwrite(path, False)
+    writers = ["extract", "match", "demo", "pairs", "match-pairs", "export-npz"]
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name in writers:
+        assert "replace existing output files" in sub.choices[name].format_help(), name
+    onnx = sub.choices["export"]._subparsers._group_actions[0].choices["onnx"]
+    assert "replace existing output files" in onnx.format_help()

@@ -116,6 +116,28 @@ def test_demo(tmp_path, checkpoint, capsys):
         assert pic is not None and pic.std() > 10 and pic.shape[1] >= 900
 
 
+def test_match_and_demo_refuse_existing_outputs_unless_overwrite(tmp_path, checkpoint, capsys):
+    out, js, kp = tmp_path / "m.png", tmp_path / "r.json", tmp_path / "kp"
+    base = ["match", BOX, SCENE, "--checkpoint", checkpoint, "--max-keypoints", "100", "--out", str(out)]
+    kp.mkdir()
+    for existing, extra in [(out, []), (js, ["--json", str(js)]), (kp / "box_keypoints.png", ["--keypoints-out", str(kp)])]:
+        existing.write_bytes(b"keep")
+        assert main([*base, *extra]) == 2
+        assert f"{existing} exists: pass --overwrite" in capsys.readouterr().err
+        assert existing.read_bytes() == b"keep"
+        existing.unlink()
+    out.write_bytes(b"old")
+    assert main([*base, "--overwrite"]) == 0 and out.read_bytes() != b"old"
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    (demo / "keypoints.png").write_bytes(b"keep")
+    args = ["demo", "--checkpoint", checkpoint, "--out", str(demo), "--max-keypoints", "100"]
+    assert main(args) == 2
+    assert "keypoints.png exists: pass --overwrite" in capsys.readouterr().err
+    assert not (demo / "matches.png").exists()
+    assert main([*args, "--overwrite"]) == 0 and (demo / "keypoints.png").read_bytes() != b"keep"
+
+
 def test_demo_output_folder_that_cannot_be_created(tmp_path, checkpoint, capsys):
     (tmp_path / "file").write_text("")
     assert main(["demo", "--checkpoint", checkpoint, "--out", str(tmp_path / "file" / "demo")]) == 2

@@ -102,6 +102,47 @@ def test_lightglue_style_matching(model, image):
     assert points0.shape == points1.shape == (len(m), 2)
 
 
+def _backward_through(feats) -> None:
+    """What LightGlue's matcher does outside no_grad: layers with weights on the features, then backward."""
+    layer = torch.nn.Linear(2 + feats["descriptors"].shape[-1], 4)
+    x = torch.cat([feats["keypoints"], feats["descriptors"]], -1)
+    (layer(x).sum() + (feats["keypoint_scores"] * layer.bias.sum()).sum()).backward()
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+
+
+def test_extract_outputs_are_ordinary_tensors(model, image):
+    """Outputs of every public extraction path are usable by autograd code (no inference tensors)."""
+    outputs = [
+        model.extract(image),
+        model.extract(image, neighbours=True, exact=True),
+        SiLKExtractor(model, max_num_keypoints=30).extract(image),
+        SiLKExtractor(model)({"image": image[None]}),
+    ]
+    for feats in outputs:
+        assert not any(v.is_inference() for v in feats.values())
+        assert not feats["descriptors"].requires_grad
+        _backward_through(feats)
+    lafs, responses, descs = SiLKFeature(model, max_keypoints=30)(image[None])
+    assert not (lafs.is_inference() or responses.is_inference() or descs.is_inference())
+
+
+def test_extractor_follows_lightglue_conf(model, image):
+    stride = model.grid.stride
+    extractor = SiLKExtractor(model, max_num_keypoints=25, nms_radius=2 * stride, descriptor_dim=256,
+                              force_num_keypoints=True)
+    ref = model.extract(image, max_keypoints=25, nms_radius=2)  # LightGlue's pixels -> SiLK's cells
+    feats = extractor.extract(image, resize=None)
+    torch.testing.assert_close(feats["keypoints"], ref["keypoints"])
+    assert set(SiLKExtractor.ignored_conf) >= {"descriptor_dim", "force_num_keypoints"}
+    assert SiLKExtractor.preprocess_conf["grayscale"] is False
+    gray = SiLKExtractor(model, max_num_keypoints=25).extract(image, resize=None, grayscale=True)
+    torch.testing.assert_close(gray["keypoints"], model.extract(image, max_keypoints=25)["keypoints"])
+    rgb = SiLK(variant_config("tiny").replace(in_channels=3)).eval()
+    as_gray = SiLKExtractor(rgb, max_num_keypoints=25).extract(image, resize=None, grayscale=True)
+    gray3 = image.mul(torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(0, keepdim=True)
+    torch.testing.assert_close(as_gray["keypoints"], rgb.extract(gray3, max_keypoints=25)["keypoints"])
+
+
 # --- kornia ------------------------------------------------------------------------------------------------
 def test_kornia_feature_conventions(model, image):
     feature = SiLKFeature(model, max_keypoints=30, laf_scale=6.0)

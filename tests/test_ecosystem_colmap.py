@@ -11,11 +11,10 @@ import pytest
 from silk_keypoints import SilkError
 from silk_keypoints.cli import main
 from silk_keypoints.ecosystem.colmap import (
-    CALIBRATED,
     CAMERA_MODELS,
-    UNCALIBRATED,
     build_colmap_database,
     check_database,
+    colmap_camera,
     default_camera,
     image_ids_to_pair_id,
     image_names,
@@ -30,13 +29,17 @@ from silk_keypoints.model.zoo import variant_config
 
 IMAGES = Path(__file__).parent / "fixtures" / "images"
 W, H = 640, 480
+CONFIG = pycolmap.TwoViewGeometryConfiguration
 
 
-def scene(n_views=4, n_points=300, outliers=0, seed=0):
-    """Views of random 3D points from cameras on a line, all looking at the cloud's centre: features (our
-    pixel convention) and the true matches, keypoints in a different order in each image."""
+def scene(n_views=4, n_points=300, outliers=0, seed=0, planar=False):
+    """Views of random 3D points (``planar``: on the plane Z = 8) from cameras on a line, all looking at the
+    cloud's centre: features (our pixel convention) and the true matches, keypoints in a different order in
+    each image."""
     rng = np.random.default_rng(seed)
     points = rng.uniform([-2, -1.5, 6], [2, 1.5, 10], (n_points, 3))
+    if planar:
+        points[:, 2] = 8.0
     f = 500.0
     feats, order = {}, []
     for i in range(n_views):
@@ -101,21 +104,59 @@ def test_default_camera_is_colmaps():
         default_camera("FISHEYE9", 1, 1)
 
 
-def test_verify_matches_rejects_outliers():
+def test_colmap_camera_from_a_cameras_row():
+    model, params = default_camera("SIMPLE_RADIAL", W, H)
+    cam = colmap_camera(model, W, H, params, prior_focal_length=True)
+    assert cam.model == pycolmap.CameraModelId.SIMPLE_RADIAL and (cam.width, cam.height) == (W, H)
+    np.testing.assert_array_equal(cam.params, params)
+    assert cam.has_prior_focal_length and not colmap_camera(model, W, H, params).has_prior_focal_length
+
+
+def test_verify_matches_is_colmaps_and_rejects_outliers():
     feats, matches = scene(n_views=2, outliers=60)
     k0, k1 = feats["im0.jpg"]["keypoints"], feats["im1.jpg"]["keypoints"]
-    inliers, F = verify_matches(k0, k1, matches[0][2])
+    model, params = default_camera("SIMPLE_RADIAL", W, H)
+    cam = colmap_camera(model, W, H, params)
+    geometry = verify_matches(cam, cam, k0, k1, matches[0][2])
+    assert geometry.config == CONFIG.UNCALIBRATED  # no prior focal length: a fundamental matrix
+    inliers = geometry.inlier_matches
     truth = {tuple(m) for m in scene(n_views=2)[1][0][2]}
     true_kept = sum(tuple(m) in truth for m in inliers)
     assert true_kept >= 235 and len(inliers) - true_kept <= 10  # a few outliers lie near their epipolar line
-    x0 = np.c_[k0[inliers[:, 0]], np.ones(len(inliers))]
-    x1 = np.c_[k1[inliers[:, 1]], np.ones(len(inliers))]
-    lines = x0 @ F.T  # epipolar lines in image 1
+    x0 = np.c_[k0[inliers[:, 0]] + 0.5, np.ones(len(inliers))]  # F is in COLMAP's pixels
+    x1 = np.c_[k1[inliers[:, 1]] + 0.5, np.ones(len(inliers))]
+    lines = x0 @ geometry.F.T  # epipolar lines in image 1
     dist = np.abs(np.sum(lines * x1, 1)) / np.linalg.norm(lines[:, :2], axis=1)
     is_true = np.array([tuple(m) in truth for m in inliers])
-    assert dist[is_true].max() < 0.01  # F is the true geometry, x1^T F x0 = 0
-    empty, none = verify_matches(k0, k1, matches[0][2][:10])
-    assert empty.shape == (0, 2) and none is None
+    assert dist[is_true].max() < 1.0  # x1^T F x0 = 0 for the true matches, to COLMAP's fit (4 px threshold)
+    few = verify_matches(cam, cam, k0, k1, matches[0][2][:10])
+    assert len(few.inlier_matches) == 0 and few.config in (CONFIG.DEGENERATE, CONFIG.UNDEFINED)
+
+
+def test_two_cameras_of_a_plane_get_colmaps_planar_label(tmp_path):
+    """The case a hand-written F-RANSAC labels UNCALIBRATED: COLMAP's verifier sees the homography."""
+    feats, matches = scene(n_views=2, outliers=20, planar=True)
+    db = tmp_path / "db.db"
+    assert write_database(db, feats, matches, camera_model="PINHOLE")["verified_pairs"] == 1
+    database = pycolmap.Database.open(str(db))
+    try:
+        assert len(database.read_all_cameras()) == 2
+        geometry = database.read_two_view_geometry(1, 2)
+        assert geometry.config == CONFIG.PLANAR_OR_PANORAMIC and len(geometry.inlier_matches) >= 270
+        x0 = np.c_[feats["im0.jpg"]["keypoints"] + 0.5, np.ones(300)]
+        x1 = np.c_[feats["im1.jpg"]["keypoints"] + 0.5, np.ones(300)]
+        m = scene(n_views=2, planar=True)[1][0][2]
+        mapped = x0[m[:, 0]] @ geometry.H.T  # H read back as COLMAP stores it (row-major)
+        np.testing.assert_allclose(mapped[:, :2] / mapped[:, 2:], x1[m[:, 1], :2], atol=0.01)
+    finally:
+        database.close()
+    conn = sqlite3.connect(db)  # with prior focal lengths COLMAP verifies calibrated (an E besides H)
+    conn.execute("UPDATE cameras SET prior_focal_length = 1")
+    conn.commit()
+    conn.close()
+    write_database(db, feats, matches, overwrite=True)
+    ((config, rows, e),) = read_table(db, "SELECT config, rows, E FROM two_view_geometries")
+    assert config == int(CONFIG.PLANAR_OR_PANORAMIC) and rows >= 270 and len(e) == 72
 
 
 # --- write_database -----------------------------------------------------------------------------------------
@@ -148,7 +189,7 @@ def test_new_database_read_by_pycolmap(tmp_path):
         assert id0 < id1
         np.testing.assert_array_equal(database.read_matches(id0, id1), scene(n_views=3, outliers=30)[1][0][2])
         geometry = database.read_two_view_geometry(id0, id1)
-        assert int(geometry.config) == UNCALIBRATED and 250 <= len(geometry.inlier_matches) <= 300
+        assert geometry.config == CONFIG.UNCALIBRATED and 250 <= len(geometry.inlier_matches) <= 300
     finally:
         database.close()
 
@@ -170,12 +211,25 @@ def test_mapper_reconstructs_the_imported_scene(tmp_path):
     assert rec.cameras[1].params[0] == pytest.approx(500, rel=0.02)  # the true focal, from the prior 768
 
 
-def test_no_verify_writes_every_match_as_calibrated(tmp_path):
+def test_no_verify_writes_matches_only_for_matches_importer(tmp_path):
     feats, matches = scene(n_views=2, outliers=30)
     db = tmp_path / "db.db"
-    assert write_database(db, feats, matches, verify=False)["verified_pairs"] == 1
+    assert write_database(db, feats, matches, verify=False)["verified_pairs"] == 0
+    assert read_table(db, "SELECT rows FROM matches") == [(300,)]
+    assert read_table(db, "SELECT COUNT(*) FROM two_view_geometries") == [(0,)]
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("im0.jpg im1.jpg\n")
+    pycolmap.verify_matches(str(db), str(pairs))  # what `colmap matches_importer` does next
     ((config, rows),) = read_table(db, "SELECT config, rows FROM two_view_geometries")
-    assert (config, rows) == (CALIBRATED, 300)
+    assert config == int(CONFIG.UNCALIBRATED) and 250 <= rows <= 300
+
+
+def test_verify_options_reach_colmap(tmp_path):
+    feats, matches = scene(n_views=2, outliers=30)
+    options = pycolmap.TwoViewGeometryOptions()
+    options.min_num_inliers = 400  # more than the pair has
+    counts = write_database(tmp_path / "db.db", feats, matches, verify_options=options)
+    assert counts["verified_pairs"] == 0
 
 
 def test_existing_database_is_added_to_and_guarded(tmp_path):
@@ -312,6 +366,11 @@ def test_cli_colmap_from_h5_files(tmp_path, capsys):
         np.testing.assert_array_equal(database.read_matches(2, 3), expected)
     finally:
         database.close()
+    raw = tmp_path / "raw.db"
+    assert main([*args[:-3], str(raw), *args[-2:], "--no-verify"]) == 0
+    assert "matches of 2 pairs (not verified)" in capsys.readouterr().out
+    assert read_table(raw, "SELECT COUNT(*) FROM matches") == [(2,)]
+    assert read_table(raw, "SELECT COUNT(*) FROM two_view_geometries") == [(0,)]
     before = db.read_bytes()
     assert main(args) == 2
     assert "already has keypoints" in capsys.readouterr().err and db.read_bytes() == before

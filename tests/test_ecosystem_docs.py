@@ -51,6 +51,12 @@ def run_shell_line(line: str) -> None:
             subprocess.run(argv, check=True)
         else:  # the same incremental pipeline through pycolmap
             pycolmap.incremental_mapping(opts["--database_path"], opts["--image_path"], opts["--output_path"])
+    elif argv[:2] == ["colmap", "matches_importer"]:
+        opts = dict(zip(argv[2::2], argv[3::2]))
+        if shutil.which("colmap"):
+            subprocess.run(argv, check=True)
+        else:  # the importer's verification step through pycolmap
+            pycolmap.verify_matches(opts["--database_path"], opts["--match_list_path"])
     elif argv[:2] == ["python", "-m"]:  # a third-party tool (hloc): run where it is installed
         if importlib.util.find_spec(argv[2].split(".")[0]) is not None:
             subprocess.run([sys.executable, *argv[1:]], check=True)
@@ -112,6 +118,11 @@ def test_ecosystem_doc_runs_as_written(workdir, capsys):
         assert database.num_images() == 3 and database.num_matched_image_pairs() == 3
     finally:
         database.close()
+    database = pycolmap.Database.open(str(workdir / "colmap3.db"))  # --no-verify, then the importer
+    try:
+        assert database.num_matched_image_pairs() == 3 and database.num_verified_image_pairs() >= 1
+    finally:
+        database.close()
 
 
 def test_api_doc_examples_run(workdir, capsys):
@@ -126,6 +137,28 @@ def test_api_doc_examples_run(workdir, capsys):
         "api-npz/box.jpg.npz",
     ]:
         assert (workdir / path).is_file(), path
+
+
+def test_rest_tables_become_markdown_tables():
+    doc = (
+        "Outputs:\n\n"
+        "====== ============ ========\n"
+        "name   shape        meaning\n"
+        "====== ============ ========\n"
+        "``a``  (B, N)       first,\n"
+        "                    continued\n"
+        "b      (B,)         x | y\n"
+        "====== ============ ========\n\n"
+        "==== ====\n"
+        "``c`` no header\n"
+        "==== ====\n"
+    )
+    text = _markdown(doc)
+    assert "| name | shape | meaning |\n| --- | --- | --- |\n| `a` | (B, N) | first, continued |" in text
+    assert "| b | (B,) | x \\| y |" in text
+    assert "```text\n`c` no header\n```" in text and "=" not in text
+    api = (DOCS / "api.md").read_text()
+    assert "| input `images` | (B, C, H, W) |" in api  # the ONNX table of ecosystem.onnx renders as a table
 
 
 def test_api_doc_names_every_public_function_and_class():
@@ -267,8 +300,31 @@ def _signature(obj) -> str:
     return str(sig.replace(parameters=params, return_annotation=text(sig.return_annotation)))
 
 
+def _rest_table(match: re.Match) -> str:
+    """A reST simple table (rule, header, rule, rows, rule) -> a markdown table; a row whose first cell is empty
+    continues the row above."""
+    rule, header, body = match.group(1), match.group(2), match.group(3)
+    starts = [m.start() for m in re.finditer(r"=+", rule)]
+
+    def cells(line: str) -> list[str]:
+        return [line[a:b].strip().replace("|", "\\|") for a, b in zip(starts, [*starts[1:], None])]
+
+    rows: list[list[str]] = []
+    for line in body.splitlines():
+        row = cells(line)
+        if rows and not row[0]:
+            rows[-1] = [f"{a} {b}".strip() for a, b in zip(rows[-1], row)]
+        else:
+            rows.append(row)
+    head = cells(header)
+    lines = [head, ["---"] * len(head), *rows]
+    return "\n".join("| " + " | ".join(r) + " |" for r in lines)
+
+
 def _markdown(text: str) -> str:
     """Google-style docstring with reST markup -> markdown."""
+    # reST simple tables with a header -> markdown tables (before the markup changes the column widths)
+    text = re.sub(r"^(=+(?: +=+)+)\n([^\n]*)\n\1\n(.*?)\n\1$", _rest_table, text, flags=re.MULTILINE | re.DOTALL)
     text = re.sub(r":(?:class|func|meth|data|mod|attr|ref):`~?([^`]+)`", r"`\1`", text).replace("``", "`")
     out, section = [], None
     for line in text.splitlines():
@@ -288,7 +344,7 @@ def _markdown(text: str) -> str:
             section = None if not line.strip() else section
             out.append(line)
     text = "\n".join(out) + "\n"
-    # reST simple tables and literal blocks -> fenced blocks
+    # reST simple tables without a header and literal blocks -> fenced blocks
     text = re.sub(
         r"^(=+(?: +=+)+)\n(.*?)\n\1$",
         lambda m: f"```text\n{m.group(2)}\n```",

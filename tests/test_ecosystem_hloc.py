@@ -127,6 +127,24 @@ def test_features_read_as_hloc_does(features_h5):
         read_features(path, "zzz.jpg")
 
 
+def test_features_h5_records_provenance(tmp_path, weights):
+    import hashlib
+    import json
+
+    from silk_keypoints import __version__
+
+    path = write_features(tmp_path / "f.h5", [("a.jpg", fake_features(3))], model_name="tiny",
+                          weights=weights, options={"max_keypoints": 300, "nms_radius": None})
+    with h5py.File(path, "r") as f:
+        attrs = dict(f.attrs)
+    assert attrs["silk_keypoints_version"] == __version__ and attrs["model"] == "tiny"
+    assert attrs["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert json.loads(attrs["detection_options"]) == {"max_keypoints": 300}
+    assert feature_names(path) == ["a.jpg"]  # hloc's readers see the groups only
+    with h5py.File(write_features(tmp_path / "g.h5", []), "r") as f:
+        assert set(f.attrs) == {"silk_keypoints_version"}
+
+
 def test_unreadable_h5(tmp_path):
     with pytest.raises(SilkError, match="file not found"):
         feature_names(tmp_path / "nope.h5")
@@ -193,7 +211,14 @@ def test_match_pairs_equals_matcher(tmp_path, features_h5, method, options):
         pred = matcher({"image0": {"descriptors": d0}, "image1": {"descriptors": d1}})
         got, scores = hloc_get_matches(out, a, b)
         np.testing.assert_array_equal(got, pred["matches"][0].numpy())
-        np.testing.assert_allclose(scores, pred["scores"][0].numpy(), rtol=1e-6)
+        expected = pred["scores"][0].numpy()
+        if method == "mnn":  # hloc's nearest_neighbor matcher stores (sim + 1) / 2
+            expected = (expected + 1) / 2
+        np.testing.assert_allclose(scores, expected, rtol=1e-6)
+        with h5py.File(out, "r") as f:
+            pair = f[names_to_pair(a, b)]
+            m0, s0 = pair["matches0"][()], pair["matching_scores0"][()]
+        assert (s0[m0 == -1] == 0).all() and ((s0 >= 0) & (s0 <= 1)).all()
     if method == "mnn":  # unit descriptors: mnn of the matcher == mnn of match_descriptors
         ref, _ = match_descriptors(feats["a.jpg"]["descriptors"], feats["dir/c.jpg"]["descriptors"], "mnn")
         np.testing.assert_array_equal(hloc_get_matches(out, "a.jpg", "dir/c.jpg")[0], ref)
@@ -247,6 +272,8 @@ def test_hloc_pipeline_on_shipped_images(tmp_path, weights, capsys):
     assert listed == [(names[0], names[1]), (names[0], names[2]), (names[1], names[2])]
     with h5py.File(feats, "r") as f:
         sizes = {n: tuple(f[n]["image_size"][()]) for n in names}
+        assert f.attrs["model"] == "tiny" and len(f.attrs["weights_sha256"]) == 64
+        assert '"resize": 320' in f.attrs["detection_options"]
     assert sizes["opencv_left.jpg"] == (612, 459)  # original size, keypoints mapped back from --resize 320
     for a, b in listed:
         m, s = hloc_get_matches(matches, a, b)
@@ -270,7 +297,7 @@ def test_cli_match_pairs_bad_input(tmp_path, features_h5, capsys):
     pairs.write_text("a.jpg b.jpg\n")
     out.write_bytes(b"precious")
     assert main(["match-pairs", str(pairs), "--features", str(path), "--out", str(out)]) == 2
-    assert "exists; pass --overwrite" in capsys.readouterr().err and out.read_bytes() == b"precious"
+    assert "exists: pass --overwrite" in capsys.readouterr().err and out.read_bytes() == b"precious"
     assert (
         main(
             [

@@ -353,3 +353,12 @@ def test_model_with_a_fast_network_can_be_copied_and_pickled():
         torch.testing.assert_close(clone.extract(x, max_keypoints=30), expected)
     fused = pickle.loads(pickle.dumps(model.fused_network()))
     assert fused.workspace_bytes() == 0
+
+
+def test_workspace_works_in_and_out_of_inference_mode():
+    model = make_model(variant_config("fast")).eval()
+    x = torch.rand(1, 1, 480, 640, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        first = model.extract(x, max_keypoints=20)
+    second = model.extract(x, max_keypoints=20)  # buffers made in inference mode are not written outside it
+    torch.testing.assert_close(second.keypoints, first.keypoints)

@@ -28,6 +28,26 @@ def test_load_image_formats(tmp_path):
     assert load_image(tmp_path / "rgba.png").shape == (20, 30, 3)
 
 
+def test_load_image_applies_exif_orientation(tmp_path):
+    """A phone JPEG stored landscape with EXIF orientation 6 (rotate 90 degrees clockwise to view) is read
+    upright, as cv2.imread and hloc read it, everywhere an image file is read."""
+    from PIL import Image
+
+    stored = np.zeros((64, 96, 3), np.uint8)
+    stored[:16, :16] = (255, 0, 0)  # red top-left corner as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(stored).save(path, exif=exif.tobytes(), quality=95)
+    upright = load_image(path)
+    assert upright.shape == (96, 64, 3) == cv2.imread(str(path)).shape
+    assert upright[4, -5, 0] > 200 and upright[-5, 4].max() < 30  # the corner is now top-right
+    assert load_image(path, gray=True).shape == (96, 64)
+    feats = extract_image(SiLK(variant_config("tiny")).eval(), path, max_keypoints=20)
+    assert feats["image_size"].tolist() == [64, 96]
+    assert (feats["keypoints"][:, 0] <= 63.5).all() and (feats["keypoints"][:, 1] <= 95.5).all()
+
+
 def test_load_image_errors(tmp_path):
     with pytest.raises(SilkError, match="not found"):
         load_image(tmp_path / "none.jpg")

@@ -158,7 +158,6 @@ def test_cli_export(tmp_path, tiny, tiny_weights, capsys):
                 str(tiny_weights),
                 "--out",
                 str(out),
-                "--dynamic",
                 "--height",
                 "64",
                 "--width",
@@ -167,12 +166,23 @@ def test_cli_export(tmp_path, tiny, tiny_weights, capsys):
         )
         == 0
     )
-    assert "onnxruntime vs torch: max |diff|" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "onnxruntime vs torch: max |diff|" in printed and "dynamic batch x height x width" in printed
     runner = OnnxSiLK(out)
     x = torch.rand(1, 1, 72, 88)
     assert_same_extraction(runner.extract(x, max_keypoints=40), tiny.extract(x, max_keypoints=40))
     assert main(["export", "onnx", "--checkpoint", str(tiny_weights), "--out", str(out)]) == 2
-    assert "exists" in capsys.readouterr().err
+    assert "exists: pass --overwrite" in capsys.readouterr().err
+    static = tmp_path / "static.onnx"
+    assert main(["export", "onnx", "--checkpoint", str(tiny_weights), "--out", str(static), "--static", "64", "80"]) == 0
+    assert "fixed 1x64x80" in capsys.readouterr().out
+    import onnxruntime
+
+    shapes = [onnxruntime.InferenceSession(str(f), providers=["CPUExecutionProvider"]).get_inputs()[0].shape
+              for f in (out, static)]
+    assert shapes[1] == [1, 1, 64, 80] and all(isinstance(d, str) for d in [shapes[0][0], *shapes[0][2:]])
+    assert main(["export", "onnx", "--checkpoint", str(tiny_weights), "--out", str(out), "--dynamic",
+                 "--overwrite"]) == 0  # the old flag: the default, accepted
 
 
 def test_cli_errors_leave_no_file(tmp_path, tiny_weights, parity_ckpt, capsys):
@@ -182,7 +192,7 @@ def test_cli_errors_leave_no_file(tmp_path, tiny_weights, parity_ckpt, capsys):
     cases = [
         (["--checkpoint", str(bad)], "cannot read checkpoint"),
         (["--checkpoint", str(tiny_weights), "--opset", "11"], "unsupported ONNX opset 11"),
-        (["--checkpoint", str(parity_ckpt), "--height", "12"], "too small"),
+        (["--checkpoint", str(parity_ckpt), "--static", "12", "64"], "too small"),
     ]
     for args, message in cases:
         assert main(["export", "onnx", *args, "--out", str(out)]) == 2

@@ -11,12 +11,17 @@ from pathlib import Path
 from ..devices import resolve_device
 from ..matching import METHODS
 from ..model import SiLK
-from ..model.zoo import pretrained_path
+from ..model.zoo import DEFAULT_PRETRAINED, available_pretrained, pretrained_path
+
+
+def model_help() -> str:
+    """The help of ``--model``: the shipped names and the default."""
+    return f"shipped model: {', '.join(available_pretrained())} (default: {DEFAULT_PRETRAINED}; see silk models)"
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--model", metavar="NAME", help="shipped weights to use (default: the default model)")
+    group.add_argument("--model", metavar="NAME", help=model_help())
     group.add_argument("--checkpoint", metavar="PATH", help="weight file: ours (.safetensors, .pt) or an original SiLK .ckpt")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
 
@@ -32,6 +37,11 @@ def add_detection_args(parser: argparse.ArgumentParser, max_keypoints: int = 204
                         help="downscale images so their long side is at most PX (keypoints are mapped back)")
 
 
+def add_overwrite_arg(parser: argparse.ArgumentParser) -> None:
+    """``--overwrite``: the one rule of every command that writes files (:func:`~silk_keypoints.files.check_overwrite`)."""
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+
 def detection_options(args: argparse.Namespace) -> dict:
     return {"max_keypoints": args.max_keypoints, "detection_threshold": args.threshold, "nms_radius": args.nms}
 
@@ -42,11 +52,16 @@ def load_model(args: argparse.Namespace) -> SiLK:
     return model.to(device).eval()
 
 
+def weights_path(args: argparse.Namespace) -> Path:
+    """The weight file of ``--checkpoint`` / ``--model``."""
+    return Path(args.checkpoint) if args.checkpoint else pretrained_path(args.model)
+
+
 def weights_description(args: argparse.Namespace) -> str:
     """``checkpoint PATH`` or ``shipped weights 'NAME' (PATH)`` for ``--checkpoint`` / ``--model``."""
     if args.checkpoint:
         return f"checkpoint {args.checkpoint}"
-    path = pretrained_path(args.model)
+    path = weights_path(args)
     return f"shipped weights '{path.stem}' ({path})"
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 
 from ..errors import SilkError
-from ..pair import DEMO_PAIR, make_output_dir, run_demo
+from ..files import check_overwrite
+from ..pair import DEMO_PAIR, DEMO_PICTURES, make_output_dir, run_demo
+from . import add_command
 from .common import (
     add_matcher_args,
     add_model_args,
+    add_overwrite_arg,
     load_model,
     matcher_options,
     progress_printer,
@@ -17,15 +20,16 @@ from .common import (
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "demo",
-        help="match the shipped sample image pair and write matches.png / keypoints.png",
         description=f"Run a SiLK model (default: the shipped default weights) on the image pair shipped in the "
         f"package ({DEMO_PAIR[0].name}, {DEMO_PAIR[1].name}: OpenCV samples, see data/SOURCES.txt), fit a "
         "homography and write matches.png and keypoints.png into --out.",
     )
     p.add_argument("--out", default="silk-demo", metavar="DIR", help="output folder, created if needed (default: silk-demo)")
     p.add_argument("--max-keypoints", type=int, default=2048, metavar="N", help="keypoints per image (default: 2048)")
+    add_overwrite_arg(p)
     add_matcher_args(p)
     add_model_args(p)
     p.set_defaults(func=run)
@@ -36,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
         weights = weights_description(args)
     except SilkError as e:
         raise SilkError(f"{e} (run the demo with your own weights: silk demo --checkpoint PATH)") from None
-    make_output_dir(args.out)  # fail before the slow steps
+    out = make_output_dir(args.out)  # fail before the slow steps
+    for name in DEMO_PICTURES:
+        check_overwrite(out / name, args.overwrite)
     say = progress_printer()
     say(f"loading {weights}")
     model = load_model(args)

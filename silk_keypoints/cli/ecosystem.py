@@ -11,12 +11,15 @@ from ..ecosystem.hloc import feature_names, match_pairs, read_features
 from ..ecosystem.npz import export_npz
 from ..ecosystem.pairs import exhaustive_pairs, read_pairs, sequential_pairs, write_pairs
 from ..errors import SilkError
+from ..files import check_overwrite
 from ..image_features import extract_image
 from ..matching import Matcher
+from . import add_command
 from .common import (
     add_detection_args,
     add_matcher_args,
     add_model_args,
+    add_overwrite_arg,
     detection_options,
     image_name,
     load_model,
@@ -33,9 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # ------------------------------------------------------------------------------------------------ pairs
 def _register_pairs(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "pairs",
-        help="write an hloc pairs.txt (exhaustive or sequential)",
         description="Write image pairs in hloc's pairs.txt format (one 'name0 name1' per line). Images are "
         "the groups of --features, or the image files under --images named by their path relative to it, "
         "in sorted order. exhaustive: every pair once; sequential: each image with the next --window images.",
@@ -52,7 +55,7 @@ def _register_pairs(sub: argparse._SubParsersAction) -> None:
         help="sequential: pair each image with the next N (default: 10)",
     )
     p.add_argument("--out", required=True, metavar="TXT", help="output pairs file")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    add_overwrite_arg(p)
     p.set_defaults(func=run_pairs)
 
 
@@ -66,9 +69,9 @@ def run_pairs(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ match-pairs
 def _register_match_pairs(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "match-pairs",
-        help="match the pairs of a pairs.txt, write hloc's matches.h5",
         description="Match the descriptors of the image pairs listed in PAIRS (hloc format) from a "
         "features.h5 and write hloc's matches.h5: per pair a group name0/name1 ('/' in names replaced by "
         "'-') with matches0 (index in image 1 or -1 per keypoint of image 0) and matching_scores0.",
@@ -76,15 +79,14 @@ def _register_match_pairs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("pairs", metavar="PAIRS", help="pairs file, 'name0 name1' per line")
     p.add_argument("--features", required=True, metavar="H5", help="features.h5 (e.g. from silk extract)")
     p.add_argument("--out", required=True, metavar="H5", help="output matches.h5")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    add_overwrite_arg(p)
     p.add_argument("--device", default="cpu", help="torch device for matching (default: cpu)")
     add_matcher_args(p, refine=False, max_distance=True)
     p.set_defaults(func=run_match_pairs)
 
 
 def run_match_pairs(args: argparse.Namespace) -> int:
-    if Path(args.out).exists() and not args.overwrite:
-        raise SilkError(f"{args.out} exists; pass --overwrite to replace it")
+    check_overwrite(args.out, args.overwrite)
     device = resolve_device(args.device, "--device")
     pairs = read_pairs(args.pairs, known=feature_names(args.features), where=args.features)
     out = match_pairs(
@@ -103,15 +105,15 @@ def run_match_pairs(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ colmap
 def _register_colmap(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "colmap",
-        help="import keypoints and verified matches into a COLMAP database",
-        description="Write keypoints (COLMAP convention: +0.5 px) and two-view matches into a COLMAP "
-        "database (created if missing) so that `colmap mapper` can run on it. Images are named by their "
-        "path relative to --images, as COLMAP's --image_path names them. Features are extracted here unless "
-        "--features is given; pairs are exhaustive unless --pairs is given; matches are computed unless "
-        "--matches is given. An existing database is added to: its cameras are kept and must have the "
-        "images' sizes.",
+        description="Write keypoints (COLMAP convention: +0.5 px) and matches into a COLMAP database "
+        "(created if missing), verified by COLMAP's own two-view geometry (pycolmap), so that colmap mapper "
+        "can run on it. Images are named by their path relative to --images, as COLMAP's --image_path names "
+        "them. Features are extracted unless --features is given, pairs are exhaustive unless --pairs is "
+        "given, matches are computed unless --matches is given. An existing database is added to: its "
+        "cameras are kept and must have the images' sizes. See docs/ecosystem.md.",
     )
     p.add_argument("--images", metavar="DIR", help="image folder (COLMAP's --image_path)")
     p.add_argument("--database", required=True, metavar="DB", help="COLMAP database file")
@@ -128,7 +130,7 @@ def _register_colmap(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-verify",
         action="store_true",
-        help="write all matches as verified instead of the inliers of a RANSAC fundamental matrix",
+        help="write the raw matches only (verify them with colmap matches_importer)",
     )
     p.add_argument(
         "--overwrite",
@@ -150,18 +152,16 @@ def run_colmap(args: argparse.Namespace) -> int:
         camera_model=args.camera_model,
         single_camera=args.single_camera, verify=not args.no_verify, overwrite=args.overwrite, progress=True,
     )
-    print(
-        f"wrote {counts['images']} images, matches of {counts['pairs']} pairs "
-        f"({counts['verified_pairs']} with two-view geometry) to {args.database}"
-    )
+    verified = "not verified" if args.no_verify else f"{counts['verified_pairs']} with two-view geometry"
+    print(f"wrote {counts['images']} images, matches of {counts['pairs']} pairs ({verified}) to {args.database}")
     return 0
 
 
 # ------------------------------------------------------------------------------------------------ export-npz
 def _register_export_npz(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "export-npz",
-        help="one .npz of keypoints and descriptors per image",
         description="Write one OUT/<name>.npz per image with keypoints (N x 2, x y, pixel centres at "
         "integers), scores (N), descriptors (N x D) and image_size (W, H): from IMAGE files (extracted "
         "here) or from the images of --features.",
@@ -170,7 +170,7 @@ def _register_export_npz(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--features", metavar="H5", help="export the images of this features.h5")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--root", default=None, help="name images by their path relative to this folder")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    add_overwrite_arg(p)
     add_model_args(p)
     add_detection_args(p)
     p.set_defaults(func=run_export_npz)

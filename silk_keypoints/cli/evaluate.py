@@ -14,17 +14,18 @@ from ..errors import SilkError
 from ..evaluation import hpatches, pose, registration, report, testdata
 from ..evaluation.extractors import BASELINES, build_extractors
 from ..matching import Matcher
+from . import add_command
 from .common import add_matcher_args, matcher_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    ev = sub.add_parser("eval", help="benchmarks: HPatches, relative pose, RGB-D registration, IMC2022",
-                        description="Evaluate SiLK models and baselines on the paper's benchmarks. See "
+    ev = add_command(sub, "eval", description="Evaluate SiLK models and baselines on the paper's benchmarks. See "
                         "docs/evaluation.md for the data layouts and the command of each table.")
     evsub = ev.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
 
     p = evsub.add_parser("hpatches", help="HPatches sequences: repeatability, MMA, homography accuracy",
-                         description=hpatches.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                         description="HPatches sequences: repeatability, MMA and homography accuracy of each "
+                         "pair, per protocol. Data layout and protocols: docs/evaluation.md.")
     p.add_argument("root", metavar="ROOT", help="the hpatches-sequences-release folder")
     p.add_argument("--protocol", choices=sorted(hpatches.PROTOCOLS), default="silk",
                    help="silk: the SiLK paper's; d2net: D2-Net / glue-factory's (default: silk)")
@@ -38,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_hpatches)
 
     p = evsub.add_parser("pose", help="relative pose (ScanNet-1500 / MegaDepth-1500 style): AUC@5/10/20",
-                         description=pose.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                         description="Relative pose from matched keypoints (essential matrix), AUC at 5/10/20 degrees, on "
+                         "ScanNet-1500 / MegaDepth-1500 style pair files. Pair formats: docs/evaluation.md.")
     p.add_argument("pairs", nargs="+", metavar="PAIRS",
                    help="pair files (.json, .csv, LoFTR ScanNet test.npz, MegaDepth scene info .npz), concatenated")
     p.add_argument("--root", default=None, help="folder the image paths are relative to (default: the pair file's folder)")
@@ -55,7 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_pose)
 
     p = evsub.add_parser("registration", help="RGB-D point-cloud registration (ScanNet): rotation, translation, chamfer",
-                         description=registration.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                         description="RGB-D point-cloud registration of ScanNet frame pairs: rotation and translation errors, "
+                         "chamfer distance. Data layout: docs/evaluation.md.")
     p.add_argument("root", metavar="ROOT", help="a ScanNet scene folder or a folder of scene folders")
     p.add_argument("--pairs", default=None, metavar="FILE", help="pairs file: lines 'scene frame0 frame1'")
     p.add_argument("--frame-gap", type=int, default=20, metavar="N", help="pair frames N apart (default: 20)")
@@ -81,8 +84,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _extractor_args(p, "2048")
     p.set_defaults(func=run_imc2022)
 
-    mk = sub.add_parser("make-testdata", help="write small benchmark data sets from an image folder",
-                        description=testdata.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mk = add_command(sub, "make-testdata", description="Write small data sets in the layouts of the benchmarks "
+                     "(hpatches, pose, rgbd) from a folder of images or procedural textures. See docs/evaluation.md.")
     mk.add_argument("kind", choices=("hpatches", "pose", "rgbd"))
     mk.add_argument("--out", required=True, metavar="DIR", help="output folder")
     mk.add_argument("--images", default=None, metavar="DIR", help="source images (default: procedural textures)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..files import check_output_path
+from ..files import check_output_path, check_overwrite
 from ..pair import (
     GEOMETRIES,
     keypoint_picture_names,
@@ -15,10 +15,12 @@ from ..pair import (
     save_pictures,
 )
 from ..viz import IMAGE_FORMATS, save_image
+from . import add_command
 from .common import (
     add_detection_args,
     add_matcher_args,
     add_model_args,
+    add_overwrite_arg,
     detection_options,
     load_model,
     matcher_options,
@@ -28,9 +30,9 @@ from .common import (
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "match",
-        help="match two images, fit a homography, draw the matches",
         description="Detect, describe and match keypoints of two images, fit a homography (or fundamental "
         "matrix) with USAC_MAGSAC, print a summary and draw matches.png (inliers green, outliers red).",
     )
@@ -40,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keypoints-out", default=None, metavar="DIR",
                    help="also draw each image's keypoints into DIR/<image name>_keypoints.png")
     p.add_argument("--json", default=None, metavar="FILE", help="write keypoints, matches and geometry as JSON")
+    add_overwrite_arg(p)
     add_matcher_args(p)
     p.add_argument("--geometry", choices=GEOMETRIES, default="homography",
                    help="two-view model to fit (default: homography)")
@@ -51,10 +54,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_output_path(args.out, IMAGE_FORMATS, "picture")
+    check_overwrite(check_output_path(args.out, IMAGE_FORMATS, "picture"), args.overwrite)
     if args.json:
-        check_output_path(args.json, formats=None)
+        check_overwrite(check_output_path(args.json, formats=None), args.overwrite)
     keypoints_dir = make_output_dir(args.keypoints_out) if args.keypoints_out else None
+    if keypoints_dir is not None:
+        for name in keypoint_picture_names((args.image0, args.image1)):
+            check_overwrite(keypoints_dir / name, args.overwrite)
     say = progress_printer()
     weights = weights_description(args)
     say(f"loading {weights}")

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..errors import SilkError
+from . import add_command
 
 # command-line flag -> TrainConfig field
 _FLAGS = {
@@ -31,9 +32,9 @@ _FLAGS = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "train",
-        help="train a SiLK model on a folder of images (self-supervised, random homographies)",
         description="Train SiLK on image pairs made by random homographies. Defaults follow the original: Adam, "
         "lr 1e-4, one 164x164 pair per step, 100k steps. Multi-GPU: torchrun --nproc_per_node N -m "
         "silk_keypoints.cli train ...  Unset options come from --config FILE, then the defaults.",

@@ -9,6 +9,12 @@ Conventions (COLMAP's):
 * ``matches`` holds the raw matches, ``two_view_geometries`` the geometrically verified ones, which is what
   the mapper reads.
 
+Verification is COLMAP's own (pycolmap's ``estimate_two_view_geometry``, what ``colmap matches_importer`` and
+hloc's ``verify_matches`` run per pair, with the cameras of the database): it labels each pair
+``CALIBRATED`` / ``UNCALIBRATED`` / ``PLANAR`` / ``PANORAMIC`` / ``PLANAR_OR_PANORAMIC`` / ``WATERMARK`` and
+keeps the inliers of that model. It needs pycolmap (``pip install "silk-keypoints[colmap]"``); without
+verification only the raw matches are written, for ``colmap matches_importer`` to verify.
+
 A new database gets the schema of COLMAP's ``scripts/python/database.py`` (tables ``cameras``, ``images``,
 ``keypoints``, ``descriptors``, ``matches``, ``two_view_geometries``), which every COLMAP release reads
 (COLMAP >= 3.12 adds its rig and frame tables when it opens the file). Descriptors are not written: COLMAP
@@ -30,7 +36,6 @@ from tqdm import tqdm
 
 from ..errors import SilkError
 from ..files import atomic_write
-from ..geometry import estimate_fundamental
 from ..image_features import extract_image
 from ..io import list_images
 from ..matching import Matcher
@@ -39,7 +44,6 @@ from .pairs import exhaustive_pairs, read_pairs
 
 MAX_IMAGE_ID = 2**31 - 1
 CAMERA_MODELS = {"SIMPLE_PINHOLE": 0, "PINHOLE": 1, "SIMPLE_RADIAL": 2, "RADIAL": 3, "OPENCV": 4}
-CALIBRATED, UNCALIBRATED = 2, 3  # TwoViewGeometry::ConfigurationType
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cameras (
@@ -117,38 +121,55 @@ def default_camera(model: str, width: int, height: int) -> tuple[int, np.ndarray
     return CAMERA_MODELS[model], np.array(params, dtype=np.float64)
 
 
+def colmap_camera(
+    model: int, width: int, height: int, params: np.ndarray, prior_focal_length: bool = False
+) -> Any:
+    """A ``pycolmap.Camera`` from a ``cameras`` row (model id, size, float64 params, prior flag)."""
+    pycolmap = _pycolmap()
+    camera = pycolmap.Camera(model=pycolmap.CameraModelId(int(model)), width=int(width), height=int(height),
+                             params=np.asarray(params, dtype=np.float64))
+    camera.has_prior_focal_length = bool(prior_focal_length)
+    return camera
+
+
 def verify_matches(
+    camera0: Any,
+    camera1: Any,
     keypoints0: np.ndarray,
     keypoints1: np.ndarray,
     matches: np.ndarray,
-    max_error: float = 4.0,
-    confidence: float = 0.999,
-    min_inliers: int = 15,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Geometric verification of one pair: a fundamental matrix by RANSAC (OpenCV's USAC MAGSAC++, see
-    :func:`silk_keypoints.geometry.estimate_fundamental`).
+    options: Any = None,
+) -> Any:
+    """COLMAP's geometric verification of one pair (``pycolmap.estimate_two_view_geometry``).
 
     Args:
-        keypoints0, keypoints1: (N0, 2), (N1, 2) keypoints (x, y) of the two images.
+        camera0, camera1: ``pycolmap.Camera`` of the two images (:func:`colmap_camera`); with a prior focal
+            length on both, COLMAP fits an essential matrix (calibrated), else a fundamental matrix, and a
+            homography in both cases.
+        keypoints0, keypoints1: (N0, 2), (N1, 2) keypoints (x, y), ours (pixel centres at integers).
         matches: (K, 2) int ``[index in keypoints0, index in keypoints1]``.
-        max_error: epipolar inlier threshold in pixels (COLMAP's default 4).
-        confidence: RANSAC confidence.
-        min_inliers: fewer inliers than this count as no geometry (COLMAP's default 15).
+        options: ``pycolmap.TwoViewGeometryOptions`` (None: COLMAP's defaults: 4 px, at least 15 inliers).
 
     Returns:
-        ``inliers`` (K', 2) the matches consistent with the geometry (empty if none) and ``F`` (3, 3) with
-        ``x1^T F x0 = 0``, or None.
+        ``pycolmap.TwoViewGeometry``: ``config`` (``pycolmap.TwoViewGeometryConfiguration``), ``inlier_matches``
+        (K', 2) (empty if none), ``F`` / ``E`` / ``H`` (3, 3) in COLMAP's pixels (ours + 0.5).
     """
-    matches = np.asarray(matches, dtype=np.int64).reshape(-1, 2)
-    none = np.zeros((0, 2), dtype=np.int64), None
-    if len(matches) < min_inliers:
-        return none
-    p0 = np.asarray(keypoints0, dtype=np.float64)[matches[:, 0]]
-    p1 = np.asarray(keypoints1, dtype=np.float64)[matches[:, 1]]
-    fit = estimate_fundamental(p0, p1, threshold=max_error, confidence=confidence)
-    if fit.model is None or fit.inliers.sum() < min_inliers:
-        return none
-    return matches[fit.inliers], fit.model
+    pycolmap = _pycolmap()
+    matches = np.ascontiguousarray(np.asarray(matches, dtype=np.int64).reshape(-1, 2), dtype=np.uint32)
+    p0, p1 = (to_colmap_keypoints(k).astype(np.float64) for k in (keypoints0, keypoints1))
+    return pycolmap.estimate_two_view_geometry(camera0, p0, camera1, p1, matches,
+                                               options or pycolmap.TwoViewGeometryOptions())
+
+
+def _pycolmap() -> Any:
+    try:
+        import pycolmap
+    except ImportError:
+        raise SilkError(
+            'COLMAP\'s geometric verification needs pycolmap: pip install "silk-keypoints[colmap]" '
+            "(or write unverified matches: --no-verify, then colmap matches_importer)"
+        ) from None
+    return pycolmap
 
 
 def image_names(root: str | os.PathLike) -> list[str]:
@@ -188,7 +209,8 @@ def build_colmap_database(
             ``max_keypoints``, ...).
         matcher: how to match descriptors (default: plain mutual nearest neighbours).
         overwrite, progress: see :func:`write_database` (``progress`` also shows the extraction).
-        database_options: ``camera_model``, ``single_camera``, ``verify`` of :func:`write_database`.
+        database_options: ``camera_model``, ``single_camera``, ``verify``, ``verify_options`` of
+            :func:`write_database`.
 
     Returns:
         the counts of :func:`write_database`. Names, pairs and the database are checked before any feature
@@ -200,6 +222,8 @@ def build_colmap_database(
         raise SilkError("--matches needs the --features its keypoint indices refer to")
     names = image_names(images) if images else feature_names(features)
     check_database(database, dict.fromkeys(names), overwrite=overwrite)
+    if database_options.get("verify", True):
+        _pycolmap()
     pair_list = read_pairs(pairs, known=names, where=images or features) if pairs else exhaustive_pairs(names)
     if features:
         missing = sorted(set(names) - set(feature_names(features)))
@@ -237,6 +261,7 @@ def write_database(
     verify: bool = True,
     overwrite: bool = False,
     progress: bool = False,
+    verify_options: Any = None,
 ) -> dict[str, int]:
     """Import keypoints and matches into a COLMAP database, creating it if needed.
 
@@ -250,14 +275,15 @@ def write_database(
             ``[index in name0, index in name1]``.
         camera_model: COLMAP camera model of new cameras (:data:`CAMERA_MODELS`), initialised as COLMAP does.
         single_camera: all new images share one camera (they must have the same size).
-        verify: write to ``two_view_geometries`` only the inliers of a RANSAC fundamental matrix
-            (:func:`verify_matches`); ``False`` writes every match there, as verified (hloc's
-            ``skip_geometric_verification``).
+        verify: run COLMAP's verification (:func:`verify_matches`, with the images' cameras in the database)
+            and write each pair's label and inliers to ``two_view_geometries``; ``False`` writes the raw
+            ``matches`` only, for ``colmap matches_importer`` to verify.
         overwrite: replace keypoints of images that already have some, and every match involving them.
         progress: show a progress bar.
+        verify_options: ``pycolmap.TwoViewGeometryOptions`` (None: COLMAP's defaults).
 
     Returns:
-        counts: ``images``, ``pairs`` (pairs given) and ``verified_pairs`` (with a two-view geometry).
+        counts: ``images``, ``pairs`` (pairs given) and ``verified_pairs`` (with inliers; 0 without ``verify``).
 
     Raises:
         SilkError: an existing file that is not a COLMAP database, cameras of a different size, keypoints
@@ -268,6 +294,8 @@ def write_database(
     path = Path(path)
     if camera_model not in CAMERA_MODELS:
         raise SilkError(f"unknown camera model {camera_model!r}; choose one of {list(CAMERA_MODELS)}")
+    if verify:
+        _pycolmap()  # before any work
     sizes = {
         name: tuple(int(v) for v in np.asarray(f["image_size"]).reshape(2)) for name, f in features.items()
     }
@@ -306,9 +334,10 @@ def write_database(
                 conn.execute(
                     "INSERT INTO keypoints VALUES (?, ?, 2, ?)", (ids[name], len(kpts), kpts.tobytes())
                 )
+            cameras = _cameras(conn, features) if verify else None
             done: set[int] = set()
             for name0, name1, m in tqdm(matches, desc="colmap", unit="pair", disable=not progress):
-                verified = _insert_pair(conn, features, ids, name0, name1, m, verify, done)
+                verified = _insert_pair(conn, features, ids, name0, name1, m, cameras, verify_options, done)
                 counts["pairs"] += 1
                 counts["verified_pairs"] += verified
             conn.commit()
@@ -329,9 +358,11 @@ def _insert_pair(
     name0: str,
     name1: str,
     matches: np.ndarray,
-    verify: bool,
+    cameras: Mapping[str, Any] | None,
+    options: Any,
     done: set[int],
 ) -> bool:
+    """Insert one pair's matches and, with ``cameras``, COLMAP's verified geometry; True if it has inliers."""
     for name in (name0, name1):
         if name not in ids:
             raise SilkError(f"matches name image {name!r}, which has no features")
@@ -353,25 +384,34 @@ def _insert_pair(
         return False
     data = np.ascontiguousarray(matches, dtype=np.uint32)
     conn.execute("INSERT INTO matches VALUES (?, ?, 2, ?)", (pair_id, len(data), data.tobytes()))
-    if verify:
-        inliers, F = verify_matches(k0, k1, matches)
-        config = UNCALIBRATED
-    else:
-        inliers, F, config = matches, None, CALIBRATED
+    if cameras is None:
+        return False
+    geometry = verify_matches(cameras[name0], cameras[name1], k0, k1, matches, options)
+    inliers = np.ascontiguousarray(geometry.inlier_matches, dtype=np.uint32).reshape(-1, 2)
     if len(inliers) == 0:
         return False
-    inliers = np.ascontiguousarray(inliers, dtype=np.uint32)
     conn.execute(
-        "INSERT INTO two_view_geometries (pair_id, rows, cols, data, config, F) VALUES (?, ?, 2, ?, ?, ?)",
-        (
-            pair_id,
-            len(inliers),
-            inliers.tobytes(),
-            config,
-            None if F is None else F.astype(np.float64).tobytes(),
-        ),
+        "INSERT INTO two_view_geometries (pair_id, rows, cols, data, config, F, E, H) "
+        "VALUES (?, ?, 2, ?, ?, ?, ?, ?)",
+        (pair_id, len(inliers), inliers.tobytes(), int(geometry.config),
+         *(None if m is None else np.asarray(m, dtype=np.float64).tobytes()
+           for m in (geometry.F, geometry.E, geometry.H))),
     )
     return True
+
+
+def _cameras(conn: sqlite3.Connection, names: Iterable[str]) -> dict[str, Any]:
+    """``pycolmap.Camera`` of each image of ``names`` from the database's ``cameras`` rows."""
+    wanted = set(names)
+    rows = conn.execute(
+        "SELECT images.name, cameras.model, cameras.width, cameras.height, cameras.params, "
+        "cameras.prior_focal_length FROM images JOIN cameras ON images.camera_id = cameras.camera_id"
+    )
+    return {
+        name: colmap_camera(model, w, h, np.frombuffer(params, dtype=np.float64), bool(prior))
+        for name, model, w, h, params, prior in rows
+        if name in wanted
+    }
 
 
 def check_database(

@@ -2,19 +2,26 @@
 
 ``features.h5``: one group per image name (its path relative to the image root, '/' kept as nested
 groups, as hloc writes them) with ``keypoints`` (N, 2) float (x, y; pixel centres at integers, as hloc),
-``scores`` (N,), ``descriptors`` (D, N) and ``image_size`` (2,) as (W, H).
+``scores`` (N,), ``descriptors`` (D, N) and ``image_size`` (2,) as (W, H). The file's attributes record
+where the features come from (:func:`write_features`): ``silk_keypoints_version`` and, when known, ``model``,
+``weights_sha256`` and ``detection_options`` (JSON).
 
 ``matches.h5``: one group per pair, named by :func:`names_to_pair` (``name0/name1`` with '/' inside names
 replaced by '-', so two nested groups), with ``matches0`` (N0,) int, the index of the matched keypoint of
 image 1 or -1, and ``matching_scores0`` (N0,) float, 0 where unmatched. hloc's readers also find a pair
-stored in the other order.
+stored in the other order. Scores follow hloc's matchers where hloc has the same rule: mutual nearest
+neighbours store ``(sim + 1) / 2`` of the cosine similarity ``sim`` (in [0, 1], as hloc's
+``nearest_neighbor`` matcher, so its ``min_match_score`` means the same); the ratio test stores
+``1 - ratio`` and the double softmax its probability.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,25 +32,40 @@ from tqdm import tqdm
 
 from ..devices import resolve_device
 from ..errors import SilkError
-from ..files import atomic_write
+from ..files import atomic_write, check_overwrite
 from ..matching import Matcher
 from .pairs import Pair, unique_pairs
 
 
 def write_features(
-    path: str | os.PathLike, features: Iterable[tuple[str, dict[str, np.ndarray]]], overwrite: bool = False
+    path: str | os.PathLike,
+    features: Iterable[tuple[str, dict[str, np.ndarray]]],
+    overwrite: bool = False,
+    model_name: str | None = None,
+    weights: str | os.PathLike | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``(name, extract_image() dict)`` pairs to an hloc ``features.h5`` atomically.
 
-    Nothing is left behind if the iterable raises midway (e.g. an unreadable image): the target is
-    written only when every item succeeded.
+    Provenance goes into the file's attributes: ``silk_keypoints_version`` always; ``model`` (``model_name``),
+    ``weights_sha256`` (of the file ``weights``) and ``detection_options`` (``options`` as JSON, None values
+    left out) when given. Nothing is left behind if the iterable raises midway (e.g. an unreadable image):
+    the target is written only when every item succeeded.
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise SilkError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    from .. import __version__
+
+    path = check_overwrite(path, overwrite)
+    attrs = {"silk_keypoints_version": __version__}
+    if model_name is not None:
+        attrs["model"] = model_name
+    if weights is not None:
+        attrs["weights_sha256"] = _sha256(weights)
+    if options is not None:
+        attrs["detection_options"] = json.dumps({k: v for k, v in options.items() if v is not None}, sort_keys=True)
 
     def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
+            f.attrs.update(attrs)
             for name, pred in features:
                 if name in f:
                     raise SilkError(f"duplicate image name {name!r} in {path}")
@@ -54,6 +76,14 @@ def write_features(
                 grp.create_dataset("image_size", data=np.asarray(pred["image_size"], dtype=np.int64))
 
     return atomic_write(path, write)
+
+
+def _sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_features(path: str | os.PathLike, name: str) -> dict[str, np.ndarray]:
@@ -92,9 +122,7 @@ def write_matches(
     ``matches0`` (N0,) int: for each keypoint of image 0 the index of its match in image 1, or -1;
     ``matching_scores0`` (N0,) float, 0 where unmatched. Nothing is written unless every item succeeds.
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise SilkError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    path = check_overwrite(path, overwrite)
 
     def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
@@ -150,6 +178,8 @@ def match_pairs(
         pairs: ``(name0, name1)`` image names of ``features``; duplicates (either order) are matched once.
         out: the ``matches.h5`` to write (atomically; refused if it exists unless ``overwrite``).
         method, options: matching rule and its options, see :class:`silk_keypoints.matching.Matcher`.
+            ``matching_scores0`` is hloc's ``(sim + 1) / 2`` for ``"mnn"``, the matcher's score otherwise
+            (module doc).
         device: torch device for the matching (:func:`silk_keypoints.devices.resolve_device`).
         progress: show a progress bar.
 
@@ -158,9 +188,7 @@ def match_pairs(
         this machine does not have.
     """
     device = resolve_device(device)
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise SilkError(f"{out} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    out = check_overwrite(out, overwrite)
     known = set(feature_names(features))
     missing = sorted({n for p in pairs for n in p} - known)
     if missing:
@@ -183,7 +211,10 @@ def match_pairs(
             pred = matcher(
                 {"image0": {"descriptors": descriptors(name0)}, "image1": {"descriptors": descriptors(name1)}}
             )
-            yield name0, name1, pred["matches0"][0].cpu().numpy(), pred["matching_scores0"][0].cpu().numpy()
+            m0, s0 = pred["matches0"][0].cpu().numpy(), pred["matching_scores0"][0].cpu().numpy()
+            if method == "mnn":  # hloc's nearest_neighbor score
+                s0 = np.where(m0 >= 0, (s0 + 1) / 2, 0).astype(np.float32)
+            yield name0, name1, m0, s0
 
     return write_matches(out, results(), overwrite=overwrite)
 

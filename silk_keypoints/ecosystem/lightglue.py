@@ -1,10 +1,12 @@
 """A LightGlue-style extractor: ``SiLKExtractor().extract(image)`` is a drop-in for ``lightglue.SuperPoint``.
 
-Same interface as LightGlue's extractors: ``default_conf`` (detection options), ``preprocess_conf`` (resize on
-the fly, by default so that the *long* side is 1024 px, as LightGlue does: up or down), ``forward({"image":
-...})`` on a prepared batch and ``extract(image)`` on one image, which returns keypoints in the pixels of
-the image it was given: ``x_orig = (x + 0.5) / scale - 0.5`` with ``scale = resized / original`` per axis.
-Pixel centres are at integers (LightGlue's convention).
+Same interface as LightGlue's extractors: ``default_conf`` (detection options, LightGlue's names and units:
+``nms_radius`` in pixels), ``preprocess_conf`` (resize on the fly, by default so that the *long* side is
+1024 px, as LightGlue does: up or down; grayscale), ``forward({"image": ...})`` on a prepared batch and
+``extract(image, **preprocess)`` on one image, which returns keypoints in the pixels of the image it was given:
+``x_orig = (x + 0.5) / scale - 0.5`` with ``scale = resized / original`` per axis. Pixel centres are at
+integers (LightGlue's convention). Outputs are ordinary tensors (``torch.no_grad``, not inference mode), so
+LightGlue's matcher can run on them outside ``no_grad``.
 """
 
 from __future__ import annotations
@@ -30,10 +32,15 @@ class SiLKExtractor(nn.Module):
         model: a :class:`SiLK` model; None loads ``conf["weights"]``.
         **conf: keys of :attr:`default_conf`: ``weights`` (shipped weights name, a weight file path, or None
             for the default shipped model), ``max_num_keypoints`` (None: the model's default),
-            ``detection_threshold``, ``nms_radius``, ``remove_borders`` (None: the model's defaults).
+            ``detection_threshold`` (keypoint probability), ``nms_radius`` (pixels, as LightGlue's; rounded
+            to output cells), ``remove_borders`` (None: the model's defaults). Options of other LightGlue
+            extractors that SiLK has no use for (:attr:`ignored_conf`) are accepted and ignored; any other
+            key is refused.
 
     ``extract(image, **preprocess)`` takes a torch (3, H, W) / (1, H, W) / (1, C, H, W) float image in [0, 1]
-    (LightGlue's ``load_image``) and returns ``keypoints`` (1, N, 2) (x, y) in its pixels,
+    (LightGlue's ``load_image``); ``preprocess`` overrides :attr:`preprocess_conf` (``resize``: target length
+    of the ``side``, None: as it is; ``grayscale``: convert colour to gray first, for an RGB model too;
+    gray models always get gray). It returns ``keypoints`` (1, N, 2) (x, y) in its pixels,
     ``keypoint_scores`` (1, N), ``descriptors`` (1, N, D) unit norm, ``image_size`` (1, 2) float (W, H) and
     ``keypoint_mask`` (1, N).
     """
@@ -51,12 +58,16 @@ class SiLKExtractor(nn.Module):
         "interpolation": "bilinear",
         "align_corners": None,
         "antialias": True,
+        "grayscale": False,
     }
+    ignored_conf: ClassVar[tuple[str, ...]] = (
+        "descriptor_dim", "desc_dim", "force_num_keypoints", "pad_if_not_divisible", "nms_window_size",
+    )
     required_data_keys: ClassVar[list[str]] = ["image"]
 
     def __init__(self, model: SiLK | None = None, **conf: Any) -> None:
         super().__init__()
-        unknown = sorted(set(conf) - set(self.default_conf))
+        unknown = sorted(set(conf) - set(self.default_conf) - set(self.ignored_conf))
         if unknown:
             raise SilkError(f"unknown SiLKExtractor options {unknown}; known: {sorted(self.default_conf)}")
         self.conf = SimpleNamespace(**{**self.default_conf, **conf})
@@ -71,11 +82,12 @@ class SiLKExtractor(nn.Module):
         """Features of ``data["image"]`` (B, C, H, W) in [0, 1], in its pixels (see :meth:`SiLK.extract`)."""
         if "image" not in data:
             raise SilkError("SiLKExtractor needs data['image'], a (B, C, H, W) float tensor in [0, 1]")
+        radius = self.conf.nms_radius
         return self.model.extract(
             data["image"],
             max_keypoints=self.conf.max_num_keypoints,
             detection_threshold=self.conf.detection_threshold,
-            nms_radius=self.conf.nms_radius,
+            nms_radius=None if radius is None else round(radius / self.model.grid.stride),
             remove_borders=self.conf.remove_borders,
         )
 
@@ -86,7 +98,7 @@ class SiLKExtractor(nn.Module):
         if unknown:
             raise SilkError(f"unknown preprocessing options {unknown}; known: {sorted(self.preprocess_conf)}")
         pre = {**self.preprocess_conf, **conf}
-        x = to_batch(img, self.model.config.in_channels)
+        x = to_batch(to_batch(img, 1) if pre["grayscale"] else img, self.model.config.in_channels)
         if x.shape[0] != 1:
             raise SilkError(
                 f"extract() takes one image, got a batch of {x.shape[0]}: call forward() for batches"

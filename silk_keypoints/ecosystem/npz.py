@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import SilkError
-from ..files import atomic_write
+from ..files import atomic_write, check_overwrite
 
 NPZ_KEYS = ("keypoints", "scores", "descriptors", "image_size")
 
@@ -27,9 +27,7 @@ def npz_path(out_dir: str | os.PathLike, name: str) -> Path:
 
 def write_npz(path: str | os.PathLike, features: dict[str, np.ndarray], overwrite: bool = False) -> Path:
     """Write one image's features (an :func:`~silk_keypoints.extract_image` dict) to ``path`` atomically."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise SilkError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    path = check_overwrite(path, overwrite)
     missing = [k for k in NPZ_KEYS if k not in features]
     if missing:
         raise SilkError(f"features for {path.name} lack {missing}")

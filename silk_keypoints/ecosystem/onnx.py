@@ -10,6 +10,8 @@ input ``images``       (B, C, H, W)             gray (C=1) or RGB (C=3) in [0, 1
 output ``logits``      (B, 1, Hf, Wf)           keypoint logits
 output ``probability`` (B, 1, Hf, Wf)           ``sigmoid(logits)``
 output ``descriptors`` (B, D, Hf, Wf)           unit L2 norm (x 1.41 for the original's)
+output ``offsets``     (B, 2, Hf, Wf)           sub-cell keypoint offsets (dx, dy) px (models with an
+                                                offset head only)
 ====================== ======================== ==================================================
 
 With ``dynamic=True`` B, H and W are free; otherwise the graph is fixed to the example size. Sparse
@@ -47,7 +49,7 @@ from ..model.silk import SiLK
 
 DEFAULT_OPSET = 18
 RUN_PIXELS = 1 << 18  # OnnxSiLK.extract: pixels per onnxruntime run (at least one image)
-OUTPUT_NAMES = ("logits", "probability", "descriptors")
+OUTPUT_NAMES = ("logits", "probability", "descriptors")  # and "offsets" for models with an offset head
 
 
 def supported_opsets() -> range:
@@ -56,18 +58,27 @@ def supported_opsets() -> range:
     return range(18, onnx.defs.onnx_opset_version() + 1)
 
 
+def output_names(model: SiLK) -> tuple[str, ...]:
+    """The exported graph's outputs for ``model``."""
+    return OUTPUT_NAMES + (("offsets",) if model.offset_head is not None else ())
+
+
 class DenseNetwork(nn.Module):
-    """images (B, C, H, W) -> (logits, probability, unit-norm descriptors): the exported graph."""
+    """images (B, C, H, W) -> (logits, probability, unit-norm descriptors[, offsets]): the exported graph."""
 
     def __init__(self, model: SiLK) -> None:
         super().__init__()
         self.net = FusedSiLK(model, channels_last=False)  # BN folded with its running statistics
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits, raw = self.net(images)
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        trunk = self.net.trunk(images)
+        logits, raw = self.net.heads(trunk)
         # = F.normalize(raw, dim=1), written without the full-size Expand that F.normalize exports to
         norm = torch.linalg.vector_norm(raw, dim=1, keepdim=True).clamp_min(1e-12)
-        return logits, torch.sigmoid(logits), raw / norm
+        out = (logits, torch.sigmoid(logits), raw / norm)
+        if self.net.offset_head is None:
+            return out
+        return (*out, self.net.offset_head(self.net.features(trunk), images))
 
 
 def export_onnx(
@@ -119,7 +130,7 @@ def export_onnx(
                 (images,),
                 dynamo=True,
                 input_names=["images"],
-                output_names=list(OUTPUT_NAMES),
+                output_names=list(output_names(model)),
                 dynamic_shapes=dims,
                 opset_version=opset,
                 verbose=False,
@@ -158,7 +169,7 @@ def _set_metadata(proto: Any, model: SiLK) -> None:
         "silk.grid": json.dumps({"stride": model.grid.stride, "offset": model.grid.offset}),
         "silk.descriptor_scale": json.dumps(float(model.descriptor_scale)),
         "silk.min_size": json.dumps(model.min_size),
-        "silk.outputs": json.dumps(list(OUTPUT_NAMES)),
+        "silk.outputs": json.dumps(list(output_names(model))),
         "silk.version": __version__,
     }
     del proto.metadata_props[:]
@@ -229,14 +240,15 @@ class OnnxSiLK:
         self.descriptor_scale = float(json.loads(meta["silk.descriptor_scale"]))
         self.min_size = int(json.loads(meta["silk.min_size"]))
         self.input_shape = self.session.get_inputs()[0].shape  # ints for fixed axes, names for dynamic ones
+        self.outputs = tuple(json.loads(meta.get("silk.outputs", json.dumps(OUTPUT_NAMES))))
 
     def dense(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """(B, C, H, W) float32 images in [0, 1] -> ``logits``, ``probability``, unit-norm ``descriptors``."""
         self._check(images)
         outputs = self.session.run(
-            list(OUTPUT_NAMES), {"images": np.ascontiguousarray(images, dtype=np.float32)}
+            list(self.outputs), {"images": np.ascontiguousarray(images, dtype=np.float32)}
         )
-        return dict(zip(OUTPUT_NAMES, outputs))
+        return dict(zip(self.outputs, outputs))
 
     def extract(
         self,
@@ -271,8 +283,10 @@ class OnnxSiLK:
         desc = state["descriptors"][image]
         return desc.reshape(desc.shape[0], -1)[:, cells].t()
 
-    def offsets_at(self, state: dict[str, torch.Tensor], image: int, cells: torch.Tensor) -> None:
-        return None
+    def offsets_at(self, state: dict[str, torch.Tensor], image: int, cells: torch.Tensor) -> torch.Tensor | None:
+        if "offsets" not in state:
+            return None
+        return state["offsets"][image].reshape(2, -1)[:, cells].t()
 
     def _fixed_batch(self) -> bool:
         return isinstance(self.input_shape[0], int)

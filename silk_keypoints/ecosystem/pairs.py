@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ..errors import SilkError
-from ..files import atomic_write
+from ..files import atomic_write, check_overwrite
 
 Pair = tuple[str, str]
 
@@ -43,9 +43,7 @@ def unique_pairs(pairs: Iterable[Pair]) -> list[Pair]:
 
 def write_pairs(path: str | os.PathLike, pairs: Iterable[Pair], overwrite: bool = False) -> Path:
     """Write pairs as hloc's ``pairs.txt`` (``name0 name1`` per line), atomically. Returns the path."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise SilkError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    path = check_overwrite(path, overwrite)
     lines = []
     for a, b in pairs:
         for name in (a, b):

@@ -94,13 +94,13 @@ class ModelExtractor(Extractor):
         self.options = {"neighbours": True} | {k: v for k, v in options.items() if v is not None}
 
     def _extract(self, image: np.ndarray) -> Features:
-        with torch.inference_mode():
+        with torch.no_grad():
             return self.model.extract(image, **self.options)
 
     def _dense(self, image: np.ndarray) -> Features:
         device = self.model.descriptor_scale.device
         x = to_batch(image, self.model.config.in_channels).to(device)
-        with torch.inference_mode():
+        with torch.no_grad():
             positions, desc = self.model(x, ("dense_positions", "dense_descriptors"))
         h, w = image.shape[:2]
         return Features.from_mapping({"keypoints": positions[:, :, :2], "keypoint_scores": positions[:, :, 2],

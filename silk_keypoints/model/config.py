@@ -32,6 +32,10 @@ class SiLKConfig:
     head_kernel: int = 3  # kernel of the first conv of each head (3 in the original, 1 for cheap heads)
     descriptor_dim: int = 128
     descriptor_scale: float = 1.41  # norm of the descriptors in the named outputs (the original's factor)
+    # keypoint-offset head (padded, pooled variants): 0 = none, keypoints on the cell centres
+    offset_hidden: int = 0  # width of its hidden layer
+    offset_bound: float = 0.75  # largest offset per axis, in cells
+    offset_pixels: bool = True  # the head also sees the pixels of the 3x3-cell window
     # sparse detection defaults (overridable per call)
     detection_threshold: float = 0.0  # keep cells with probability > threshold
     max_keypoints: int | None = 10000  # None: every cell above the threshold
@@ -63,6 +67,10 @@ class SiLKConfig:
             problems.append("descriptor_dim and head_channels must be positive")
         if not self.descriptor_scale > 0:
             problems.append(f"descriptor_scale must be > 0, got {self.descriptor_scale}")
+        if self.offset_hidden < 0 or not self.offset_bound > 0:
+            problems.append("offset_hidden must be >= 0 and offset_bound > 0")
+        if self.offset_hidden and (self.padding != 1 or not self.pool_after):
+            problems.append("an offset head (offset_hidden > 0) needs a padded variant with pooling (a strided grid)")
         if self.max_keypoints is not None and self.max_keypoints < 1:
             problems.append(f"max_keypoints must be >= 1 or None, got {self.max_keypoints}")
         if self.nms_radius < 0 or self.remove_borders < 0:

@@ -127,7 +127,8 @@ class Workspace:
         slot = self._turn.get(dtype, 0)
         self._turn[dtype] = 1 - slot
         flat = self._flat.get((dtype, slot))
-        if flat is None or flat.numel() < n * c * h * w or flat.device != device:
+        stale = flat is not None and flat.is_inference() != torch.is_inference_mode_enabled()
+        if flat is None or stale or flat.numel() < n * c * h * w or flat.device != device:
             del flat  # free the smaller buffer before allocating the larger one
             self._flat.pop((dtype, slot), None)
             flat = self._flat[(dtype, slot)] = torch.empty(n * c * h * w, dtype=dtype, device=device)
@@ -270,6 +271,7 @@ class FusedSiLK(nn.Module):
             self.hidden, out = self._fold_heads(heads, pending)
         self.head_channels = model.config.head_channels
         self.grid = model.grid
+        self.offset_head = model.offset_head  # float32, run at the selected cells only (shared, not folded)
         for name, (w, b) in zip(("keypoint", "descriptor"), out):
             self.register_buffer(f"{name}_weight", w.to(self.dtype))
             self.register_buffer(f"{name}_bias", b.to(self.dtype))
@@ -372,8 +374,9 @@ class FusedSiLK(nn.Module):
         logits, raw = self.heads(self.trunk(images))
         return logits, raw
 
-    def passes(self, images: torch.Tensor) -> Iterator[torch.Tensor]:
-        """Both heads' hidden maps (b, 2 * head_channels, Hf, Wf), a few images per pass.
+    def passes(self, images: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:
+        """Per pass: (both heads' hidden maps (b, 2 * head_channels, Hf, Wf), the named output ``features`` if
+        the model has an offset head (else None), the pass's images), a few images per pass.
 
         On CPU the passes reuse the workspace (about ``WORKSPACE_PIXELS`` pixels each) when no other caller
         holds it; a state is valid until the next one is produced.
@@ -385,25 +388,30 @@ class FusedSiLK(nn.Module):
             for chunk in images.split(per_pass):
                 if ws is not None:
                     ws.restart()
-                yield self.hidden(self.trunk(chunk, ws), ws)
+                trunk = self.trunk(chunk, ws)
+                features = self.features(trunk) if self.offset_head is not None else None
+                yield self.hidden(trunk, ws), features, chunk
         finally:
             if ws is not None:
                 self._lock.release()
 
-    def probability(self, hidden: torch.Tensor) -> torch.Tensor:
+    def probability(self, state: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """Keypoint probability (b, 1, Hf, Wf) from a pass's hidden maps."""
         ch = self.head_channels
-        return torch.sigmoid(self._conv1x1(hidden[:, :ch], self.keypoint_weight, self.keypoint_bias))
+        return torch.sigmoid(self._conv1x1(state[0][:, :ch], self.keypoint_weight, self.keypoint_bias))
 
-    def descriptors_at(self, hidden: torch.Tensor, image: int, cells: torch.Tensor) -> torch.Tensor:
+    def descriptors_at(self, state: tuple[torch.Tensor, ...], image: int, cells: torch.Tensor) -> torch.Tensor:
         """Unit descriptors (U, D) of flat cells ``cells`` of image ``image``: the 1x1 conv at those cells only."""
-        part = hidden[image, self.head_channels :]
+        part = state[0][image, self.head_channels :]
         rows = part.permute(1, 2, 0).reshape(-1, part.shape[0])[cells]
         d = torch.addmm(self.descriptor_bias, rows, self.descriptor_weight.t())
         return F.normalize(d.to(self.out_dtype), p=2, dim=1)
 
-    def offsets_at(self, hidden: torch.Tensor, image: int, cells: torch.Tensor) -> None:
-        return None
+    def offsets_at(self, state: tuple[torch.Tensor, ...], image: int, cells: torch.Tensor) -> torch.Tensor | None:
+        """Sub-cell offsets (U, 2) px of flat cells ``cells`` of image ``image`` (None without an offset head)."""
+        if self.offset_head is None:
+            return None
+        return self.offset_head.at_cells(state[1][image], state[2][image].to(self.out_dtype), cells)
 
     def release_workspace(self) -> None:
         """Free the CPU workspace buffers (they are re-allocated by the next :meth:`extract`)."""

@@ -10,8 +10,11 @@ layers they need run, and shared work runs once):
 ``raw_descriptors``   (B, D, Hf, Wf) descriptor head output, not normalised
 ``dense_positions``   (B, Hf*Wf, 3) ``(x, y, probability)`` of every cell, image pixels, row-major cells
 ``dense_descriptors`` (B, Hf*Wf, D) descriptors of every cell, L2 norm = ``descriptor_scale`` (1.41)
-``sparse_positions``  list of B tensors (N_i, 3) ``(x, y, score)``, image pixels, best score first
-``sparse_descriptors`` list of B tensors (N_i, D), norm = ``descriptor_scale``, same order
+``keypoint_offsets``  (B, 2, Hf, Wf) ``(dx, dy)`` px from each cell centre (zeros without an offset head)
+``sparse_positions``  list of B tensors (N_i, 3) ``(x, y, score)``, image pixels, best score first (moved by
+                      the offsets when the model has an offset head)
+``sparse_descriptors`` list of B tensors (N_i, D), norm = ``descriptor_scale``, same order (sampled at the
+                      moved positions)
 ==================== ====================================================================================
 
 Coordinates: image pixels of the input, (x, y), centre of the top-left pixel = (0, 0); for VGG-4 the
@@ -28,6 +31,7 @@ channels-last in memory (same shapes and values). Both paths share one extractio
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -46,8 +50,9 @@ from .config import SiLKConfig
 from .coords import GridMap, cell_grid
 from .fused import FusedSiLK
 from .heads import Head
+from .offsets import OffsetHead
 from .pipeline import check_images, detection_options, extract_features, selector
-from .sparse import gather_descriptors
+from .sparse import gather_descriptors, interpolated_descriptors
 
 OUTPUT_NAMES = (
     "features",
@@ -58,10 +63,12 @@ OUTPUT_NAMES = (
     "sparse_descriptors",
     "dense_positions",
     "dense_descriptors",
+    "keypoint_offsets",
 )
 DEFAULT_OUTPUTS = ("sparse_positions", "sparse_descriptors")
 INFERENCE_MODES = ("fused", "bf16", "exact")
-_NEEDS_LOGITS = {"logits", "probability", "sparse_positions", "sparse_descriptors", "dense_positions"}
+_NEEDS_LOGITS = {"logits", "probability", "sparse_positions", "sparse_descriptors", "dense_positions",
+                 "keypoint_offsets"}
 _NEEDS_DESCRIPTORS = {"raw_descriptors", "sparse_descriptors", "dense_descriptors"}
 
 
@@ -90,6 +97,11 @@ class SiLK(nn.Module):
         self.register_buffer("descriptor_scale", torch.tensor(float(self.config.descriptor_scale)))
         self.grid: GridMap = self.backbone.grid.then(*self.keypoint_head.layer)
         self.min_size = _min_input_size(self.config)
+        c = self.config
+        self.offset_head = (
+            OffsetHead(self.backbone.out_channels, int(self.grid.stride), c.offset_hidden, c.offset_bound,
+                       c.offset_pixels, c.in_channels) if c.offset_hidden else None
+        )
         self.inference = "fused"
         self._fused: tuple[tuple, FusedSiLK] | None = None  # (weights key, network); not a submodule
 
@@ -196,10 +208,28 @@ class SiLK(nn.Module):
             d = F.normalize(get("raw_descriptors").flatten(2), p=2, dim=1) * scale()
             return d.transpose(1, 2)
 
+        def keypoint_offsets() -> torch.Tensor:
+            if self.offset_head is None:
+                prob = get("probability")
+                return prob.new_zeros(prob.shape[0], 2, *prob.shape[-2:])
+            return self.offset_head(get("features"), images)
+
+        def sparse_positions() -> list[torch.Tensor]:
+            positions, index = get("_sparse")
+            if self.offset_head is None:
+                return positions
+            feats = get("features")
+            moved = [self.offset_head.at_cells(feats[i], images[i], c) for i, c in enumerate(index)]
+            return [torch.cat([p[:, :2] + o, p[:, 2:]], dim=1) for p, o in zip(positions, moved)]
+
         def sparse_descriptors() -> list[torch.Tensor]:
             raw = get("raw_descriptors")
             _, index = get("_sparse")
-            return [gather_descriptors(raw[i], index[i], scale()) for i in range(raw.shape[0])]
+            if self.offset_head is None:
+                return [gather_descriptors(raw[i], index[i], scale()) for i in range(raw.shape[0])]
+            hf, wf = raw.shape[-2:]
+            return [interpolated_descriptors(functools.partial(_unit_columns, raw[i]), self.grid.to_cells(p[:, :2]),
+                                             hf, wf) * scale() for i, p in enumerate(get("sparse_positions"))]
 
         rules: dict[str, Callable[[], Any]] = {
             "_trunk": lambda: network.trunk(images),
@@ -209,8 +239,9 @@ class SiLK(nn.Module):
             "probability": lambda: torch.sigmoid(get("logits")),
             "raw_descriptors": lambda: get("_heads")[1],
             "_sparse": lambda: selector(self.grid, (images.shape[-1], images.shape[-2]), opts)(get("probability")),
-            "sparse_positions": lambda: get("_sparse")[0],
+            "sparse_positions": sparse_positions,
             "sparse_descriptors": sparse_descriptors,
+            "keypoint_offsets": keypoint_offsets,
             "dense_positions": dense_positions,
             "dense_descriptors": dense_descriptors,
         }
@@ -293,7 +324,8 @@ class ExactNetwork:
     """The modules of a :class:`SiLK` as defined (parity, hooks, gradients), with the interface the extraction
     pipeline and the named outputs use (:class:`~silk_keypoints.model.pipeline.DenseNetwork`).
 
-    A pass is the whole batch; its state is ``(logits (B, 1, Hf, Wf), raw descriptors (B, D, Hf, Wf))``.
+    A pass is the whole batch; its state is ``(logits (B, 1, Hf, Wf), raw descriptors (B, D, Hf, Wf),
+    features (B, C, Hf, Wf), images)``.
     """
 
     def __init__(self, model: SiLK) -> None:
@@ -314,18 +346,24 @@ class ExactNetwork:
         return (self.model.keypoint_head(trunk) if logits else None,
                 self.model.descriptor_head(trunk) if descriptors else None)
 
-    def passes(self, images: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        yield self.heads(self.trunk(images))
+    def passes(self, images: torch.Tensor) -> Iterator[tuple[torch.Tensor, ...]]:
+        features = self.trunk(images)
+        yield (*self.heads(features), features, images)
 
-    def probability(self, state: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def probability(self, state: tuple[torch.Tensor, ...]) -> torch.Tensor:
         return torch.sigmoid(state[0])
 
-    def descriptors_at(self, state: tuple[torch.Tensor, torch.Tensor], image: int, cells: torch.Tensor) -> torch.Tensor:
-        raw = state[1][image]
-        return F.normalize(raw.reshape(raw.shape[0], -1)[:, cells].t(), p=2, dim=1)
+    def descriptors_at(self, state: tuple[torch.Tensor, ...], image: int, cells: torch.Tensor) -> torch.Tensor:
+        return _unit_columns(state[1][image], cells)
 
-    def offsets_at(self, state: tuple[torch.Tensor, torch.Tensor], image: int, cells: torch.Tensor) -> None:
-        return None
+    def offsets_at(self, state: tuple[torch.Tensor, ...], image: int, cells: torch.Tensor) -> torch.Tensor | None:
+        head = self.model.offset_head
+        return None if head is None else head.at_cells(state[2][image], state[3][image], cells)
+
+
+def _unit_columns(raw: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """Unit descriptors (U, D) of flat cells ``cells`` of one raw descriptor map (D, Hf, Wf)."""
+    return F.normalize(raw.reshape(raw.shape[0], -1)[:, cells].t(), p=2, dim=1)
 
 
 def _tensor_key(t: torch.Tensor) -> tuple:
