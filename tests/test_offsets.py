@@ -7,6 +7,7 @@ from test_fused import make_model
 from silk_keypoints import SiLK, SilkError
 from silk_keypoints.model.sparse import interpolated_descriptors
 from silk_keypoints.model.zoo import variant_config
+from silk_keypoints.training.offsets import OffsetLossConfig, detection_weight, offset_loss, offset_stats
 
 
 def with_random_head(name: str) -> SiLK:
@@ -90,3 +91,42 @@ def test_config_refuses_an_offset_head_without_a_strided_grid():
     with pytest.raises(SilkError, match="offset head"):
         variant_config("vgg4").replace(offset_hidden=8)
     assert SiLK(variant_config("vgg4")).offset_head is None
+
+
+def test_pixel_window_is_invariant_to_gain_and_offset_of_the_light():
+    model = with_random_head("tiny")
+    x = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(5)) * 0.5
+    with torch.no_grad():
+        feats = model(x, "features")  # the same features: only the pixel part sees the change
+        a, b = model.offset_head(feats, x), model.offset_head(feats, 0.3 + 1.5 * x)
+    inner = (slice(None), slice(None), slice(1, -1), slice(1, -1))  # border windows see the zero padding
+    assert (a[inner] - b[inner]).abs().max() < 0.05 * model.config.offset_bound * model.grid.stride
+
+
+def test_offset_loss_is_zero_for_identity_and_follows_a_sub_cell_shift():
+    grid = SiLK(variant_config("fast")).grid
+    b, hf, wf = 1, 24, 24
+    zeros = torch.zeros(b, 2, hf, wf, requires_grad=True)
+    prob = torch.rand(b, 1, hf, wf, generator=torch.Generator().manual_seed(6))
+    cfg = OffsetLossConfig(centring=0.0)
+    same = offset_loss(zeros, zeros, prob, prob, torch.eye(3, dtype=torch.float64)[None], grid, (48, 48), cfg)
+    assert float(same["loss"]) == 0.0
+    shift = torch.tensor([[[1.0, 0.0, 0.7], [0.0, 1.0, 0.3], [0.0, 0.0, 1.0]]], dtype=torch.float64)
+    other = torch.zeros(b, 2, hf, wf, requires_grad=True)
+    moved = offset_loss(zeros, other, prob, prob, shift, grid, (48, 48), cfg)
+    assert float(moved["err"]) == pytest.approx((0.7**2 + 0.3**2) ** 0.5, abs=1e-4)
+    moved["loss"].backward()
+    assert zeros.grad.abs().sum() > 0 and other.grad.abs().sum() > 0
+    follow = torch.zeros(b, 2, hf, wf)  # view 1's points 0.7, 0.3 px further: both directions exact
+    follow[:, 0], follow[:, 1] = 0.7, 0.3
+    assert float(offset_loss(torch.zeros(b, 2, hf, wf), follow, prob, prob, shift, grid, (48, 48), cfg)["err"]) < 1e-4
+
+
+def test_offset_statistics_and_weights():
+    prob = torch.arange(16.0).reshape(1, 1, 4, 4) / 16
+    w = detection_weight(prob, OffsetLossConfig(top_fraction=0.25))
+    assert w.sum() == 4 and bool((w[0, -4:] == 1).all())
+    offsets = torch.zeros(1, 2, 4, 4)
+    offsets[0, 0, 3, 3] = 1.0  # dx at the bound of a 1-px bound
+    stats = offset_stats(offsets, w, bound=1.0)
+    assert stats["at_bound"] == pytest.approx(1 / 8) and stats["near_zero"] == pytest.approx(3 / 4)
