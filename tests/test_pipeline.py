@@ -67,6 +67,25 @@ def test_detection_options_merge_and_refuse_unknown_keys():
     assert opts["max_keypoints"] == 7 and opts["nms_radius"] == config.nms_radius
     with pytest.raises(SilkError, match="unknown detection options"):
         detection_options(config, {"top_k": 3})
+    assert detection_options(SiLKConfig(max_keypoints=None), {})["max_keypoints"] is None
+
+
+@pytest.mark.parametrize("key, value, phrase", [
+    ("max_keypoints", -5, "max_keypoints must be an integer >= 1, got -5"),
+    ("max_keypoints", 0, "max_keypoints must be an integer >= 1, got 0"),
+    ("max_keypoints", 2.5, "max_keypoints must be an integer >= 1, got 2.5"),
+    ("max_keypoints", True, "max_keypoints must be an integer >= 1, got True"),
+    ("nms_radius", -3, "nms_radius must be an integer >= 0, got -3"),
+    ("remove_borders", -4, "remove_borders must be an integer >= 0, got -4"),
+    ("remove_borders", 1.5, "remove_borders must be an integer >= 0"),
+    ("detection_threshold", 1.5, r"detection_threshold must be a number in \[0, 1\)"),
+    ("detection_threshold", float("nan"), "detection_threshold must be a number in"),
+    ("detection_threshold", -0.1, "detection_threshold must be a number in"),
+    ("detection_threshold", "0.5", "detection_threshold must be a number in"),
+])
+def test_detection_options_refuse_values_that_select_nothing_or_crash(key, value, phrase):
+    with pytest.raises(SilkError, match=phrase):
+        detection_options(SiLKConfig(), {key: value})
 
 
 def test_check_images_and_passes():

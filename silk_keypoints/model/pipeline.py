@@ -12,6 +12,7 @@ Coordinates: image pixels (x, y), centre of the top-left pixel = (0, 0), through
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
@@ -45,12 +46,23 @@ class DenseNetwork(Protocol):
 
 
 def detection_options(config: SiLKConfig, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """The config's detection defaults with the non-None ``overrides`` applied; unknown keys are refused."""
+    """The config's detection defaults with the non-None ``overrides`` applied and checked: unknown keys and
+    values that would select nothing or fail deep inside torch are refused with a :class:`SilkError`."""
     unknown = sorted(set(overrides) - set(DETECTION_KEYS))
     if unknown:
         raise SilkError(f"unknown detection options {unknown}; known: {list(DETECTION_KEYS)}")
     opts = {k: getattr(config, k) for k in DETECTION_KEYS}
     opts.update({k: v for k, v in overrides.items() if v is not None})
+    for key in ("max_keypoints", "nms_radius", "remove_borders"):
+        value = opts[key]
+        if value is None and key == "max_keypoints":
+            continue
+        lowest = 1 if key == "max_keypoints" else 0
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lowest:
+            raise SilkError(f"{key} must be an integer >= {lowest}, got {value!r}")
+    t = opts["detection_threshold"]
+    if isinstance(t, bool) or not isinstance(t, numbers.Real) or not 0 <= t < 1:
+        raise SilkError(f"detection_threshold must be a number in [0, 1) (a probability), got {t!r}")
     return opts
 
 
