@@ -59,6 +59,12 @@ def test_offsets_move_keypoints_and_descriptors_are_sampled_there():
     expected = interpolated_descriptors(lambda c: net.desc[c], net.grid.to_cells(moved.keypoints[0]), 6, 8)
     torch.testing.assert_close(moved.descriptors[0], expected)
     assert moved.keypoint_scores.equal(plain.keypoint_scores)
+    around = extract_features(net, torch.zeros(1, 1, 12, 16), OPTS, neighbours=True).neighbour_descriptors[0]
+    torch.testing.assert_close(around[:, 4], expected)  # the centre of the 3x3 is the keypoint itself
+    right = net.grid.to_cells(moved.keypoints[0]) + torch.tensor([1.0, 0.0])
+    inside = right[:, 0] <= 7.5
+    torch.testing.assert_close(around[inside, 5], interpolated_descriptors(lambda c: net.desc[c], right[inside], 6, 8))
+    assert (around[~inside, 5] == 0).all()
 
 
 def test_detection_options_merge_and_refuse_unknown_keys():

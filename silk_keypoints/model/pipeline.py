@@ -22,7 +22,7 @@ from ..errors import SilkError
 from ..features import Features
 from .config import DETECTION_KEYS, SiLKConfig
 from .coords import GridMap
-from .sparse import interpolated_descriptors, neighbour_descriptors, select_keypoints
+from .sparse import interpolated_descriptors, interpolated_neighbours, neighbour_descriptors, select_keypoints
 
 
 class DenseNetwork(Protocol):
@@ -114,8 +114,8 @@ def extract_features(
     """Sparse keypoints of checked (B, C, H, W) images.
 
     Keypoints are the selected cells' centres moved by the network's offsets (if it has an offset head), and
-    their descriptors are sampled there (bilinear on the unit descriptor map); neighbour descriptors stay
-    those of the 3x3 cells around the selected cell.
+    their descriptors (and the neighbour descriptors, one cell apart around them) are sampled there (bilinear on
+    the unit descriptor map).
 
     Args:
         network: runs the dense part (see :class:`DenseNetwork`).
@@ -133,15 +133,17 @@ def extract_features(
         for i, (p, c) in enumerate(zip(positions, cells)):
             describe = functools.partial(network.descriptors_at, state, i)
             offsets = network.offsets_at(state, i, c)
+            scores.append(p[:, 2])
             if offsets is None:
                 keypoints.append(p[:, :2])
                 descriptors.append(describe(c))
-            else:
-                xy = p[:, :2] + offsets.to(p.dtype)
-                keypoints.append(xy)
-                descriptors.append(interpolated_descriptors(describe, network.grid.to_cells(xy), hf, wf))
-            scores.append(p[:, 2])
-            if neighbours:
-                around.append(neighbour_descriptors(describe, c, hf, wf))
+                if neighbours:
+                    around.append(neighbour_descriptors(describe, c, hf, wf))
+                continue
+            xy = p[:, :2] + offsets.to(p.dtype)
+            keypoints.append(xy)
+            descriptors.append(interpolated_descriptors(describe, network.grid.to_cells(xy), hf, wf))
+            if neighbours:  # around the moved keypoint, so that match refinement starts from it
+                around.append(interpolated_neighbours(describe, network.grid.to_cells(xy), hf, wf))
     return Features.from_lists(keypoints, scores, descriptors, size, around if neighbours else None,
                                network.grid.stride)

@@ -140,3 +140,18 @@ def interpolated_descriptors(
     unique, inverse = torch.unique(corners, return_inverse=True)
     desc = describe(unique)[inverse]  # (N, 4, D)
     return F.normalize((weights[..., None].to(desc.dtype) * desc).sum(dim=1), p=2, dim=1)
+
+
+def interpolated_neighbours(
+    describe: Callable[[torch.Tensor], torch.Tensor], cells: torch.Tensor, height: int, width: int
+) -> torch.Tensor:
+    """Unit descriptors (N, 9, D) one cell apart around continuous cell positions ``cells`` (N, 2) (col, row),
+    in :data:`NEIGHBOUR_OFFSETS` order, each by :func:`interpolated_descriptors`; zeros where a neighbour lies
+    outside the map (more than half a cell beyond its outer cell centres), as :func:`neighbour_descriptors`
+    gives for cells outside the map. The centre (index 4) is always the position's own descriptor."""
+    around = cells[:, None, :] + NEIGHBOUR_OFFSETS.to(cells)[None]  # (N, 9, 2)
+    x, y = around.unbind(-1)
+    inside = (x >= -0.5) & (x <= width - 0.5) & (y >= -0.5) & (y <= height - 0.5)
+    inside[:, 4] = True
+    desc = interpolated_descriptors(describe, around.reshape(-1, 2), height, width).reshape(*around.shape[:2], -1)
+    return desc * inside[..., None].to(desc.dtype)
