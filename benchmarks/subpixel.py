@@ -11,7 +11,7 @@ of ``fast`` and ``tiny``:
 * ``<m>+pairref``: the shipped model with the pair refinement of ``Matcher`` (``extract(neighbours=True)``;
   it needs both images, so tools that match indices never get it);
 * ``<m>+offsets+pairref``: the offset model with ``extract(neighbours=True)`` and the pair refinement (the
-  neighbour descriptors are those of the 3x3 cells around the selected cell, as the pipeline returns them);
+  neighbour descriptors are sampled one cell apart around the moved keypoint, as the pipeline returns them);
 * ``<m>+parabola``: the vertex of a 1-D parabola through the keypoint logits at -1, 0, +1 cells per axis
   (where the centre is a maximum along that axis), clamped to half a cell; descriptors of the cell;
 * ``<m>+cornersubpix``: OpenCV ``cornerSubPix`` from the cell centre, the move clamped to 0.75 cell;
@@ -23,8 +23,10 @@ mutual-NN matches within t px; H AUC@t: area under the corner-error accuracy cur
 rep@t on the keypoints as returned. ``ms/img`` of the baselines is the exact path; ``--timing`` prints
 ``extract()`` (fused path, 480x640) with and without the head.
 
-    python benchmarks/subpixel.py --threads 1                     # the default set
-    python benchmarks/subpixel.py --threads 1 --strength 0.5 2    # the hard set
+    python benchmarks/train_offsets.py --models fast tiny --out /tmp/offsets --steps 900 --pool 256 --reuse 4
+    python benchmarks/subpixel.py --fast-offsets /tmp/offsets/fast/model.safetensors \
+        --tiny-offsets /tmp/offsets/tiny/model.safetensors                      # the default set
+    python benchmarks/subpixel.py --fast-offsets ... --tiny-offsets ... --strength 0.5 2   # the hard set
 """
 
 from __future__ import annotations
@@ -50,7 +52,6 @@ from silk_keypoints.io import list_images, to_batch
 from silk_keypoints.training.data import split_train_val
 
 COLUMNS = ("rep@1", "rep@3", "mma@1", "mma@2", "mma@3", "h_acc@1", "h_auc@1", "h_auc@3")
-RUNS = Path("/work/subpix-runs")
 
 
 def parabola_shift(logits: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
@@ -133,8 +134,8 @@ def timing(names: list[str], offsets: dict[str, str], max_keypoints: int, repeat
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--photos", default="../shared/data/train-photos", help="photo folder (its validation split is used)")
-    p.add_argument("--fast-offsets", default=str(RUNS / "fast-offsets.safetensors"), help="fast with an offset head")
-    p.add_argument("--tiny-offsets", default=str(RUNS / "tiny-offsets.safetensors"), help="tiny with an offset head")
+    p.add_argument("--fast-offsets", required=True, help="fast with an offset head (benchmarks/train_offsets.py)")
+    p.add_argument("--tiny-offsets", required=True, help="tiny with an offset head (benchmarks/train_offsets.py)")
     p.add_argument("--models", nargs="*", default=["fast", "tiny"], choices=["fast", "tiny"])
     p.add_argument("--no-sift", action="store_true")
     p.add_argument("--max-keypoints", type=int, default=2048)
