@@ -32,7 +32,6 @@ rep@t on the keypoints as returned. ``ms/img`` of the baselines is the exact pat
 from __future__ import annotations
 
 import argparse
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -42,14 +41,13 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from validation import add_set_args, validation_set  # benchmarks/validation.py: the same validation set
 
 from silk_keypoints import SiLK
 from silk_keypoints.evaluation.extractors import CallableExtractor, Extractor, ModelExtractor, OpenCVExtractor
 from silk_keypoints.evaluation.hpatches import evaluate_hpatches, get_protocol
 from silk_keypoints.evaluation.report import hpatches_table, write_json
-from silk_keypoints.evaluation.testdata import make_hpatches
-from silk_keypoints.io import list_images, to_batch
-from silk_keypoints.training.data import split_train_val
+from silk_keypoints.io import to_batch
 
 COLUMNS = ("rep@1", "rep@3", "mma@1", "mma@2", "mma@3", "h_acc@1", "h_auc@1", "h_auc@3")
 
@@ -133,17 +131,11 @@ def timing(names: list[str], offsets: dict[str, str], max_keypoints: int, repeat
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--photos", default="../shared/data/train-photos", help="photo folder (its validation split is used)")
+    add_set_args(p)
     p.add_argument("--fast-offsets", required=True, help="fast with an offset head (benchmarks/train_offsets.py)")
     p.add_argument("--tiny-offsets", required=True, help="tiny with an offset head (benchmarks/train_offsets.py)")
     p.add_argument("--models", nargs="*", default=["fast", "tiny"], choices=["fast", "tiny"])
     p.add_argument("--no-sift", action="store_true")
-    p.add_argument("--max-keypoints", type=int, default=2048)
-    p.add_argument("--sequences", type=int, default=20)
-    p.add_argument("--size", default="480x360", help="WxH of the generated images")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--strength", type=float, nargs=2, default=(1.0, 1.0), metavar=("LO", "HI"),
-                   help="change in image 2 and image 6 of each sequence (make_hpatches); 0.5 2: the hard set")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--timing", action="store_true", help="also time extract() with and without the head")
     p.add_argument("--out", default=None, help="folder for the JSON result (optional)")
@@ -153,18 +145,12 @@ def main() -> None:
     offsets = {"fast": args.fast_offsets, "tiny": args.tiny_offsets}
     k = args.max_keypoints
     extractors = build(args.models, offsets, k, not args.no_sift)
-    _, val = split_train_val(list_images(args.photos))
-    size = tuple(int(v) for v in args.size.lower().split("x"))
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "val-images"
-        folder.mkdir()
-        for path in val:
-            shutil.copy(path, folder / path.name)
-        data = make_hpatches(Path(tmp) / "hpatches", folder, args.sequences, size, args.seed, tuple(args.strength))
+        data, photos = validation_set(args, tmp)
         # refine=True refines only features with neighbour descriptors: the +pairref rows
         protocol = get_protocol("d2net", max_keypoints=k, table=COLUMNS, refine=True)
         result = evaluate_hpatches(data, extractors, protocol, seed=args.seed, progress=False)
-    print(f"{len(val)} validation photos -> {args.sequences} sequences of {args.size}, strength "
+    print(f"{photos} validation photos -> {args.sequences} sequences of {args.size}, strength "
           f"{args.strength[0]:g}-{args.strength[1]:g}, {k} keypoints, plain mutual NN (pair refinement only in "
           f"+pairref rows), seed {args.seed}; offsets: fast={args.fast_offsets} tiny={args.tiny_offsets}\n")
     print(hpatches_table(result))

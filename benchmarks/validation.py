@@ -23,6 +23,7 @@ import argparse
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -36,38 +37,49 @@ from silk_keypoints.training.data import split_train_val
 COLUMNS = ("rep@3", "mma@1", "mma@3", "mma@5", "h_acc@1", "h_acc@3", "h_acc@5", "h_auc@1", "h_auc@3")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_set_args(p: argparse.ArgumentParser) -> None:
+    """The options of the validation set (shared with benchmarks/subpixel.py)."""
     p.add_argument("--photos", default="../shared/data/train-photos", help="photo folder (its validation split is used)")
-    p.add_argument("--models", nargs="*", default=["fast", "tiny"], help="shipped model names")
-    p.add_argument("--checkpoint", nargs="*", default=[], help="extra weight files")
-    p.add_argument("--baselines", default="sift,orb")
     p.add_argument("--max-keypoints", type=int, default=2048)
     p.add_argument("--sequences", type=int, default=20)
     p.add_argument("--size", default="480x360", help="WxH of the generated images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strength", type=float, nargs=2, default=(1.0, 1.0), metavar=("LO", "HI"),
                    help="change in image 2 and image 6 of each sequence (make_hpatches); 0.5 2: the hard set")
+
+
+def validation_set(args: argparse.Namespace, tmp: str) -> tuple[Any, int]:
+    """The HPatches-layout sequences of the photo folder's validation split, written under ``tmp``; and the
+    number of validation photos."""
+    _, val = split_train_val(list_images(args.photos))
+    size = tuple(int(v) for v in args.size.lower().split("x"))
+    folder = Path(tmp) / "val-images"
+    folder.mkdir()
+    for path in val:
+        shutil.copy(path, folder / path.name)
+    return make_hpatches(Path(tmp) / "hpatches", folder, args.sequences, size, args.seed, tuple(args.strength)), len(val)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_set_args(p)
+    p.add_argument("--models", nargs="*", default=["fast", "tiny"], help="shipped model names")
+    p.add_argument("--checkpoint", nargs="*", default=[], help="extra weight files")
+    p.add_argument("--baselines", default="sift,orb")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None, help="folder for the JSON results (optional)")
     p.add_argument("--no-refine", action="store_true", help="keep matched points on the cell grid (an ablation)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    _, val = split_train_val(list_images(args.photos))
-    size = tuple(int(v) for v in args.size.lower().split("x"))
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "val-images"
-        folder.mkdir()
-        for path in val:
-            shutil.copy(path, folder / path.name)
-        data = make_hpatches(Path(tmp) / "hpatches", folder, args.sequences, size, args.seed, tuple(args.strength))
+        data, photos = validation_set(args, tmp)
         baselines = [b for b in args.baselines.split(",") if b.strip()]
         extractors = build_extractors(args.models, args.checkpoint, baselines, args.max_keypoints)
         protocol = get_protocol("d2net", max_keypoints=args.max_keypoints, table=COLUMNS, refine=not args.no_refine)
         result = evaluate_hpatches(data, extractors, protocol, seed=args.seed, progress=False)
     refine = "matches refined below the cell size" if protocol.refine else "matches on the cell grid"
-    print(f"{len(val)} validation photos -> {args.sequences} sequences of {args.size}, strength "
+    print(f"{photos} validation photos -> {args.sequences} sequences of {args.size}, strength "
           f"{args.strength[0]:g}-{args.strength[1]:g}, "
           f"{args.max_keypoints} keypoints, mutual NN ({refine}), seed {args.seed}\n")
     print(hpatches_table(result))
