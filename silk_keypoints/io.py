@@ -8,6 +8,7 @@ Grayscale from RGB uses 0.299 R + 0.587 G + 0.114 B (the original's training con
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -134,6 +135,61 @@ def list_images(root: str | os.PathLike, recursive: bool = True) -> list[Path]:
         raise SilkError(f"image folder not found: {root}")
     it = root.rglob("*") if recursive else root.iterdir()
     return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def named_images(
+    inputs: Sequence[str | os.PathLike] = (),
+    root: str | os.PathLike | None = None,
+    image_list: str | os.PathLike | None = None,
+) -> list[tuple[str, Path]]:
+    """(name, path) of the images to process, named as hloc names them, in input order.
+
+    Args:
+        inputs: image files (named by their path relative to ``root``, else by their file name) and folders
+            (every image below, sorted, named by its path relative to that folder).
+        root: the folder image names are relative to; also the folder of ``image_list``'s paths (default: the
+            current folder).
+        image_list: a text file of image paths relative to ``root``, one per line (hloc's ``image_list``).
+
+    Raises:
+        SilkError: a missing file or folder, a folder without images, two images with the same name, no images.
+    """
+    base = Path(root) if root is not None else None
+    out: list[tuple[str, Path]] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                raise SilkError(f"no images in folder {path} (suffixes: {', '.join(IMAGE_SUFFIXES)})")
+            out += [(p.relative_to(path).as_posix(), p) for p in found]
+        elif not path.is_file():
+            raise SilkError(f"image not found: {path}")
+        elif base is not None:
+            try:
+                out.append((path.resolve().relative_to(base.resolve()).as_posix(), path))
+            except ValueError:
+                raise SilkError(f"image {path} is not inside --root {base}") from None
+        else:
+            out.append((path.name, path))
+    if image_list is not None:
+        listed = check_input_file(image_list, "image list")
+        for line in listed.read_text().splitlines():
+            name = line.strip()
+            if name:
+                path = (base or Path(".")) / name
+                if not path.is_file():
+                    raise SilkError(f"image not found: {path} (line '{name}' of {listed})")
+                out.append((Path(name).as_posix(), path))
+    if not out:
+        raise SilkError("no images given")
+    seen: dict[str, Path] = {}
+    for name, path in out:
+        if name in seen:
+            raise SilkError(f"two images get the name {name!r} ({seen[name]} and {path}): pass --root to name "
+                            "them by their relative path")
+        seen[name] = path
+    return out
 
 
 def read_text_matrix(path: str | os.PathLike, what: str, shapes: tuple[tuple[int, int], ...]) -> np.ndarray:

@@ -13,7 +13,6 @@ from silk_keypoints import SilkError
 from silk_keypoints.cli import COMMANDS, build_parser, main
 from silk_keypoints.cli.common import (
     add_matcher_args,
-    image_name,
     load_model,
     matcher_options,
     progress_printer,
@@ -73,8 +72,6 @@ def test_load_model_checks_the_device():
 
 def test_names_and_descriptions(tmp_path, capsys):
     (tmp_path / "a").mkdir()
-    assert image_name(tmp_path / "a" / "x.jpg", tmp_path) == "a/x.jpg"
-    assert image_name(tmp_path / "a" / "x.jpg", None) == "x.jpg"
     assert weights_description(argparse.Namespace(checkpoint="w.pt", model=None)) == "checkpoint w.pt"
     assert weights_description(argparse.Namespace(checkpoint=None, model=None)).startswith("shipped weights '")
     progress_printer()("hello")

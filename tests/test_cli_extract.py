@@ -60,3 +60,22 @@ def test_help_texts(capsys):
     with pytest.raises(SystemExit):
         main(["extract", "--help"])
     assert "hloc" in capsys.readouterr().out
+
+
+def test_extract_a_folder_and_an_image_list(tmp_path, weights, images, capsys):
+    folder_out, list_out = tmp_path / "folder.h5", tmp_path / "list.h5"
+    sub = images[0].parent / "sub"
+    sub.mkdir()
+    cv2.imwrite(str(sub / "im2.png"), np.full((60, 60), 128, np.uint8))
+    args = ["--checkpoint", str(weights), "--max-keypoints", "10"]
+    assert main(["extract", str(images[0].parent), "--out", str(folder_out), *args]) == 0
+    with h5py.File(folder_out, "r") as f:
+        assert sorted(f) == ["im0.png", "im1.png", "sub"] and list(f["sub"]) == ["im2.png"]
+    (tmp_path / "list.txt").write_text("imgs/im1.png\nimgs/sub/im2.png\n")
+    assert main(["extract", "--image-list", str(tmp_path / "list.txt"), "--root", str(tmp_path),
+                 "--out", str(list_out), *args]) == 0
+    with h5py.File(list_out, "r") as f:
+        assert sorted(f) == ["imgs"] and sorted(f["imgs"]) == ["im1.png", "sub"]
+    capsys.readouterr()
+    assert main(["extract", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.h5"), *args]) == 2
+    assert "image not found" in capsys.readouterr().err

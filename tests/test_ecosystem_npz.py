@@ -102,4 +102,4 @@ def test_cli_export_npz(tmp_path, capsys):
     assert main(["export-npz", "--out", str(out)]) == 2
     assert "either IMAGE files or --features" in capsys.readouterr().err
     assert main(["export-npz", str(image), str(image), "--out", str(out), "--checkpoint", str(weights)]) == 2
-    assert "same name" in capsys.readouterr().err
+    assert "get the name" in capsys.readouterr().err

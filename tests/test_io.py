@@ -117,3 +117,32 @@ def test_check_input_file_names_what_is_wrong(tmp_path):
         check_input_file(tmp_path / "none.jpg", "image")
     with pytest.raises(SilkError, match=r"checkpoint is empty \(0 bytes\)"):
         check_input_file(tmp_path / "empty.jpg", "checkpoint")
+
+
+def test_named_images_from_files_folders_and_lists(tmp_path):
+    from silk_keypoints.io import named_images
+
+    (tmp_path / "scene" / "sub").mkdir(parents=True)
+    for rel in ("scene/b.jpg", "scene/sub/a.png", "scene/notes.txt", "other.jpg"):
+        (tmp_path / rel).write_bytes(b"x")
+    folder = named_images([tmp_path / "scene"])
+    assert [n for n, _ in folder] == ["b.jpg", "sub/a.png"]  # sorted, relative to the folder, images only
+    assert named_images([tmp_path / "scene/sub/a.png"], root=tmp_path)[0][0] == "scene/sub/a.png"
+    assert named_images([tmp_path / "other.jpg"])[0] == ("other.jpg", tmp_path / "other.jpg")
+    (tmp_path / "list.txt").write_text("scene/b.jpg\n\nother.jpg\n")
+    listed = named_images(root=tmp_path, image_list=tmp_path / "list.txt")
+    assert [n for n, _ in listed] == ["scene/b.jpg", "other.jpg"] and listed[1][1] == tmp_path / "other.jpg"
+    (tmp_path / "empty").mkdir()
+    for kwargs, phrase in [
+        ({"inputs": [tmp_path / "missing.jpg"]}, "image not found"),
+        ({"inputs": [tmp_path / "empty"]}, "no images in folder"),
+        ({"inputs": [tmp_path / "other.jpg"], "root": tmp_path / "scene"}, "is not inside --root"),
+        ({"inputs": [tmp_path / "scene/b.jpg", tmp_path / "scene" / "sub" / ".." / "b.jpg"]}, "two images get the name"),
+        ({"root": tmp_path, "image_list": tmp_path / "nope.txt"}, "image list not found"),
+        ({}, "no images given"),
+    ]:
+        with pytest.raises(SilkError, match=phrase):
+            named_images(**kwargs)
+    (tmp_path / "bad.txt").write_text("scene/zzz.jpg\n")
+    with pytest.raises(SilkError, match="line 'scene/zzz.jpg'"):
+        named_images(root=tmp_path, image_list=tmp_path / "bad.txt")

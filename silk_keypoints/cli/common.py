@@ -75,11 +75,6 @@ def progress_printer() -> Callable[[str], None]:
     return say
 
 
-def image_name(path: Path, root: Path | None) -> str:
-    """An image's name in output files: its path relative to ``root`` ('/'-separated), else its file name."""
-    return path.resolve().relative_to(root.resolve()).as_posix() if root else path.name
-
-
 def matcher_options(args: argparse.Namespace) -> dict:
     """:class:`~silk_keypoints.matching.Matcher` options (besides ``--matcher``) from ``--match-threshold``,
     ``--temperature`` and, where the command has them, ``--max-distance`` and ``--no-refine``; options left

@@ -13,6 +13,7 @@ from ..ecosystem.pairs import exhaustive_pairs, read_pairs, sequential_pairs, wr
 from ..errors import SilkError
 from ..files import check_overwrite
 from ..image_features import extract_image
+from ..io import named_images
 from ..matching import Matcher
 from . import add_command
 from .common import (
@@ -21,7 +22,6 @@ from .common import (
     add_model_args,
     add_overwrite_arg,
     detection_options,
-    image_name,
     load_model,
     matcher_options,
 )
@@ -185,12 +185,7 @@ def run_export_npz(args: argparse.Namespace) -> int:
         def features(name: str) -> dict:
             return read_features(args.features, name)
     else:
-        root = Path(args.root) if args.root else None
-        paths = {image_name(Path(p), root): Path(p) for p in args.images}
-        if len(paths) != len(args.images):
-            raise SilkError(
-                "two IMAGE files get the same name: pass --root to name them by their relative path"
-            )
+        paths = dict(named_images(args.images, args.root))
         names = list(paths)
         model, opts = load_model(args), detection_options(args)
 
