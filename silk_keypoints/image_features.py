@@ -12,7 +12,6 @@ import os
 from typing import Any
 
 import numpy as np
-import torch
 
 from .features import Features
 from .io import load_image, resize_long_side, rgb_to_gray_uint8
@@ -31,7 +30,8 @@ def image_features(
     Args:
         model: anything with SiLK's ``extract`` and ``config.in_channels`` (:class:`~silk_keypoints.SiLK`,
             :class:`~silk_keypoints.ecosystem.onnx.OnnxSiLK`).
-        image: path, or numpy (H, W) / (H, W, 3) uint8 RGB.
+        image: path, or numpy (H, W) / (H, W, 3) uint8 RGB; for a gray model RGB becomes gray uint8 here, as
+            :func:`~silk_keypoints.io.load_image` does for files (the only gray conversion on this path).
         resize: long side of the image the network sees (None: as it is).
         upscale: also enlarge images whose long side is below ``resize`` (default: only shrink).
         neighbours: also return the neighbour descriptors for match refinement (spacing in original pixels).
@@ -44,9 +44,7 @@ def image_features(
         image = rgb_to_gray_uint8(image)
     h, w = image.shape[:2]
     small, scale = resize_long_side(image, resize, upscale)
-    with torch.no_grad():
-        feats = model.extract(small, neighbours=neighbours, **options)
-    return feats.rescaled(scale, (w, h))
+    return model.extract(small, neighbours=neighbours, **options).rescaled(scale, (w, h))
 
 
 def extract_image(

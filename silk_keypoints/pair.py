@@ -27,7 +27,7 @@ from .features import Features
 from .files import check_output_path, write_bytes
 from .geometry import Estimate, estimate_fundamental, estimate_homography
 from .image_features import image_features
-from .io import load_image, rgb_to_gray_uint8
+from .io import load_image
 from .matching import Matcher
 from .model import SiLK
 from .viz import draw_keypoints, draw_matches, save_image, side_by_side
@@ -144,10 +144,9 @@ def match_pair(
         name = Path(image).name if not isinstance(image, np.ndarray) else f"array {image.shape}"
         rgb = load_image(image) if not isinstance(image, np.ndarray) else image
         say(f"extracting keypoints: {name}")
-        net_input = rgb_to_gray_uint8(rgb) if model.config.in_channels == 1 and rgb.ndim == 3 else rgb
         names.append(name)
         images.append(rgb)
-        features.append(image_features(model, net_input, resize=resize, neighbours=matcher.refine, **detection))
+        features.append(image_features(model, rgb, resize=resize, neighbours=matcher.refine, **detection))
     say("matching")
     out = matcher({"image0": features[0], "image1": features[1]})
     # the one step from torch to numpy: OpenCV's geometry, the pictures and JSON take arrays

@@ -243,8 +243,12 @@ class OnnxSiLK:
         self.outputs = tuple(json.loads(meta.get("silk.outputs", json.dumps(OUTPUT_NAMES))))
 
     def dense(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """(B, C, H, W) float32 images in [0, 1] -> ``logits``, ``probability``, unit-norm ``descriptors``."""
+        """(B, C, H, W) float32 images in [0, 1] -> ``logits``, ``probability``, unit-norm ``descriptors``
+        (and ``offsets`` for a model with an offset head)."""
         self._check(images)
+        return self._run(images)
+
+    def _run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         outputs = self.session.run(
             list(self.outputs), {"images": np.ascontiguousarray(images, dtype=np.float32)}
         )
@@ -264,7 +268,7 @@ class OnnxSiLK:
         Large batches run a few images at a time (about ``RUN_PIXELS`` pixels per run) to bound memory.
         """
         x = to_batch(image, self.config.in_channels).cpu()
-        check_images(x, self.config, self.min_size)
+        self._check(x.numpy())  # once for the batch; the passes run the session directly
         opts = detection_options(self.config, {
             "max_keypoints": max_keypoints, "detection_threshold": detection_threshold,
             "nms_radius": nms_radius, "remove_borders": remove_borders})
@@ -274,7 +278,7 @@ class OnnxSiLK:
     def passes(self, images: torch.Tensor) -> Iterator[dict[str, torch.Tensor]]:
         per_run = images.shape[0] if self._fixed_batch() else images_per_pass(images, RUN_PIXELS)
         for chunk in images.split(per_run):
-            yield {k: torch.from_numpy(v) for k, v in self.dense(chunk.numpy()).items()}
+            yield {k: torch.from_numpy(v) for k, v in self._run(chunk.numpy()).items()}
 
     def probability(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
         return state["probability"]

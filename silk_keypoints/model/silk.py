@@ -228,7 +228,7 @@ class SiLK(nn.Module):
             if self.offset_head is None:
                 return [gather_descriptors(raw[i], index[i], scale()) for i in range(raw.shape[0])]
             hf, wf = raw.shape[-2:]
-            return [interpolated_descriptors(functools.partial(_unit_columns, raw[i]), self.grid.to_cells(p[:, :2]),
+            return [interpolated_descriptors(functools.partial(gather_descriptors, raw[i]), self.grid.to_cells(p[:, :2]),
                                              hf, wf) * scale() for i, p in enumerate(get("sparse_positions"))]
 
         rules: dict[str, Callable[[], Any]] = {
@@ -354,16 +354,11 @@ class ExactNetwork:
         return torch.sigmoid(state[0])
 
     def descriptors_at(self, state: tuple[torch.Tensor, ...], image: int, cells: torch.Tensor) -> torch.Tensor:
-        return _unit_columns(state[1][image], cells)
+        return gather_descriptors(state[1][image], cells)
 
     def offsets_at(self, state: tuple[torch.Tensor, ...], image: int, cells: torch.Tensor) -> torch.Tensor | None:
         head = self.model.offset_head
         return None if head is None else head.at_cells(state[2][image], state[3][image], cells)
-
-
-def _unit_columns(raw: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
-    """Unit descriptors (U, D) of flat cells ``cells`` of one raw descriptor map (D, Hf, Wf)."""
-    return F.normalize(raw.reshape(raw.shape[0], -1)[:, cells].t(), p=2, dim=1)
 
 
 def _tensor_key(t: torch.Tensor) -> tuple:
