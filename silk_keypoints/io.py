@@ -8,6 +8,7 @@ Grayscale from RGB uses 0.299 R + 0.587 G + 0.114 B (the original's training con
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,19 +23,59 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tif
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 # stored depth and colour type; without IMREAD_UNCHANGED OpenCV applies the EXIF orientation
 _READ_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+# the default largest image decoded (and run through a network): 24 MP, e.g. a 6000 x 4000 camera photo;
+# docs/reliability.md gives the measured peak memory per megapixel
+MAX_PIXELS = 24_000_000
+UNIT_TOLERANCE = 0.01  # float images may leave [0, 1] by this much (rounding of conversions)
 
 
-def load_image(path: str | os.PathLike, gray: bool = False) -> np.ndarray:
+def image_file_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(W, H) as stored in the header of an image file, read without decoding the pixels (Pillow's lazy
+    open); None if Pillow does not know the format (OpenCV may still decode it)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                return int(img.size[0]), int(img.size[1])
+    except Image.DecompressionBombError:
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise SilkError(f"image {path}: its header declares more than {limit / 1e6:.0f} MP (Pillow's "
+                        "decompression-bomb limit); refused before decoding") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return None
+
+
+def check_image_file_size(path: str | os.PathLike, max_pixels: int) -> None:
+    """Raise :class:`SilkError` if the header of image file ``path`` declares more than ``max_pixels``
+    pixels: the check made before any pixel is decoded."""
+    size = image_file_size(path)
+    if size is not None and size[0] * size[1] > max_pixels:
+        w, h = size
+        raise SilkError(
+            f"image {path} is {w}x{h} ({w * h / 1e6:.1f} MP), more than the limit of {max_pixels / 1e6:.1f} MP; "
+            f"refused before decoding: pass --max-pixels {w * h} (Python: max_pixels={w * h}) if you have "
+            f"the memory (see docs/reliability.md), or shrink the file (--resize shrinks after decoding)")
+
+
+def load_image(path: str | os.PathLike, gray: bool = False, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
     """Read an image file -> uint8 (H, W) if ``gray`` else (H, W, 3) RGB, upright.
 
     The EXIF orientation is applied, as ``cv2.imread``, hloc and image viewers do (a phone JPEG with
     orientation 6 comes back rotated, with width and height swapped). 16-bit files are scaled to 8 bit, alpha
     is dropped (composited on black is *not* done: the colour channels are kept as stored).
+    ``max_pixels`` (None: no limit) is checked on the file's header, before any pixel is decoded.
 
     Raises:
-        SilkError: missing, empty, corrupt or unsupported file.
+        SilkError: missing, empty, corrupt or unsupported file, a folder, more than ``max_pixels`` pixels.
     """
+    if Path(path).is_dir():
+        raise SilkError(f"image {path} is a folder, not an image file (silk extract FOLDER reads the images "
+                        "in a folder)")
     path = check_input_file(path, "image")
+    if max_pixels is not None:
+        check_image_file_size(path, max_pixels)
     data = np.fromfile(str(path), dtype=np.uint8)
     img = cv2.imdecode(data, _READ_FLAGS)
     if img is None:
@@ -93,15 +134,28 @@ def _numpy_to_tensor(img: np.ndarray) -> torch.Tensor:
     return t.permute(2, 0, 1)[None]
 
 
+def check_unit_range(x: torch.Tensor) -> None:
+    """Raise :class:`SilkError` if float image ``x`` has values outside [0, 1] (by more than
+    :data:`UNIT_TOLERANCE`): a 0..255 float image would otherwise give silently wrong keypoints."""
+    if x.numel() == 0:
+        return
+    lo, hi = float(x.amin()), float(x.amax())
+    if hi > 1 + UNIT_TOLERANCE or lo < -UNIT_TOLERANCE:
+        hint = " (a 0..255 image: divide it by 255, or pass it as uint8)" if hi > 1 + UNIT_TOLERANCE else ""
+        raise SilkError(f"float image values must be in [0, 1], got values from {lo:g} to {hi:g}{hint}")
+
+
 def to_batch(image: torch.Tensor | np.ndarray, channels: int) -> torch.Tensor:
     """Any supported image form -> float (B, channels, H, W) in [0, 1].
 
     Accepts torch (B, C, H, W) / (C, H, W) / (H, W) float in [0, 1] (C = 1 or 3) and numpy (H, W) /
-    (H, W, 3) uint8, uint16 or float in [0, 1]. RGB is converted to gray for 1-channel models, gray is
+    (H, W, 3) uint8, uint16 or float in [0, 1]; float images with values outside [0, 1] (a 0..255 float
+    image) are refused with a :class:`SilkError`, not rescaled. RGB is converted to gray for 1-channel models, gray is
     repeated for 3-channel ones.
     """
     if isinstance(image, np.ndarray):
         x = _numpy_to_tensor(image)
+        floating = np.issubdtype(image.dtype, np.floating)
     elif isinstance(image, torch.Tensor):
         x = image
         if x.ndim == 2:
@@ -110,13 +164,16 @@ def to_batch(image: torch.Tensor | np.ndarray, channels: int) -> torch.Tensor:
             x = x[None]
         if x.ndim != 4:
             raise SilkError(f"image tensor must be (B, C, H, W), (C, H, W) or (H, W), got shape {tuple(image.shape)}")
-        if not torch.is_floating_point(x):
+        floating = torch.is_floating_point(x)
+        if not floating:
             if x.dtype == torch.uint8:
                 x = x.float() / 255.0
             else:
                 raise SilkError(f"image tensor must be float in [0, 1] or uint8, got {x.dtype}")
     else:
         raise SilkError(f"expected a torch.Tensor or numpy.ndarray image, got {type(image).__name__}")
+    if floating:
+        check_unit_range(x)
     c = x.shape[1]
     if c not in (1, 3):
         raise SilkError(f"image must have 1 or 3 channels, got {c} (shape {tuple(x.shape)})")

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import numbers
+import types
+import typing
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ..errors import SilkError
+from ..io import MAX_PIXELS
 
 BLOCK_ORDERS = ("conv-relu-bn", "conv-bn-relu")
 
@@ -41,7 +46,7 @@ class SiLKConfig:
     max_keypoints: int | None = 10000  # None: every cell above the threshold
     nms_radius: int = 0  # 0: no non-maximum suppression; r: keep local maxima of a (2r+1)^2 window
     remove_borders: int = 0  # drop keypoints closer than this many pixels to the image border
-    max_pixels: int = 12_000_000  # refuse larger images with a clear message (resize them first)
+    max_pixels: int = MAX_PIXELS  # refuse larger images (decoded or run) with a clear message
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
@@ -75,6 +80,8 @@ class SiLKConfig:
             problems.append(f"max_keypoints must be >= 1 or None, got {self.max_keypoints}")
         if self.nms_radius < 0 or self.remove_borders < 0:
             problems.append("nms_radius and remove_borders must be >= 0")
+        if self.max_pixels < 1:
+            problems.append(f"max_pixels must be >= 1, got {self.max_pixels}")
         if problems:
             raise SilkError("invalid SiLK config: " + "; ".join(problems))
 
@@ -95,13 +102,88 @@ class SiLKConfig:
         return SiLKConfig.from_dict({**self.to_dict(), **changes})
 
 
-def dataclass_from_dict(cls: type, d: dict[str, Any], what: str) -> Any:
-    """``cls(**d)``, refusing keys that are not fields of ``cls`` with a :class:`SilkError` naming them."""
+def dataclass_from_dict(cls: type, d: Any, what: str, prefix: str = "") -> Any:
+    """``cls(**d)`` for a dataclass ``cls`` with every value checked against its field's type first.
+
+    Nested dataclass fields are built from dicts the same way. Raises a :class:`SilkError` naming the key
+    (``loss.cells``) for a value that is not a dict where one is needed, an unknown key or a value of the
+    wrong type (``"abc"`` for an int, ``64.5`` for an int, a string for a list of numbers).
+    """
+    if not isinstance(d, dict):
+        where = f"'{prefix.rstrip('.')}'" if prefix else "the top level"
+        raise SilkError(f"invalid {what}: {where} must be a table of settings, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
-        raise SilkError(f"invalid {what}: unknown keys {unknown} (known: {sorted(known)})")
-    return cls(**d)
+        raise SilkError(f"invalid {what}: unknown keys {[prefix + k for k in unknown]} (known: {sorted(known)})")
+    values = {}
+    for key, value in d.items():
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind) and isinstance(value, dict):
+            values[key] = dataclass_from_dict(kind, value, what, f"{prefix}{key}.")
+        elif _fits(value, kind):
+            values[key] = tuple(value) if isinstance(value, list) and _is_tuple(kind) else value
+        else:
+            raise SilkError(f"invalid {what}: '{prefix}{key}' must be {_describe(kind)}, got {value!r}")
+    try:
+        return cls(**values)
+    except SilkError as e:
+        raise SilkError(f"{e} (in {prefix.rstrip('.')})" if prefix else str(e)) from None
+
+
+def _is_tuple(kind: Any) -> bool:
+    return typing.get_origin(kind) is tuple or any(typing.get_origin(a) is tuple for a in typing.get_args(kind))
+
+
+def _fits(value: Any, kind: Any) -> bool:
+    """Whether a JSON / TOML ``value`` is of type ``kind`` (int, float, bool, str, dict, tuples, unions, dataclasses)."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if kind is type(None):
+        return value is None
+    if kind is Any:
+        return True
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if kind is str:
+        return isinstance(value, str)
+    if kind is dict or origin is dict:
+        return isinstance(value, dict)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args))
+    if dataclasses.is_dataclass(kind):
+        return isinstance(value, kind)
+    return isinstance(value, kind) if isinstance(kind, type) else True
+
+
+_NAMES = {int: ("an integer", "integers"), float: ("a number", "numbers"), bool: ("true or false", "booleans"),
+          str: ("a string", "strings"), dict: ("a table", "tables")}
+
+
+def _describe(kind: Any, plural: bool = False) -> str:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a, plural) for a in args)
+    if kind is type(None):
+        return "null"
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_describe(args[0], True)}"
+        return f"a list of {len(args)} {' and '.join(sorted({_describe(a, True) for a in args}))}"
+    if dataclasses.is_dataclass(kind):
+        return "a table of settings"
+    names = _NAMES.get(kind)
+    return names[plural] if names else getattr(kind, "__name__", str(kind))
 
 
 DETECTION_KEYS = ("detection_threshold", "max_keypoints", "nms_radius", "remove_borders")

@@ -100,10 +100,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.homography, dict):
-            self.homography = HomographyConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                                  for k, v in self.homography.items()})
+            self.homography = dataclass_from_dict(HomographyConfig, self.homography, "training config", "homography.")
         if isinstance(self.loss, dict):
-            self.loss = LossConfig(**self.loss)
+            self.loss = dataclass_from_dict(LossConfig, self.loss, "training config", "loss.")
+        if isinstance(self.model, dict):
+            dataclass_from_dict(SiLKConfig, self.model, "model config in the training config", "model.")
+        else:
+            variant_config(self.model)
         problems = []
         if self.augment not in RECIPES:
             problems.append(f"augment must be one of {RECIPES}")
@@ -119,6 +122,10 @@ class TrainConfig:
             problems.append(f"best_metric must be one of {BEST_METRICS}")
         if self.steps < 1 or self.batch_size < 1 or self.crop < 1 or not self.lr > 0:
             problems.append("steps, batch_size, crop and lr must be positive")
+        if self.threads is not None and self.threads < 1:
+            problems.append(f"threads must be >= 1 (or unset: torch's default), got {self.threads}")
+        if self.workers < 0:
+            problems.append(f"workers must be >= 0 (0: load data in the training process), got {self.workers}")
         if self.ckpt_every < 1 or self.log_every < 1 or self.val_every < 0:
             problems.append("ckpt_every and log_every must be >= 1, val_every >= 0")
         if problems:
