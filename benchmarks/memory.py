@@ -43,8 +43,8 @@ def write_bomb_png(path: Path, width: int, height: int) -> Path:
 
 def write_texture(path: Path, megapixels: float, seed: int = 0) -> Path:
     """A 4:3 JPEG of blurred noise with about ``megapixels`` MP."""
-    h = int(round((megapixels * 1e6 * 3 / 4) ** 0.5))
-    w = int(round(h * 4 / 3))
+    h = round((megapixels * 1e6 * 3 / 4) ** 0.5)
+    w = round(h * 4 / 3)
     rng = np.random.default_rng(seed)
     small = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
     img = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
@@ -82,9 +82,6 @@ def main() -> None:
             bomb = path.name == "bomb.png"
             argv = [sys.executable, "-m", "silk_keypoints.cli", "extract", "--overwrite", *model] if bomb else base
             gb, rc, last = peak_rss([*argv, str(path), "--out", str(tmp / "f.h5")], env)
-            h, w = cv2.imread(str(path), cv2.IMREAD_REDUCED_GRAYSCALE_8).shape if not bomb else (30000, 30000)
-            if not bomb:
-                h, w = h * 8, w * 8
             rows.append((path.name, mp, gb, rc, last))
             print(f"{path.name:>10}  {mp:7.1f} MP  peak RSS {gb:5.2f} GB  exit {rc}  {last[:120]}", flush=True)
     fit = [(mp, gb) for name, mp, gb, rc, _ in rows if name != "bomb.png" and rc == 0]

@@ -1,11 +1,14 @@
 """Writing output files: atomic writes and the checks made before slow work starts.
 
 Every file the package writes (weights, pictures, JSON, hloc / COLMAP / npz files, ONNX models) goes through
-:func:`atomic_write`: a crash or a full disk leaves the old file (if any) untouched and no partial file.
+:func:`atomic_write`: a crash or a full disk leaves the old file (if any) untouched and no partial file, and a
+failed write (read-only or full disk) is one :class:`SilkError` line naming the file. Folders are made by
+:func:`make_dir`.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -14,13 +17,23 @@ from typing import Any
 
 from .errors import SilkError
 
+# the default largest input image, checked on the file's header before decoding and again on the network's
+# input: 16 MP (a 4608 x 3456 photo; 12.2 MP phone photos fit); docs/reliability.md gives the measured memory
+MAX_PIXELS = 16_000_000
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it over ``path``. Returns ``path``."""
     path = Path(path)
     if not path.parent.exists():
         raise SilkError(f"output folder does not exist: {path.parent}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise SilkError(f"output path is a folder, expected a file: {path}")
+    kept = "; the existing file is kept" if path.exists() else ""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise SilkError(f"cannot write {path}: {describe_os_error(e)}") from None
     os.close(fd)
     try:
         write(Path(tmp))
@@ -28,9 +41,37 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise SilkError(f"cannot write {path}: {describe_os_error(e)}{kept}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def describe_os_error(e: OSError) -> str:
+    """A short reason for a failed write: ``no space left on device (disk full)``, ``read-only file system``."""
+    hints = {errno.ENOSPC: "no space left on device (disk full)", errno.EROFS: "read-only file system",
+             errno.EACCES: "permission denied", errno.EDQUOT: "disk quota exceeded"}
+    return hints.get(e.errno) or (e.strerror or str(e) or type(e).__name__).lower()
+
+
+def make_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Create folder ``path`` (and its parents) or raise :class:`SilkError` saying why it cannot be used: a
+    file in the way, a read-only or full disk, no permission."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SilkError(f"{what} {path} is a file, expected a folder")
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise SilkError(f"cannot create {what} {path}: {blocking} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SilkError(f"cannot create {what} {path}: {describe_os_error(e)}") from None
+    if not os.access(path, os.W_OK):
+        raise SilkError(f"{what} is not writable: {path}")
     return path
 
 
@@ -47,14 +88,17 @@ def check_input_file(path: str | os.PathLike, what: str) -> Path:
 def check_output_path(path: str | os.PathLike, formats: Sequence[str] | None = None, what: str = "file") -> Path:
     """Raise :class:`SilkError` unless ``path`` can be written: an existing, writable folder, not a folder
     itself, and a suffix among ``formats`` (None: any). Call it before slow work so a typo fails fast."""
+    if str(path).endswith(("/", os.sep)):
+        raise SilkError(f"output path {path} ends with '/' (a folder): give a file name")
     path = Path(path)
     if formats is not None and path.suffix.lower() not in formats:
         raise SilkError(f"{path}: unsupported {what} format {path.suffix!r}; use one of {list(formats)}")
     folder = path.parent
+    blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise SilkError(f"cannot write {path}: {blocking} is a file, not a folder")
     if not folder.exists():
         raise SilkError(f"output folder does not exist: {folder}")
-    if not folder.is_dir():
-        raise SilkError(f"output folder {folder} is not a folder")
     if not os.access(folder, os.W_OK):
         raise SilkError(f"output folder is not writable: {folder}")
     if path.is_dir():
@@ -64,8 +108,8 @@ def check_output_path(path: str | os.PathLike, formats: Sequence[str] | None = N
 
 def check_overwrite(path: str | os.PathLike, overwrite: bool) -> Path:
     """Raise :class:`SilkError` if ``path`` exists and ``overwrite`` is False: the one overwrite rule of every
-    writer and command (CLI: ``--overwrite``). Returns ``path``."""
-    path = Path(path)
+    writer and command (CLI: ``--overwrite``), after the checks of :func:`check_output_path`. Returns ``path``."""
+    path = check_output_path(path)
     if path.exists() and not overwrite:
         raise SilkError(f"{path} exists: pass --overwrite (Python: overwrite=True) to replace it")
     return path
@@ -73,8 +117,4 @@ def check_overwrite(path: str | os.PathLike, overwrite: bool) -> Path:
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temp file + rename: no half-written file on failure)."""
-    path = Path(path)
-    try:
-        return atomic_write(path, lambda tmp: tmp.write_bytes(data))
-    except OSError as e:
-        raise SilkError(f"cannot write {path}: {e.strerror or e}") from None
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))

@@ -39,7 +39,7 @@ def image_features(
     """
     gray = model.config.in_channels == 1
     if not isinstance(image, np.ndarray):
-        image = load_image(image, gray=gray)
+        image = load_image(image, gray=gray, max_pixels=model.config.max_pixels)
     elif gray and image.ndim == 3:
         image = rgb_to_gray_uint8(image)
     h, w = image.shape[:2]

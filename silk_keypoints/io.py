@@ -17,15 +17,12 @@ import numpy as np
 import torch
 
 from .errors import SilkError
-from .files import check_input_file
+from .files import MAX_PIXELS, check_input_file
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 # stored depth and colour type; without IMREAD_UNCHANGED OpenCV applies the EXIF orientation
 _READ_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
-# the default largest image decoded (and run through a network): 24 MP, e.g. a 6000 x 4000 camera photo;
-# docs/reliability.md gives the measured peak memory per megapixel
-MAX_PIXELS = 24_000_000
 UNIT_TOLERANCE = 0.01  # float images may leave [0, 1] by this much (rounding of conversions)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import SilkError
 from .features import Features
-from .files import check_output_path, write_bytes
+from .files import check_output_path, make_dir, write_bytes
 from .geometry import Estimate, estimate_fundamental, estimate_homography
 from .image_features import image_features
 from .io import load_image
@@ -142,7 +142,7 @@ def match_pair(
     names, images, features = [], [], []
     for image in (image0, image1):
         name = Path(image).name if not isinstance(image, np.ndarray) else f"array {image.shape}"
-        rgb = load_image(image) if not isinstance(image, np.ndarray) else image
+        rgb = load_image(image, max_pixels=model.config.max_pixels) if not isinstance(image, np.ndarray) else image
         say(f"extracting keypoints: {name}")
         names.append(name)
         images.append(rgb)
@@ -222,23 +222,11 @@ def run_demo(
 
     ``options`` go to :func:`match_pair`. Returns the result and the written paths.
     """
-    out = make_output_dir(out_dir)
+    out = make_dir(out_dir)
     result = match_pair(model, *DEMO_PAIR, progress=progress, **options)
     if progress:
         progress("drawing pictures")
     return result, save_pictures(result, *(out / name for name in DEMO_PICTURES))
-
-
-def make_output_dir(path: str | os.PathLike) -> Path:
-    """Create an output folder (and its parents) or raise :class:`SilkError` saying why it cannot be used."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SilkError(f"cannot create output folder {path}: {e.strerror or e}") from None
-    if not os.access(path, os.W_OK):
-        raise SilkError(f"output folder is not writable: {path}")
-    return path
 
 
 def _size(features: Features) -> str:

@@ -160,9 +160,10 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 
     def fail(tmp):
         tmp.write_bytes(b"partial")
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
-    with pytest.raises(OSError):
+    with pytest.raises(SilkError, match=r"cannot write .*out.bin: no space left on device \(disk full\); the "
+                       "existing file is kept"):
         atomic_write(target, fail)
     assert target.read_bytes() == b"old"
     assert list(tmp_path.iterdir()) == [target]

@@ -58,7 +58,9 @@ def run_shell_line(line: str) -> None:
         else:  # the importer's verification step through pycolmap
             pycolmap.verify_matches(opts["--database_path"], opts["--match_list_path"])
     elif argv[:2] == ["python", "-m"]:  # a third-party tool (hloc): run where it is installed
-        if importlib.util.find_spec(argv[2].split(".")[0]) is not None:
+        spec = importlib.util.find_spec(argv[2].split(".")[0])
+        # a real package, not the empty namespace package a leftover hloc/ folder in the start folder makes
+        if spec is not None and spec.origin not in (None, "namespace"):
             subprocess.run([sys.executable, *argv[1:]], check=True)
     else:
         raise AssertionError(f"docs/ecosystem.md runs {argv[0]!r}: teach this test to run it")

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from ..devices import resolve_device
+from ..errors import SilkError
+from ..files import MAX_PIXELS
 from ..matching import METHODS
-from ..model import SiLK
+from ..model import SiLK, SiLKConfig
+from ..model.pipeline import detection_options as checked_options
 from ..model.zoo import DEFAULT_PRETRAINED, available_pretrained, pretrained_path
 
 
@@ -35,6 +39,25 @@ def add_detection_args(parser: argparse.ArgumentParser, max_keypoints: int = 204
                         help="non-maximum suppression radius in output cells (default: the model's)")
     parser.add_argument("--resize", type=int, default=None, metavar="PX",
                         help="downscale images so their long side is at most PX (keypoints are mapped back)")
+    add_max_pixels_arg(parser)
+
+
+def pixel_count(text: str) -> int:
+    """argparse type of ``--max-pixels``: a number of pixels >= 1 in any number spelling (24000000, 24e6)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels, e.g. 24000000 or 24e6, got {text!r}") from None
+    if not math.isfinite(value) or value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number of pixels >= 1, got {text!r}")
+    return int(value)
+
+
+def add_max_pixels_arg(parser: argparse.ArgumentParser) -> None:
+    """``--max-pixels``: the largest image decoded and run (the model's ``max_pixels``), see :func:`load_model`."""
+    parser.add_argument("--max-pixels", type=pixel_count, default=None, metavar="N",
+                        help=f"refuse images of more than N pixels, checked before decoding (default: "
+                        f"{MAX_PIXELS / 1e6:g} MP; memory per MP: docs/reliability.md)")
 
 
 def add_overwrite_arg(parser: argparse.ArgumentParser) -> None:
@@ -43,12 +66,34 @@ def add_overwrite_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def detection_options(args: argparse.Namespace) -> dict:
-    return {"max_keypoints": args.max_keypoints, "detection_threshold": args.threshold, "nms_radius": args.nms}
+    """The detection options of ``--max-keypoints``, ``--threshold``, ``--nms``, checked here (before the model
+    is loaded) by :func:`~silk_keypoints.model.pipeline.detection_options`, with the CLI's names in errors."""
+    opts = {"max_keypoints": args.max_keypoints, "detection_threshold": args.threshold, "nms_radius": args.nms}
+    check_detection_flags(opts)
+    if getattr(args, "resize", None) is not None and args.resize < 1:
+        raise SilkError(f"--resize must be a long side in pixels >= 1, got {args.resize}")
+    return opts
+
+
+_FLAGS = {"max_keypoints": "--max-keypoints", "detection_threshold": "--threshold", "nms_radius": "--nms"}
+
+
+def check_detection_flags(options: dict) -> None:
+    """Check detection ``options`` (None: the model's) as the pipeline does, naming the CLI flag in the error."""
+    try:
+        checked_options(SiLKConfig(), options)
+    except SilkError as e:
+        key = next((k for k in _FLAGS if str(e).startswith(k)), None)
+        raise SilkError(str(e).replace(key, _FLAGS[key], 1) if key else str(e)) from None
 
 
 def load_model(args: argparse.Namespace) -> SiLK:
+    """The model of ``--model`` / ``--checkpoint`` on ``--device``, with ``--max-pixels`` (if the command has
+    it) as its ``max_pixels``."""
     device = resolve_device(args.device, "--device")
     model = SiLK.from_checkpoint(args.checkpoint) if args.checkpoint else SiLK.from_pretrained(args.model)
+    if getattr(args, "max_pixels", None) is not None:
+        model.config = model.config.replace(max_pixels=args.max_pixels)
     return model.to(device).eval()
 
 

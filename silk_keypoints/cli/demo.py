@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 
 from ..errors import SilkError
-from ..files import check_overwrite
-from ..pair import DEMO_PAIR, DEMO_PICTURES, make_output_dir, run_demo
+from ..files import check_overwrite, make_dir
+from ..pair import DEMO_PAIR, DEMO_PICTURES, run_demo
 from . import add_command
 from .common import (
     add_matcher_args,
     add_model_args,
     add_overwrite_arg,
+    check_detection_flags,
     load_model,
     matcher_options,
     progress_printer,
@@ -36,11 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_detection_flags({"max_keypoints": args.max_keypoints})
     try:
         weights = weights_description(args)
     except SilkError as e:
         raise SilkError(f"{e} (run the demo with your own weights: silk demo --checkpoint PATH)") from None
-    out = make_output_dir(args.out)  # fail before the slow steps
+    out = make_dir(args.out)  # fail before the slow steps
     for name in DEMO_PICTURES:
         check_overwrite(out / name, args.overwrite)
     say = progress_printer()

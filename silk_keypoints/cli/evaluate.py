@@ -15,7 +15,7 @@ from ..evaluation import hpatches, pose, registration, report, testdata
 from ..evaluation.extractors import BASELINES, build_extractors
 from ..matching import Matcher
 from . import add_command
-from .common import add_matcher_args, matcher_options
+from .common import add_matcher_args, check_detection_flags, matcher_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -116,6 +116,7 @@ def _output_args(p: argparse.ArgumentParser) -> None:
 
 
 def _extractors(args: argparse.Namespace, default_keypoints: int):
+    check_detection_flags({"max_keypoints": args.max_keypoints})
     device = str(resolve_device(args.device, "--device"))
     baselines = [b for b in args.baselines.split(",") if b.strip()]
     return build_extractors(args.model, args.checkpoint, baselines, args.max_keypoints or default_keypoints, device)

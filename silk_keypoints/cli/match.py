@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from ..files import check_output_path, check_overwrite
+from ..files import check_output_path, check_overwrite, make_dir
 from ..pair import (
     GEOMETRIES,
     keypoint_picture_names,
     keypoints_picture,
-    make_output_dir,
     match_pair,
     save_json,
     save_pictures,
@@ -57,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     check_overwrite(check_output_path(args.out, IMAGE_FORMATS, "picture"), args.overwrite)
     if args.json:
         check_overwrite(check_output_path(args.json, formats=None), args.overwrite)
-    keypoints_dir = make_output_dir(args.keypoints_out) if args.keypoints_out else None
+    keypoints_dir = make_dir(args.keypoints_out) if args.keypoints_out else None
     if keypoints_dir is not None:
         for name in keypoint_picture_names((args.image0, args.image1)):
             check_overwrite(keypoints_dir / name, args.overwrite)

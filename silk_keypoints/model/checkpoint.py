@@ -107,6 +107,37 @@ class _RestrictedPickle:
     __name__ = "silk_restricted_pickle"
 
 
+UNSAFE_MESSAGE = "checkpoint contains objects that are not plain tensors/containers (refused for safety)"
+
+
+def contains_inert(obj: Any) -> bool:
+    """Whether ``obj`` (nested dicts, lists, tuples) holds an object the restricted unpickler neutralised."""
+    if isinstance(obj, _Inert):
+        return True
+    if isinstance(obj, dict):
+        return any(contains_inert(k) or contains_inert(v) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return any(contains_inert(v) for v in obj)
+    return False
+
+
+def load_error(path: Path, e: BaseException) -> SilkError:
+    """One line for a torch file that cannot be loaded: never torch's advice to unpickle it unsafely."""
+    if isinstance(e, pickle.UnpicklingError) or "weights_only" in str(e):
+        return SilkError(f"cannot read {path}: {UNSAFE_MESSAGE}")
+    first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+    return SilkError(f"cannot read checkpoint {path}: the file is corrupt, truncated or not a torch file ({first})")
+
+
+def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    """Raise :class:`SilkError` if a floating tensor of ``state`` holds NaN or inf values (such weights give
+    no keypoints, silently)."""
+    bad = [k for k, v in state.items() if torch.is_floating_point(v) and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise SilkError(f"weights in {source} contain NaN or inf values ({len(bad)} of {len(state)} tensors, "
+                        f"e.g. {bad[:3]})")
+
+
 def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -136,7 +167,7 @@ def _config_from_original(state: dict[str, torch.Tensor]) -> SiLKConfig:
     scale = state.get("descriptor_scale")
     return SiLKConfig(
         in_channels=int(first.shape[1]),
-        descriptor_scale=float(scale) if scale is not None else 1.41,
+        descriptor_scale=float(scale) if scale is not None and scale.numel() == 1 else 1.41,
     )
 
 
@@ -152,18 +183,44 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], SiLK
     try:
         obj = _torch_load(path)
     except Exception as e:  # noqa: BLE001 -- truncated zip, garbage bytes: any failure means a bad file
-        raise SilkError(f"cannot read checkpoint {path}: the file is corrupt, truncated or not a torch file ({e})") from None
+        raise load_error(path, e) from None
+    if isinstance(obj, _Inert):
+        raise SilkError(f"cannot read {path}: {UNSAFE_MESSAGE}")
     if not isinstance(obj, dict):
         raise SilkError(f"cannot read checkpoint {path}: expected a dict, found {type(obj).__name__}")
     if "model" in obj and "config" in obj:  # our training checkpoint: the weight average when it has one
-        config = SiLKConfig.from_dict(obj["config"]["model"] if "model" in obj["config"] else obj["config"])
-        average = obj.get("ema")
-        return dict(average["weights"] if average else obj["model"]), config
+        return _training_weights(path, obj)
     state = obj.get("state_dict", obj)
+    if contains_inert(state):
+        raise SilkError(f"cannot read {path}: {UNSAFE_MESSAGE}")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise SilkError(f"cannot read checkpoint {path}: no 'state_dict' of tensors in it (keys: {sorted(obj)[:8]})")
+        raise SilkError(f"cannot read checkpoint {path}: no 'state_dict' of tensors in it "
+                        f"(keys: {sorted(map(str, obj))[:8]})")
     state = rename_original(state)
     return state, _config_from_original(state)
+
+
+def _training_weights(path: Path, obj: dict) -> tuple[dict[str, torch.Tensor], SiLKConfig]:
+    """Weights (the weight average when there is one) and model config of one of our training checkpoints."""
+    parts = {"model": obj["model"], "config": obj["config"], "ema": obj.get("ema")}
+    if contains_inert(parts):
+        raise SilkError(f"cannot read {path}: {UNSAFE_MESSAGE}")
+    config = obj["config"]
+    config = config.get("model", config) if isinstance(config, dict) else config
+    if not isinstance(config, dict):
+        raise SilkError(f"checkpoint {path}: 'config' must be a table of model settings, got {type(config).__name__}")
+    try:
+        config = SiLKConfig.from_dict(config)
+    except SilkError as e:
+        raise SilkError(f"checkpoint {path}: {e}") from None
+    average = obj.get("ema")
+    if average is not None and not (isinstance(average, dict) and isinstance(average.get("weights"), dict)):
+        raise SilkError(f"checkpoint {path}: 'ema' (the weight average) has no 'weights' table of tensors")
+    state = average["weights"] if average is not None else obj["model"]
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise SilkError(f"checkpoint {path}: its weights are not a table of named tensors")
+    return dict(state), config
 
 
 def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], SiLKConfig]:
@@ -179,6 +236,8 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], SiLKConfig]:
         raise SilkError(f"weight file {path} has no silk-keypoints config in its metadata")
     try:
         config = SiLKConfig.from_dict(json.loads(meta["config"]))
+    except SilkError as e:
+        raise SilkError(f"weight file {path}: {e}") from None
     except (json.JSONDecodeError, TypeError) as e:
         raise SilkError(f"weight file {path}: garbled config metadata ({e})") from None
     return state, config

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ..errors import SilkError
-from ..io import MAX_PIXELS
+from ..files import MAX_PIXELS
 
 BLOCK_ORDERS = ("conv-relu-bn", "conv-bn-relu")
 

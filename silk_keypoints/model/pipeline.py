@@ -84,7 +84,8 @@ def check_images(images: torch.Tensor, config: SiLKConfig, min_size: int) -> Non
     if h * w > config.max_pixels:
         raise SilkError(
             f"image {w}x{h} ({h * w / 1e6:.1f} MP) is larger than max_pixels={config.max_pixels / 1e6:.1f} MP: "
-            "resize it first (CLI: --resize LONG_SIDE) or raise max_pixels if you have the memory"
+            "pass --resize LONG_SIDE to shrink it, or --max-pixels N (Python: max_pixels=N) if you have the "
+            "memory (see docs/reliability.md)"
         )
     if not torch.isfinite(images).all():
         raise SilkError("image contains NaN or inf values")

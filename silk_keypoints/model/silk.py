@@ -45,7 +45,7 @@ from ..errors import SilkError
 from ..features import Features
 from ..io import to_batch
 from .backbone import Backbone
-from .checkpoint import check_state_dict, load_weights, save_weights
+from .checkpoint import check_finite, check_state_dict, load_weights, save_weights
 from .config import SiLKConfig
 from .coords import GridMap, cell_grid
 from .fused import FusedSiLK
@@ -301,6 +301,7 @@ class SiLK(nn.Module):
         state, config = load_weights(path)
         model = cls(config, **overrides)
         check_state_dict(model, state, str(path))
+        check_finite(state, str(path))
         model.load_state_dict(state)
         return model.eval()
 

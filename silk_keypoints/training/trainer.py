@@ -24,6 +24,7 @@ plain dicts (``torch.load(weights_only=True)``) with ``model``, ``optimizer``, `
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -46,10 +47,11 @@ from tqdm import tqdm
 from ..devices import resolve_device
 from ..errors import SilkError
 from ..evaluation.metrics import matching_accuracy, repeatability
-from ..files import atomic_write
+from ..files import atomic_write, make_dir
 from ..io import load_image, to_batch
 from ..matching import match_descriptors
 from ..model import SiLK, SiLKConfig
+from ..model.checkpoint import check_finite, check_state_dict, load_error
 from ..model.config import dataclass_from_dict
 from ..model.zoo import variant_config
 from .augment import RECIPES, augment
@@ -141,13 +143,17 @@ class TrainConfig:
 
 # ---------------------------------------------------------------------------------------------- the loop
 def train(
-    config: TrainConfig, resume: bool = False, callback: Callable[[int, dict[str, float]], None] | None = None
+    config: TrainConfig,
+    resume: bool = False,
+    callback: Callable[[int, dict[str, float]], None] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train a SiLK model; returns ``{"step", "interrupted", "last", "best", "weights", "metrics", "rank"}``.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) runs data-parallel (nccl on CUDA, gloo on CPU); rank 0 logs and
     writes files. ``resume`` continues from ``<out>/last.pt``. ``callback(step, metrics)`` is called after
-    every step on every process (metrics: the loss terms of that process).
+    every step on every process (metrics: the loss terms of that process). A run folder that already
+    holds a run is refused unless ``resume`` (continue it) or ``overwrite`` (replace it by a new run).
 
     Raises:
         SilkError: bad folder / images / config, a non-finite loss (the last good checkpoint is kept), a
@@ -158,7 +164,7 @@ def train(
         torch.set_num_threads(config.threads)
     rank, world, device = _setup_distributed(config.device)
     try:
-        return _train(config, resume, callback, rank, world, device)
+        return _train(config, resume, callback, rank, world, device, overwrite)
     finally:
         torch.set_num_threads(threads)
         if world > 1:
@@ -172,8 +178,9 @@ def _train(
     rank: int,
     world: int,
     device: torch.device,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    loop = _setup(config, resume, rank, world, device)
+    loop = _setup(config, resume, rank, world, device, overwrite)
     logs = _Logs(loop.run, rank, config.steps, loop.step)
     stop = _StopOnSignal()
     metrics: dict[str, float] = {}
@@ -245,14 +252,34 @@ class _Loop:
                          self.config, self.average)
 
 
-def _setup(config: TrainConfig, resume: bool, rank: int, world: int, device: torch.device) -> _Loop:
+RUN_FILES = ("last.pt", "best.pt", "model.safetensors", "metrics.jsonl")
+
+
+def check_run_folder(run: Path, resume: bool, overwrite: bool) -> None:
+    """The rule for ``--out`` of a new run: a missing or empty folder, or one holding a run with ``overwrite``
+    (its checkpoints, weights and logs are removed first); ``--resume`` continues the run there instead."""
+    if resume and overwrite:
+        raise SilkError("--resume continues the run in --out and --overwrite starts a new one there: pass one")
+    if run.exists() and not run.is_dir():
+        raise SilkError(f"--out {run} is a file, expected a run folder")
+    if resume or not run.is_dir():
+        return
+    held = [name for name in RUN_FILES if (run / name).exists()] + [p.name for p in run.glob("events.out.tfevents.*")]
+    if held and not overwrite:
+        raise SilkError(f"{run} exists and holds a run ({', '.join(held[:3])}): pass --resume to continue it, "
+                        "or --overwrite (Python: overwrite=True) to replace it with a new run")
+    for name in held:
+        (run / name).unlink()
+
+
+def _setup(config: TrainConfig, resume: bool, rank: int, world: int, device: torch.device,
+           overwrite: bool = False) -> _Loop:
     """Model, data, optimiser and validation pairs of a new run, or of the run in ``config.out`` to resume."""
     run = Path(config.out)
     state = _load_checkpoint(run / "last.pt") if resume else None
-    if state is None and (run / "last.pt").exists():
-        raise SilkError(f"{run} already holds a run: pass --resume to continue it, or choose another --out")
     if rank == 0:
-        run.mkdir(parents=True, exist_ok=True)
+        check_run_folder(run, resume, overwrite)
+        make_dir(run, "run folder")
     torch.manual_seed(config.seed)  # the initial weights
     model = _build_model(config, state).to(device).train()
     train_paths, val_paths = split_train_val(scan_images(config.images, config.crop, config.small_images))
@@ -267,13 +294,17 @@ def _setup(config: TrainConfig, resume: bool, rank: int, world: int, device: tor
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     step, best = 0, None
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        step, best = state["step"], state["best"]
-        if average is not None and state.get("ema") is not None:
-            average.load_state_dict(state["ema"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            torch.set_rng_state(state["rng"]["torch"])
+            if average is not None and state.get("ema") is not None:
+                average.load_state_dict(state["ema"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise SilkError(f"{run / 'last.pt'} is a damaged training checkpoint: its optimiser, scheduler or "
+                            f"random state does not fit this run ({str(e).splitlines()[0] if str(e) else e!r})") from None
+        step, best = state["step"], state.get("best")
     net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if world > 1 else model
     val_pairs = _validation_pairs(val_paths, config) if rank == 0 and config.val_every else None
     if rank == 0 and config.val_every and val_pairs is None:
@@ -422,6 +453,8 @@ def validate(model: SiLK, pairs: dict[str, torch.Tensor], config: TrainConfig, c
 def _build_model(config: TrainConfig, state: dict | None) -> SiLK:
     if state is not None:
         model = SiLK(SiLKConfig.from_dict(state["config"]["model"]))
+        check_state_dict(model, state["model"], str(Path(config.out) / "last.pt"))
+        check_finite(state["model"], str(Path(config.out) / "last.pt"))
         model.load_state_dict(state["model"])
         return model
     if config.init_from:
@@ -462,10 +495,13 @@ def _save_checkpoint(
         "rng": {"torch": torch.get_rng_state()},
         "config": {"model": model.config.to_dict(), "train": config.to_dict()},
     }
-    try:
-        atomic_write(path, lambda tmp: torch.save(state, tmp))
-    except OSError as e:
-        raise SilkError(f"cannot write checkpoint {path} ({e}); the previous checkpoint is kept") from None
+    def write(tmp: Path) -> None:
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as e:  # torch's zip writer reports a full disk as "[enforce fail at inline_container.cc]"
+            raise OSError(errno.EIO, f"torch.save failed: {str(e).splitlines()[0]}") from None
+
+    atomic_write(path, write)  # a failed write: SilkError "cannot write ...; the existing file is kept"
 
 
 def _load_checkpoint(path: Path) -> dict:
@@ -474,9 +510,19 @@ def _load_checkpoint(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file
-        raise SilkError(f"cannot read checkpoint {path}: {e}") from None
+        raise load_error(path, e) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise SilkError(f"{path} is not a silk-keypoints training checkpoint")
+    kinds = {"model": dict, "optimizer": dict, "scheduler": dict, "scaler": dict, "step": int, "rng": dict,
+             "config": dict}
+    wrong = [k for k, kind in kinds.items() if not isinstance(state.get(k), kind) or isinstance(state.get(k), bool)]
+    if not wrong:
+        config = state["config"]
+        wrong = [f"config.{k}" for k in ("model", "train") if not isinstance(config.get(k), dict)]
+        wrong += [] if isinstance(state["rng"].get("torch"), torch.Tensor) else ["rng.torch"]
+        wrong += [] if all(isinstance(v, torch.Tensor) for v in state["model"].values()) else ["model"]
+    if wrong:
+        raise SilkError(f"{path} is a damaged training checkpoint: missing or malformed {wrong}")
     return state
 
 
@@ -553,11 +599,29 @@ def _log(writer: Any, log_file: Any, prefix: str, step: int, values: dict[str, f
     log_file.flush()
 
 
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the lines of ``metrics.jsonl`` up to ``step`` (the step a resumed run continues from), so that
+    steps re-run after a resume are not logged twice; a torn last line (a killed run) is dropped too."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line + "\n")
+    atomic_write(path, lambda tmp: tmp.write_text("".join(kept)))
+
+
 class _Logs:
     """Rank 0's TensorBoard events, ``metrics.jsonl`` and progress bar (other ranks: a hidden bar only)."""
 
     def __init__(self, run: Path, rank: int, total: int, initial: int) -> None:
         self.writer = _summary_writer(run) if rank == 0 else None
+        if rank == 0:
+            truncate_metrics(run / "metrics.jsonl", initial)
         self.file = (run / "metrics.jsonl").open("a") if rank == 0 else None
         self.bar = tqdm(total=total, initial=initial, disable=rank != 0, dynamic_ncols=True, desc="silk train")
 
