@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from ..ecosystem.onnx import DEFAULT_OPSET, compare_with_torch, export_onnx
-from ..files import check_overwrite
+from ..ecosystem.onnx import DEFAULT_OPSET, check_example_size, compare_with_torch, export_onnx
+from ..errors import SilkError
+from ..files import atomic_write, check_overwrite
 from ..model import SiLK
 from . import add_command
 from .common import add_overwrite_arg, model_help
@@ -46,8 +48,19 @@ def run(args: argparse.Namespace) -> int:
     out = check_overwrite(args.out, args.overwrite)
     model = SiLK.from_checkpoint(args.checkpoint) if args.checkpoint else SiLK.from_pretrained(args.model)
     size = tuple(args.static) if args.static else (args.height, args.width)
-    export_onnx(model, out, opset=args.opset, dynamic=not args.static, example_size=size)
-    diff = compare_with_torch(model, out, size)
+    check_example_size(model, size)
+    diff = 0.0
+
+    def export_and_check(tmp: Path) -> None:  # the file appears at --out only once onnxruntime agrees
+        nonlocal diff
+        export_onnx(model, tmp, opset=args.opset, dynamic=not args.static, example_size=size)
+        try:
+            diff = compare_with_torch(model, tmp, size)
+        except Exception as e:  # noqa: BLE001 -- onnxruntime's errors (allocation, ...) have many types
+            first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            raise SilkError(f"the onnxruntime check of the export failed, nothing written: {first}") from None
+
+    atomic_write(out, export_and_check)
     shape = f"fixed 1x{size[0]}x{size[1]}" if args.static else "dynamic batch x height x width"
     print(
         f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opset {args.opset}, {shape}); "

@@ -111,6 +111,7 @@ def export_onnx(
         raise SilkError(
             f"example size {w}x{h} is too small: this model needs at least {model.min_size} px a side"
         )
+    check_example_size(model, example_size)
     check_output_path(path)
     _require("onnxscript")
     network = DenseNetwork(model).eval()
@@ -140,16 +141,24 @@ def export_onnx(
     proto = program.model_proto
     _set_metadata(proto, model)
     onnx = _require("onnx")
-    try:
-        atomic_write(path, lambda tmp: onnx.save_model(proto, str(tmp)))
-    except OSError as e:
-        raise SilkError(f"cannot write {path}: {e.strerror or e}") from None
-    return path
+    return atomic_write(path, lambda tmp: onnx.save_model(proto, str(tmp)))
+
+
+def check_example_size(model: SiLK, size: tuple[int, int]) -> None:
+    """Raise :class:`SilkError` if the (H, W) tracing / check input has more pixels than the model's
+    ``max_pixels``: export and check run the network on it (a dynamic graph takes any size later)."""
+    h, w = size
+    if h * w > model.config.max_pixels:
+        raise SilkError(
+            f"example size {w}x{h} ({h * w / 1e6:.1f} MP) is larger than max_pixels={model.config.max_pixels / 1e6:.1f} "
+            "MP: tracing and the onnxruntime check run the network on it; use a smaller --height/--width (a "
+            "dynamic graph still takes any size) or --static H W within the limit")
 
 
 def compare_with_torch(model: SiLK, path: str | os.PathLike, size: tuple[int, int]) -> float:
     """Max abs difference of an exported file's logits and descriptors to torch's fused network on a random
     image of ``size`` (H, W)."""
+    check_example_size(model, size)
     images = torch.rand(1, model.config.in_channels, *size, generator=torch.Generator().manual_seed(0))
     dense = OnnxSiLK(path).dense(images.numpy())
     with torch.inference_mode():

@@ -123,7 +123,7 @@ def contains_inert(obj: Any) -> bool:
 
 def load_error(path: Path, e: BaseException) -> SilkError:
     """One line for a torch file that cannot be loaded: never torch's advice to unpickle it unsafely."""
-    if isinstance(e, pickle.UnpicklingError) or "weights_only" in str(e):
+    if "weights_only" in str(e) or "Unsupported global" in str(e):
         return SilkError(f"cannot read {path}: {UNSAFE_MESSAGE}")
     first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
     return SilkError(f"cannot read checkpoint {path}: the file is corrupt, truncated or not a torch file ({first})")
