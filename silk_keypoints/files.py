@@ -78,6 +78,8 @@ def make_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
 def check_input_file(path: str | os.PathLike, what: str) -> Path:
     """Raise :class:`SilkError` (naming ``what``, e.g. "image") unless ``path`` is an existing, non-empty file."""
     path = Path(path)
+    if path.is_dir():
+        raise SilkError(f"{what} {path} is a folder, expected a file")
     if not path.is_file():
         raise SilkError(f"{what} not found: {path}")
     if path.stat().st_size == 0:

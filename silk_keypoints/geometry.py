@@ -15,6 +15,8 @@ Estimators never raise for too few or degenerate matches: they return an :class:
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import cv2
@@ -78,6 +80,7 @@ def estimate_homography(
     """
     if method not in HOMOGRAPHY_METHODS:
         raise SilkError(f"unknown homography method {method!r}; choose one of {sorted(HOMOGRAPHY_METHODS)}")
+    _check_threshold(threshold)
     p0, p1 = _pair(pts0, pts1)
     if (fail := _too_few("homography", len(p0))) is not None:
         return fail
@@ -92,6 +95,7 @@ def estimate_fundamental(
     pts0, pts1, threshold: float = 1.0, confidence: float = 0.999, max_iters: int = 10_000
 ) -> Estimate:
     """Fundamental matrix ``F`` (p1^T F p0 = 0) by USAC_MAGSAC; ``threshold``: epipolar distance in pixels."""
+    _check_threshold(threshold)
     p0, p1 = _pair(pts0, pts1)
     if (fail := _too_few("fundamental", len(p0))) is not None:
         return fail
@@ -108,6 +112,7 @@ def estimate_essential(
     solutions, the one with most points in front of both cameras is kept. ``R`` and ``t`` of the result hold
     its pose; ``inliers`` are the RANSAC inliers that also pass the cheirality check.
     """
+    _check_threshold(threshold)
     p0, p1 = _pair(pts0, pts1)
     K0, K1 = _matrix(K0, "K0"), _matrix(K1, "K1")
     if (fail := _too_few("essential", len(p0))) is not None:
@@ -260,6 +265,12 @@ def _points(x, name: str) -> np.ndarray:
     if not np.isfinite(p).all():
         raise SilkError(f"{name} contains NaN or inf values")
     return p
+
+
+def _check_threshold(threshold: float) -> None:
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 < threshold < math.inf:
+        raise SilkError(f"the inlier threshold (--ransac-threshold) must be a positive number of pixels, "
+                        f"got {threshold!r}")
 
 
 def _pair(pts0, pts1) -> tuple[np.ndarray, np.ndarray]:

@@ -156,7 +156,7 @@ def match_pair(
     if geometry != "none":
         say(f"fitting a {geometry} (USAC_MAGSAC)")
         fit = estimate_homography if geometry == "homography" else estimate_fundamental
-        estimate = fit(*points, threshold=ransac_threshold or _RANSAC_DEFAULTS[geometry])
+        estimate = fit(*points, threshold=_RANSAC_DEFAULTS[geometry] if ransac_threshold is None else ransac_threshold)
     return PairResult(tuple(names), tuple(images), tuple(features), matches, scores, points, estimate,
                       {"method": method, **(matcher_options or {})})
 

@@ -62,14 +62,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(command)
     args = parser.parse_args(argv)
     try:
-        result = args.func(args)
+        result = int(args.func(args) or 0)
     except SilkError as e:
         print(f"silk {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the last line of defence: the environment (disk, permissions), not the input
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"silk {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"silk {args.command}: error: out of memory (try --resize or a smaller --max-pixels)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"silk {args.command}: interrupted", file=sys.stderr)
-        return 130
-    return int(result or 0)
+        result = 130
+    if result == 130:  # interrupted: a further Ctrl-C must not break the shutdown with an atexit traceback
+        _ignore_interrupts()
+    return result
+
+
+def _ignore_interrupts() -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,10 @@ from ..devices import resolve_device
 from ..errors import SilkError
 from ..evaluation import hpatches, pose, registration, report, testdata
 from ..evaluation.extractors import BASELINES, build_extractors
+from ..files import check_overwrite, make_dir
 from ..matching import Matcher
 from . import add_command
-from .common import add_matcher_args, check_detection_flags, matcher_options
+from .common import add_matcher_args, add_overwrite_arg, check_detection_flags, matcher_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -80,6 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resize", type=int, default=None, metavar="PX", help="resize the long side to PX (default: no)")
     p.add_argument("--ransac-threshold", type=float, default=0.5, metavar="PX", help="inlier threshold (default: 0.5)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_overwrite_arg(p)
     add_matcher_args(p)
     _extractor_args(p, "2048")
     p.set_defaults(func=run_imc2022)
@@ -96,6 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     mk.add_argument("--strength", type=float, nargs=2, default=(1.0, 1.0), metavar=("LO", "HI"),
                     help="hpatches: change in image 2 and image 6, ramped in between (default: 1 1; "
                     "0.5 2 is closer to real HPatches)")
+    add_overwrite_arg(mk)
     mk.set_defaults(func=run_make_testdata)
 
 
@@ -111,6 +114,7 @@ def _extractor_args(p: argparse.ArgumentParser, default_keypoints: str) -> None:
 
 def _output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, metavar="DIR", help="write the JSON results (and plots) into DIR")
+    add_overwrite_arg(p)
     p.add_argument("--seed", type=int, default=0, help="random seed of the robust estimators (default: 0)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -120,6 +124,15 @@ def _extractors(args: argparse.Namespace, default_keypoints: int):
     device = str(resolve_device(args.device, "--device"))
     baselines = [b for b in args.baselines.split(",") if b.strip()]
     return build_extractors(args.model, args.checkpoint, baselines, args.max_keypoints or default_keypoints, device)
+
+
+def _outputs(args: argparse.Namespace, *names: str) -> list[Path]:
+    """The files ``names`` under ``--out`` (none without ``--out``), checked before the benchmark runs: the
+    folder can be made and the files follow the overwrite rule."""
+    if not args.out:
+        return []
+    folder = make_dir(args.out)
+    return [check_overwrite(folder / name, args.overwrite) for name in names]
 
 
 def _matcher(args: argparse.Namespace) -> Matcher:
@@ -135,45 +148,58 @@ def _seed(seed: int) -> None:
 def run_hpatches(args: argparse.Namespace) -> int:
     _seed(args.seed)
     protocol = hpatches.get_protocol(args.protocol, short_side=args.short_side, refine=args.refine)
+    stem = f"hpatches-{protocol.name}" + ("-dense" if args.dense else "")
+    outputs = _outputs(args, f"{stem}.json", f"{stem}-mma.png")
     sequences = hpatches.read_hpatches(args.root, protocol.exclude)
     extractors = _extractors(args, protocol.max_keypoints)
     result = hpatches.evaluate_hpatches(sequences, extractors, protocol, dense=args.dense, seed=args.seed,
                                         progress=not args.no_progress, device=args.device)
     result["root"] = str(args.root)
     print(report.hpatches_table(result))
-    if args.out:
-        stem = f"hpatches-{protocol.name}" + ("-dense" if args.dense else "")
-        print(f"\nwrote {report.write_json(Path(args.out) / f'{stem}.json', result)}")
-        print(f"wrote {report.plot_mma(result, Path(args.out) / f'{stem}-mma.png')}")
+    if outputs:
+        print(f"\nwrote {report.write_json(outputs[0], result)}")
+        print(f"wrote {report.plot_mma(result, outputs[1])}")
     return 0
 
 
 def run_pose(args: argparse.Namespace) -> int:
     _seed(args.seed)
     protocol = pose.get_protocol(args.protocol, resize=args.resize, ransac_threshold=args.ransac_threshold)
+    outputs = _outputs(args, f"pose-{protocol.name}.json")
+    if args.limit is not None and args.limit < 1:
+        raise SilkError(f"--limit must be >= 1, got {args.limit}")
     pairs = [p for path in args.pairs for p in pose.read_pose_pairs(path, args.root, args.intrinsics)][: args.limit]
     extractors = _extractors(args, protocol.max_keypoints)
     result = pose.evaluate_pose(pairs, extractors, protocol, _matcher(args), args.seed, not args.no_progress)
     print(report.pose_table(result))
-    if args.out:
-        print(f"\nwrote {report.write_json(Path(args.out) / f'pose-{protocol.name}.json', result)}")
+    if outputs:
+        print(f"\nwrote {report.write_json(outputs[0], result)}")
     return 0
 
 
 def run_registration(args: argparse.Namespace) -> int:
     _seed(args.seed)
+    outputs = _outputs(args, "registration.json")
+    for flag, value in (("--frame-gap", args.frame_gap), ("--chamfer-stride", args.chamfer_stride)):
+        if value < 1:
+            raise SilkError(f"{flag} must be >= 1, got {value}")
+    if not args.inlier_threshold > 0:
+        raise SilkError(f"--inlier-threshold must be > 0 (metres), got {args.inlier_threshold}")
     pairs, skipped = registration.read_rgbd_pairs(args.root, args.pairs, args.frame_gap)
     extractors = _extractors(args, 2048)
     result = registration.evaluate_registration(pairs, extractors, _matcher(args), args.inlier_threshold,
                                                 args.chamfer_stride, args.seed, not args.no_progress)
     result["skipped_pairs"] = skipped
     print(report.registration_table(result))
-    if args.out:
-        print(f"\nwrote {report.write_json(Path(args.out) / 'registration.json', result)}")
+    if outputs:
+        print(f"\nwrote {report.write_json(outputs[0], result)}")
     return 0
 
 
 def run_imc2022(args: argparse.Namespace) -> int:
+    check_overwrite(args.submission, args.overwrite)
+    if args.resize is not None and args.resize < 1:
+        raise SilkError(f"--resize must be a long side in pixels >= 1, got {args.resize}")
     pairs = pose.read_imc2022_test(args.test_csv, args.images)
     extractors = _extractors(args, 2048)
     if len(extractors) != 1:
@@ -191,7 +217,15 @@ def run_make_testdata(args: argparse.Namespace) -> int:
         raise SilkError(f"--size must look like 320x240, got {args.size!r}") from None
     if min(w, h) < 32:
         raise SilkError(f"--size {args.size}: images must be at least 32x32")
-    count = args.count or 4
+    if args.count is not None and args.count < 1:
+        raise SilkError(f"--count must be >= 1, got {args.count}")
+    count = 4 if args.count is None else args.count
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise SilkError(f"--out {out} is a file, expected a folder")
+    if out.is_dir() and any(out.iterdir()):
+        check_overwrite(out, args.overwrite)  # with --overwrite the data set's files are written over
+    make_dir(out)
     if args.kind == "hpatches":
         out = testdata.make_hpatches(args.out, args.images, count, (w, h), args.seed, tuple(args.strength))
     elif args.kind == "pose":

@@ -40,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "silk_keypoints.cli train ...  Unset options come from --config FILE, then the defaults.",
     )
     p.add_argument("--images", metavar="DIR", help="folder of training images (searched recursively)")
-    p.add_argument("--out", metavar="RUN_DIR", required=True, help="run folder: checkpoints, logs, final weights")
+    p.add_argument("--out", metavar="RUN_DIR", required=True,
+                   help="run folder: checkpoints, logs, final weights; one that holds a run needs --resume or --overwrite")
     p.add_argument("--model", metavar="NAME", help="architecture: vgg4 (default), fast, tiny")
     p.add_argument("--steps", type=int, metavar="N", help="optimisation steps (default 100000)")
     p.add_argument("--batch-size", type=int, metavar="B", help="image pairs per step and process (default 1)")
@@ -53,6 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="cpu (default) or cuda")
     p.add_argument("--init-from", metavar="NAME|PATH", help="fine-tune from shipped weights or a checkpoint")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from last.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in a RUN_DIR that holds one (its checkpoints, weights and logs are replaced)")
     p.add_argument("--config", metavar="FILE", help="JSON or TOML file with TrainConfig fields")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--val-every", type=int, metavar="K", help="validate every K steps (default 1000, 0: never)")
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         if not changes.get("images"):
             raise SilkError("--images DIR is required (or 'images' in --config)")
         config = TrainConfig.from_dict(changes)
-    result = train(config, resume=args.resume)
+    result = train(config, resume=args.resume, overwrite=args.overwrite)
     if result["rank"] != 0:  # under torchrun, rank 0 reports
         return 130 if result["interrupted"] else 0
     if result["interrupted"]:

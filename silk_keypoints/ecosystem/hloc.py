@@ -92,8 +92,19 @@ def read_features(path: str | os.PathLike, name: str) -> dict[str, np.ndarray]:
         if name not in f:
             raise SilkError(f"image {name!r} not in {path}")
         grp = f[name]
-        out = {k: grp[k][()] for k in grp}
-    out["descriptors"] = out["descriptors"].T
+        if not isinstance(grp, h5py.Group):
+            raise SilkError(f"{path}: {name!r} is not a group of keypoints and descriptors")
+        out = {k: grp[k][()] for k in grp if isinstance(grp[k], h5py.Dataset)}
+    where = f"{path}, image {name!r}"
+    missing = [k for k in ("keypoints", "descriptors") if k not in out]
+    if missing:
+        raise SilkError(f"{where}: no {' and no '.join(missing)} (not a features.h5 of local features?)")
+    kp, desc = np.asarray(out["keypoints"]), np.asarray(out["descriptors"])
+    if kp.ndim != 2 or kp.shape[1] != 2 or desc.ndim != 2 or desc.shape[1] != kp.shape[0]:
+        raise SilkError(f"{where}: keypoints must be (N, 2) and descriptors (D, N), got {kp.shape} and {desc.shape}")
+    if not (np.issubdtype(desc.dtype, np.number) and np.isfinite(desc).all()):
+        raise SilkError(f"{where}: descriptors must be finite numbers")
+    out["descriptors"] = desc.T
     return out
 
 

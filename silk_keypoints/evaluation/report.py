@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_write
+from ..files import atomic_write, make_dir
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> str:
@@ -100,7 +100,7 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
         return v
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent)
     text = json.dumps(clean(data), indent=1)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
     return path
@@ -128,7 +128,7 @@ def plot_mma(result: dict, path: str | os.PathLike) -> Path:
     fig.suptitle(f"HPatches MMA, protocol {result['protocol']['name']}" + (" (dense)" if result["dense"] else ""))
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent)
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path

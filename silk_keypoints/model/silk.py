@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..devices import resolve_device
 from ..errors import SilkError
 from ..features import Features
 from ..io import to_batch
@@ -136,6 +137,14 @@ class SiLK(nn.Module):
             self._fused = None  # free the old network before building the new one
             self._fused = (key, FusedSiLK(self, dtype))
         return self._fused[1]
+
+    def to(self, *args: Any, **kwargs: Any) -> SiLK:
+        """``nn.Module.to`` with the device checked first (:func:`~silk_keypoints.devices.resolve_device`): a
+        device this machine does not have is a one-line :class:`SilkError`, not torch's error."""
+        device = kwargs.get("device", args[0] if args and isinstance(args[0], (str, torch.device)) else None)
+        if device is not None:
+            resolve_device(device, "device")
+        return super().to(*args, **kwargs)
 
     def train(self, mode: bool = True) -> SiLK:
         self._fused = None
