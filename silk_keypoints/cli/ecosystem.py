@@ -11,7 +11,7 @@ from ..ecosystem.hloc import feature_names, match_pairs, read_features
 from ..ecosystem.npz import export_npz
 from ..ecosystem.pairs import exhaustive_pairs, read_pairs, sequential_pairs, write_pairs
 from ..errors import SilkError
-from ..files import check_overwrite
+from ..files import check_overwrite, make_dir
 from ..image_features import extract_image
 from ..io import named_images
 from ..matching import Matcher
@@ -192,7 +192,7 @@ def run_export_npz(args: argparse.Namespace) -> int:
         def features(name: str) -> dict:
             return extract_image(model, paths[name], resize=args.resize, **opts)
 
-    Path(args.out).mkdir(parents=True, exist_ok=True)
+    make_dir(args.out)
     written = export_npz(names, features, args.out, overwrite=args.overwrite, progress=len(names) > 1)
     print(f"wrote {len(written)} .npz files to {args.out}")
     return 0

@@ -119,8 +119,13 @@ def _output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def _extractors(args: argparse.Namespace, default_keypoints: int):
+def _check_extractor_args(args: argparse.Namespace) -> None:
+    """The cheap checks of the method options, made before any data is read."""
     check_detection_flags({"max_keypoints": args.max_keypoints})
+    resolve_device(args.device, "--device")
+
+
+def _extractors(args: argparse.Namespace, default_keypoints: int):
     device = str(resolve_device(args.device, "--device"))
     baselines = [b for b in args.baselines.split(",") if b.strip()]
     return build_extractors(args.model, args.checkpoint, baselines, args.max_keypoints or default_keypoints, device)
@@ -146,6 +151,7 @@ def _seed(seed: int) -> None:
 
 
 def run_hpatches(args: argparse.Namespace) -> int:
+    _check_extractor_args(args)
     _seed(args.seed)
     protocol = hpatches.get_protocol(args.protocol, short_side=args.short_side, refine=args.refine)
     stem = f"hpatches-{protocol.name}" + ("-dense" if args.dense else "")
@@ -163,6 +169,7 @@ def run_hpatches(args: argparse.Namespace) -> int:
 
 
 def run_pose(args: argparse.Namespace) -> int:
+    _check_extractor_args(args)
     _seed(args.seed)
     protocol = pose.get_protocol(args.protocol, resize=args.resize, ransac_threshold=args.ransac_threshold)
     outputs = _outputs(args, f"pose-{protocol.name}.json")
@@ -178,6 +185,7 @@ def run_pose(args: argparse.Namespace) -> int:
 
 
 def run_registration(args: argparse.Namespace) -> int:
+    _check_extractor_args(args)
     _seed(args.seed)
     outputs = _outputs(args, "registration.json")
     for flag, value in (("--frame-gap", args.frame_gap), ("--chamfer-stride", args.chamfer_stride)):
@@ -197,6 +205,7 @@ def run_registration(args: argparse.Namespace) -> int:
 
 
 def run_imc2022(args: argparse.Namespace) -> int:
+    _check_extractor_args(args)
     check_overwrite(args.submission, args.overwrite)
     if args.resize is not None and args.resize < 1:
         raise SilkError(f"--resize must be a long side in pixels >= 1, got {args.resize}")
@@ -224,7 +233,8 @@ def run_make_testdata(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise SilkError(f"--out {out} is a file, expected a folder")
     if out.is_dir() and any(out.iterdir()):
-        check_overwrite(out, args.overwrite)  # with --overwrite the data set's files are written over
+        if not args.overwrite:  # with --overwrite the data set's files are written over
+            raise SilkError(f"{out} exists: pass --overwrite (Python: overwrite=True) to replace it")
     make_dir(out)
     if args.kind == "hpatches":
         out = testdata.make_hpatches(args.out, args.images, count, (w, h), args.seed, tuple(args.strength))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..errors import SilkError
 from . import add_command
@@ -72,13 +73,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training.trainer import TrainConfig, load_run_config, read_config_file, resume_config, train
+    from ..training.trainer import (
+        TrainConfig,
+        check_run_folder,
+        load_run_config,
+        read_config_file,
+        resume_config,
+        train,
+    )
 
     changes = read_config_file(args.config) if args.config else {}
     changes.update({field: getattr(args, flag) for flag, field in _FLAGS.items() if getattr(args, flag) is not None})
     if args.loss_cells is not None:
         changes["loss"] = {**changes.get("loss", {}), "cells": args.loss_cells}
     if args.resume:
+        check_run_folder(Path(args.out), resume=True, overwrite=args.overwrite)
         config = resume_config(load_run_config(args.out), changes)
     else:
         if not changes.get("images"):

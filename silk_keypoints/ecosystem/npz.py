@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import SilkError
-from ..files import atomic_write, check_overwrite
+from ..files import atomic_write, check_overwrite, make_dir
 
 NPZ_KEYS = ("keypoints", "scores", "descriptors", "image_size")
 
@@ -79,11 +79,9 @@ def export_npz(
         raise SilkError("duplicate image names: two images would be written to the same .npz file")
     existing = [p for p in paths if p.exists()]
     if existing and not overwrite:
-        raise SilkError(
-            f"{len(existing)} output file(s) exist, e.g. {existing[0]}; "
-            "pass overwrite=True (CLI: --overwrite)"
-        )
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise SilkError(f"{existing[0]} exists{more}: pass --overwrite (Python: overwrite=True) to replace it")
     for path, name in tqdm(list(zip(paths, names)), desc="export", unit="img", disable=not progress):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dir(path.parent)
         write_npz(path, features(name), overwrite=True)
     return paths

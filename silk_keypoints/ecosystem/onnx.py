@@ -101,17 +101,12 @@ def export_onnx(
         SilkError: missing onnx packages, unsupported opset, bad size, unwritable path, failed export.
     """
     path = Path(path)
+    check_example_size(model, example_size)
     opsets = supported_opsets()
     if opset not in opsets:
         raise SilkError(
             f"unsupported ONNX opset {opset}: this exporter writes opsets {opsets[0]}..{opsets[-1]}"
         )
-    h, w = example_size
-    if min(h, w) < model.min_size:
-        raise SilkError(
-            f"example size {w}x{h} is too small: this model needs at least {model.min_size} px a side"
-        )
-    check_example_size(model, example_size)
     check_output_path(path)
     _require("onnxscript")
     network = DenseNetwork(model).eval()
@@ -145,9 +140,14 @@ def export_onnx(
 
 
 def check_example_size(model: SiLK, size: tuple[int, int]) -> None:
-    """Raise :class:`SilkError` if the (H, W) tracing / check input has more pixels than the model's
-    ``max_pixels``: export and check run the network on it (a dynamic graph takes any size later)."""
+    """Raise :class:`SilkError` if the (H, W) tracing / check input is smaller than the model's minimum or has
+    more pixels than its ``max_pixels``: export and check run the network on it (a dynamic graph takes any
+    size later)."""
     h, w = size
+    if min(h, w) < model.min_size:
+        raise SilkError(
+            f"example size {w}x{h} is too small: this model needs at least {model.min_size} px a side"
+        )
     if h * w > model.config.max_pixels:
         raise SilkError(
             f"example size {w}x{h} ({h * w / 1e6:.1f} MP) is larger than max_pixels={model.config.max_pixels / 1e6:.1f} "

@@ -22,6 +22,7 @@ from PIL import Image
 from torch.utils.data import Dataset, DistributedSampler
 
 from ..errors import SilkError
+from ..files import MAX_PIXELS
 from ..io import list_images, load_image
 
 SMALL_IMAGE_POLICIES = ("pad", "skip", "error")
@@ -65,6 +66,10 @@ def scan_images(root: str | os.PathLike, crop: int, small_images: str = "pad") -
         size = image_size(path)
         if size is None:
             warnings.warn(f"skipping unreadable image {path}", stacklevel=2)
+            continue
+        if size[0] * size[1] > MAX_PIXELS:
+            warnings.warn(f"skipping image {path}: {size[0]}x{size[1]} is more than {MAX_PIXELS / 1e6:g} MP",
+                          stacklevel=2)
             continue
         if min(size) < crop:
             small.append((path, size))

@@ -128,6 +128,9 @@ class TrainConfig:
             problems.append(f"threads must be >= 1 (or unset: torch's default), got {self.threads}")
         if self.workers < 0:
             problems.append(f"workers must be >= 0 (0: load data in the training process), got {self.workers}")
+        loss = self.loss
+        if not loss.temperature > 0 or any(v is not None and v < 1 for v in (loss.cells, loss.block_size)):
+            problems.append("loss.temperature must be > 0, loss.cells and loss.block_size >= 1 (or null)")
         if self.ckpt_every < 1 or self.log_every < 1 or self.val_every < 0:
             problems.append("ckpt_every and log_every must be >= 1, val_every >= 0")
         if problems:
@@ -276,9 +279,10 @@ def _setup(config: TrainConfig, resume: bool, rank: int, world: int, device: tor
            overwrite: bool = False) -> _Loop:
     """Model, data, optimiser and validation pairs of a new run, or of the run in ``config.out`` to resume."""
     run = Path(config.out)
-    state = _load_checkpoint(run / "last.pt") if resume else None
     if rank == 0:
         check_run_folder(run, resume, overwrite)
+    state = _load_checkpoint(run / "last.pt") if resume else None
+    if rank == 0:
         make_dir(run, "run folder")
     torch.manual_seed(config.seed)  # the initial weights
     model = _build_model(config, state).to(device).train()
@@ -532,11 +536,13 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     if not file.is_file():
         raise SilkError(f"config file not found: {file}")
     try:
-        if file.suffix == ".toml":
-            return tomllib.loads(file.read_text())
-        return json.loads(file.read_text())
+        data = tomllib.loads(file.read_text()) if file.suffix == ".toml" else json.loads(file.read_text())
     except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise SilkError(f"cannot parse config file {file}: {e}") from None
+    if not isinstance(data, dict):
+        raise SilkError(f"invalid training config in {file}: the top level must be a table of settings, got "
+                        f"{type(data).__name__}")
+    return data
 
 
 def load_run_config(run: str | os.PathLike) -> TrainConfig:
