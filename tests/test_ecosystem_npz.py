@@ -64,7 +64,7 @@ def test_export_checks_everything_first(tmp_path):
     assert paths == [tmp_path / "a.jpg.npz", tmp_path / "sub" / "b.jpg.npz"]
     np.testing.assert_allclose(read_npz(paths[1])["scores"], features(seed=9)["scores"], rtol=1e-6)
     calls = []
-    with pytest.raises(SilkError, match="1 output file"):
+    with pytest.raises(SilkError, match="a.jpg.npz exists: pass --overwrite"):
         export_npz(["new.jpg", "a.jpg"], lambda n: calls.append(n), tmp_path)
     assert calls == [] and not (tmp_path / "new.jpg.npz").exists()
     with pytest.raises(SilkError, match="duplicate"):

@@ -29,7 +29,7 @@ def test_eval_hpatches_writes_table_json_and_plot(work, capsys):
     assert "HPatches viewpoint (5 pairs, protocol d2net, sparse)" in text and "\ntiny " in text and "\nsift " in text
     result = json.loads((out / "hpatches-d2net.json").read_text())
     assert set(result["methods"]) == {"tiny", "sift"} and (out / "hpatches-d2net-mma.png").is_file()
-    assert main(common) == 0  # same seed, same numbers
+    assert main([*common, "--overwrite"]) == 0  # same seed, same numbers (the rule: --overwrite to replace)
     assert json.loads((out / "hpatches-d2net.json").read_text())["methods"]["sift"]["summary"] == \
         result["methods"]["sift"]["summary"]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..devices import resolve_device
 from ..ecosystem.colmap import CAMERA_MODELS, build_colmap_database, image_names

@@ -232,9 +232,8 @@ def run_make_testdata(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise SilkError(f"--out {out} is a file, expected a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not args.overwrite:  # with --overwrite the data set's files are written over
-            raise SilkError(f"{out} exists: pass --overwrite (Python: overwrite=True) to replace it")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:  # --overwrite: the files are written over
+        raise SilkError(f"{out} exists: pass --overwrite (Python: overwrite=True) to replace it")
     make_dir(out)
     if args.kind == "hpatches":
         out = testdata.make_hpatches(args.out, args.images, count, (w, h), args.seed, tuple(args.strength))

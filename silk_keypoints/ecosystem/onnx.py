@@ -108,6 +108,7 @@ def export_onnx(
             f"unsupported ONNX opset {opset}: this exporter writes opsets {opsets[0]}..{opsets[-1]}"
         )
     check_output_path(path)
+    h, w = example_size
     _require("onnxscript")
     network = DenseNetwork(model).eval()
     # a dynamic axis must not be traced at size 1 (torch.export would specialise it)
