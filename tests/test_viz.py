@@ -110,6 +110,6 @@ def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(Path, "write_bytes", disk_full)
-    with pytest.raises(SilkError, match="No space left on device"):
+    with pytest.raises(SilkError, match="no space left on device"):
         files.write_bytes(tmp_path / "a.json", b"{}")
     assert list(tmp_path.iterdir()) == []
