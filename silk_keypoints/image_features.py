@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .features import Features
-from .io import load_image, resize_long_side, rgb_to_gray_uint8
+from .io import jpeg_reduction, load_image, resize_long_side, rgb_to_gray_uint8, upright_size
 
 
 def image_features(
@@ -32,19 +32,27 @@ def image_features(
             :class:`~silk_keypoints.ecosystem.onnx.OnnxSiLK`).
         image: path, or numpy (H, W) / (H, W, 3) uint8 RGB; for a gray model RGB becomes gray uint8 here, as
             :func:`~silk_keypoints.io.load_image` does for files (the only gray conversion on this path).
-        resize: long side of the image the network sees (None: as it is).
+        resize: long side of the image the network sees (None: as it is). A JPEG file at least twice as
+            large is decoded shrunk by 2, 4 or 8 first (:func:`~silk_keypoints.io.jpeg_reduction`), so that
+            ``max_pixels`` applies to the shrunk decode and the full-size pixels never exist.
         upscale: also enlarge images whose long side is below ``resize`` (default: only shrink).
         neighbours: also return the neighbour descriptors for match refinement (spacing in original pixels).
         options: ``max_keypoints``, ``detection_threshold``, ``nms_radius``, ``remove_borders``.
     """
     gray = model.config.in_channels == 1
+    reduce = 1
     if not isinstance(image, np.ndarray):
-        image = load_image(image, gray=gray, max_pixels=model.config.max_pixels)
+        reduce = jpeg_reduction(image, resize)  # a JPEG much larger than ``resize``: decoded shrunk
+        size = upright_size(image) if reduce > 1 else None
+        image = load_image(image, gray=gray, max_pixels=model.config.max_pixels, reduce=reduce if size else 1)
+        reduce = reduce if size else 1
     elif gray and image.ndim == 3:
         image = rgb_to_gray_uint8(image)
     h, w = image.shape[:2]
-    small, scale = resize_long_side(image, resize, upscale)
-    return model.extract(small, neighbours=neighbours, **options).rescaled(scale, (w, h))
+    small, (sx, sy) = resize_long_side(image, resize, upscale)
+    if reduce > 1:  # pixel i of the shrunk decode covers file pixels i*f .. i*f + f - 1
+        return model.extract(small, neighbours=neighbours, **options).rescaled((sx / reduce, sy / reduce), size)
+    return model.extract(small, neighbours=neighbours, **options).rescaled((sx, sy), (w, h))
 
 
 def extract_image(

@@ -23,19 +23,30 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tif
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 # stored depth and colour type; without IMREAD_UNCHANGED OpenCV applies the EXIF orientation
 _READ_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+_REDUCED = {1: _READ_FLAGS, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 UNIT_TOLERANCE = 0.01  # float images may leave [0, 1] by this much (rounding of conversions)
 
 
 def image_file_size(path: str | os.PathLike) -> tuple[int, int] | None:
     """(W, H) as stored in the header of an image file, read without decoding the pixels (Pillow's lazy
     open); None if Pillow does not know the format (OpenCV may still decode it)."""
+    header = _header(path)
+    return None if header is None else header[0]
+
+
+def _header(path: str | os.PathLike) -> tuple[tuple[int, int], str, int] | None:
+    """((W, H) as stored, Pillow's format name, EXIF orientation) from the header; None: unknown format."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                return int(img.size[0]), int(img.size[1])
+                try:
+                    orientation = int(img.getexif().get(0x0112, 1))
+                except Exception:  # noqa: BLE001 -- a broken EXIF block: OpenCV ignores it too
+                    orientation = 1
+                return (int(img.size[0]), int(img.size[1])), str(img.format), orientation
     except Image.DecompressionBombError:
         limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
         raise SilkError(f"image {path}: its header declares more than {limit / 1e6:.0f} MP (Pillow's "
@@ -44,25 +55,52 @@ def image_file_size(path: str | os.PathLike) -> tuple[int, int] | None:
         return None
 
 
-def check_image_file_size(path: str | os.PathLike, max_pixels: int) -> None:
+def upright_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(W, H) of the image :func:`load_image` returns (EXIF orientation applied), from the header only."""
+    header = _header(path)
+    if header is None:
+        return None
+    (w, h), _, orientation = header
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def jpeg_reduction(path: str | os.PathLike, long_side: int | None) -> int:
+    """The largest factor f of 1, 2, 4, 8 by which ``path`` can be decoded already shrunk (a JPEG: libjpeg's
+    DCT scaling, ``cv2.IMREAD_REDUCED_COLOR_f``) with its long side still >= ``long_side``; 1 for other
+    formats or no ``long_side``."""
+    header = _header(path) if long_side else None
+    if header is None or header[1] != "JPEG":
+        return 1
+    longest = max(header[0])
+    return next((f for f in (8, 4, 2) if longest / f >= long_side), 1)
+
+
+def check_image_file_size(path: str | os.PathLike, max_pixels: int, reduce: int = 1) -> None:
     """Raise :class:`SilkError` if the header of image file ``path`` declares more than ``max_pixels``
-    pixels: the check made before any pixel is decoded."""
+    pixels (after decoding shrunk by ``reduce``): the check made before any pixel is decoded."""
     size = image_file_size(path)
-    if size is not None and size[0] * size[1] > max_pixels:
-        w, h = size
+    if size is None:
+        return
+    w, h = size
+    if -(-w // reduce) * -(-h // reduce) > max_pixels:
         raise SilkError(
-            f"image {path} is {w}x{h} ({w * h / 1e6:.1f} MP), more than the limit of {max_pixels / 1e6:.1f} MP; "
+            f"image {path} is {w}x{h} ({w * h / 1e6:.1f} MP), more than the limit of {max_pixels / 1e6:g} MP; "
             f"refused before decoding: pass --max-pixels {w * h} (Python: max_pixels={w * h}) if you have "
-            f"the memory (see docs/reliability.md), or shrink the file (--resize shrinks after decoding)")
+            f"the memory (see docs/reliability.md), or --resize PX (JPEG files are then decoded shrunk), or "
+            "shrink the file")
 
 
-def load_image(path: str | os.PathLike, gray: bool = False, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
+def load_image(
+    path: str | os.PathLike, gray: bool = False, max_pixels: int | None = MAX_PIXELS, reduce: int = 1
+) -> np.ndarray:
     """Read an image file -> uint8 (H, W) if ``gray`` else (H, W, 3) RGB, upright.
 
     The EXIF orientation is applied, as ``cv2.imread``, hloc and image viewers do (a phone JPEG with
     orientation 6 comes back rotated, with width and height swapped). 16-bit files are scaled to 8 bit, alpha
     is dropped (composited on black is *not* done: the colour channels are kept as stored).
-    ``max_pixels`` (None: no limit) is checked on the file's header, before any pixel is decoded.
+    ``max_pixels`` (None: no limit) is checked on the file's header, before any pixel is decoded. ``reduce``
+    (2, 4 or 8, JPEG only, see :func:`jpeg_reduction`) decodes the image shrunk by that factor (pixel ``i``
+    of the result covers pixels ``i * reduce ... (i + 1) * reduce - 1`` of the file).
 
     Raises:
         SilkError: missing, empty, corrupt or unsupported file, a folder, more than ``max_pixels`` pixels.
@@ -71,10 +109,12 @@ def load_image(path: str | os.PathLike, gray: bool = False, max_pixels: int | No
         raise SilkError(f"image {path} is a folder, not an image file (silk extract FOLDER reads the images "
                         "in a folder)")
     path = check_input_file(path, "image")
+    if reduce not in _REDUCED:
+        raise SilkError(f"reduce must be one of {sorted(_REDUCED)}, got {reduce!r}")
     if max_pixels is not None:
-        check_image_file_size(path, max_pixels)
+        check_image_file_size(path, max_pixels, reduce)
     data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, _READ_FLAGS)
+    img = cv2.imdecode(data, _REDUCED[reduce])
     if img is None:
         raise SilkError(f"cannot decode image {path}: corrupt or unsupported format")
     if img.dtype == np.uint16:

@@ -99,6 +99,12 @@ def env(tmp_path_factory) -> dict[str, Path]:
     (d / "folder" / "sub").mkdir()
     cv2.imwrite(str(d / "folder" / "sub" / "y.png"), texture(64, 64, 8))
     (d / "nothing").mkdir()
+    big = texture(320, 400, 11)
+    cv2.imwrite(str(d / "big.jpg"), big)
+    cv2.imwrite(str(d / "big.png"), big)
+    blob = np.zeros((320, 400), np.uint8)
+    cv2.circle(blob, (203, 101), 6, 255, -1)
+    cv2.imwrite(str(d / "blob.jpg"), cv2.GaussianBlur(blob, (0, 0), 3), [cv2.IMWRITE_JPEG_QUALITY, 100])
     (d / "pair").mkdir()
     for name in ("a.png", "b.png"):
         (d / "pair" / name).write_bytes((d / name).read_bytes())
@@ -343,7 +349,7 @@ CLI_CASES = [
     err("extract-bomb-30000", "extract {dir}/bomb.png --out {tmp}/f.h5 --checkpoint {tiny}",
         "decompression-bomb limit); refused before decoding"),
     err("extract-25mp-header", "extract {dir}/25mp.png --out {tmp}/f.h5 --checkpoint {tiny}",
-        "more than the limit of 16.0 MP; refused before decoding: pass --max-pixels 25000000"),
+        "more than the limit of 16 MP; refused before decoding: pass --max-pixels 25000000"),
     err("extract-empty-folder", "extract {dir}/nothing --out {tmp}/f.h5 --checkpoint {tiny}", "no images in folder"),
     err("extract-outside-root", EXTRACT + " --root {dir}/folder", "is not inside --root"),
     err("extract-duplicate-names", "extract {a} {dir}/other/a.png --out {tmp}/f.h5 --checkpoint {tiny}",
@@ -366,6 +372,11 @@ CLI_CASES = [
     ok("extract-resize", EXTRACT + " --resize 40", h5_keypoints("a.png")),
     ok("extract-max-pixels-exact", EXTRACT + " --max-pixels 5120", h5_keypoints("a.png")),
     ok("extract-max-pixels-e-notation", EXTRACT + " --max-pixels 1e4", h5_keypoints("a.png")),
+    ok("extract-jpeg-decoded-shrunk", "extract {dir}/big.jpg --out {tmp}/f.h5 --checkpoint {tiny} --resize 64 "
+       "--max-pixels 20000", lambda e, t, out: (h5_keypoints("big.jpg")(e, t, out), list(
+           h5py.File(t / "f.h5", "r")["big.jpg"]["image_size"][()]) == [400, 320])[1]),
+    err("extract-png-not-shrunk", "extract {dir}/big.png --out {tmp}/f.h5 --checkpoint {tiny} --resize 64 "
+        "--max-pixels 20000", "more than the limit of 0.02 MP"),
     ok("extract-nms-0", EXTRACT + " --nms 0 --threshold 0", h5_keypoints("a.png")),
     # ---------------------------------------------------------------- outputs: the overwrite rule, paths
     err("extract-out-exists", "extract {a} --out {dir}/exists.h5 --checkpoint {tiny}",
@@ -585,6 +596,25 @@ def _extract(env, image, **options):
 
 RGB = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(0))
 
+class BrightestPixel:
+    """A stand-in model: one keypoint at the brightest pixel of the image it is given."""
+
+    config = SiLKConfig(in_channels=1)
+
+    def extract(self, image: np.ndarray, neighbours: bool = False, **options) -> Any:
+        from silk_keypoints.features import Features
+
+        y, x = np.unravel_index(np.argmax(image), image.shape)
+        h, w = image.shape[:2]
+        return Features.from_lists([torch.tensor([[float(x), float(y)]])], [torch.ones(1)], [torch.ones(1, 4)], (w, h))
+
+
+def _blob(env, tmp, resize):
+    from silk_keypoints.image_features import image_features
+
+    return image_features(BrightestPixel(), env["dir"] / "blob.jpg", resize=resize)
+
+
 API_CASES = [
     api_err("api-max-keypoints-neg", lambda e, t: _extract(e, RGB, max_keypoints=-5), "max_keypoints must be an integer >= 1"),
     api_err("api-max-keypoints-float", lambda e, t: _extract(e, RGB, max_keypoints=2.5), "got 2.5"),
@@ -612,6 +642,10 @@ API_CASES = [
     api_ok("api-float-in-range", lambda e, t: _extract(e, RGB), lambda e, t, f: f["keypoints"].shape[-1] == 2),
     api_ok("api-float-rounding", lambda e, t: _extract(e, RGB * 1.005), lambda e, t, f: f["keypoints"].shape[0] == 1),
     api_ok("api-uint8", lambda e, t: _extract(e, (RGB * 255).to(torch.uint8)), lambda e, t, f: f["keypoints"].shape[0] == 1),
+    api_ok("api-jpeg-shrunk-decode-maps-back", lambda e, t: _blob(e, t, 50), lambda e, t, f: (
+        np.abs(f["keypoints"][0, 0].numpy() - (203, 101)).max() <= 4 and f["image_size"][0].tolist() == [400, 320])),
+    api_ok("api-jpeg-full-decode-maps-back", lambda e, t: _blob(e, t, None),
+           lambda e, t, f: np.abs(f["keypoints"][0, 0].numpy() - (203, 101)).max() <= 1),
     api_err("api-hostile-checkpoint", lambda e, t: SiLK.from_checkpoint(e["dir"] / "hostile.pt"), "refused for safety"),
     api_err("api-nan-weights", lambda e, t: SiLK.from_checkpoint(e["dir"] / "nan.safetensors"), "NaN or inf"),
     api_err("api-device-cuda", lambda e, t: SiLK(TINY).to("cuda:9"), "cuda:9"),
