@@ -45,12 +45,15 @@ HOMOGRAPHIES = {
 TEST_DENSITY = {2: 2048 / (240 * 180), 4: 2048 / (120 * 90)}
 
 
-def make_pair(crops: torch.Tensor, hcfg: HomographyConfig, recipe: str, g: torch.Generator):
+def make_pair(crops: torch.Tensor, hcfg: HomographyConfig, recipe: str, g: torch.Generator, identity: float = 0.0):
     images = crops.float() / 255.0
     b, _, h, w = images.shape
     hom = sample_homographies(b, h, w, hcfg, g)
     if torch.rand((), generator=g) < 0.5:  # either view may be the zoomed one
         hom = torch.linalg.inv(hom)
+    if identity > 0:  # pairs with only a lighting change
+        keep = torch.rand(b, generator=g) < identity
+        hom[keep] = torch.eye(3, dtype=hom.dtype)
     warped = warp_images(images, hom)
     v0, v1 = augment(images, recipe, g), augment(warped, recipe, g)
     return to_batch(v0, 1), to_batch(v1, 1), hom
@@ -112,6 +115,7 @@ def main() -> None:
     p.add_argument("--centring", type=float, default=1.0)
     p.add_argument("--homography", default="default", choices=sorted(HOMOGRAPHIES))
     p.add_argument("--augment", default="lighting")
+    p.add_argument("--identity", type=float, default=0.0, help="share of pairs with identity geometry (lighting only)")
     p.add_argument("--log-every", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -130,7 +134,8 @@ def main() -> None:
     runs = {}
     models: dict[str, SiLK] = {}
     start = 0
-    for spec in args.models:  # "fast" or e.g. "fast:hidden=64:top=0.1:pixels=0:lr=0.002" (an ablation)
+    # "fast" or e.g. "fast:hidden=64:top=0.1:pixels=0:lr=0.002" (an ablation), "fast:init=FILE" (start from a head)
+    for spec in args.models:
         base, *opts = spec.split(":")
         o = dict(kv.split("=") for kv in opts)
         if base not in models:
@@ -139,11 +144,14 @@ def main() -> None:
         head = OffsetHead(model.backbone.out_channels, int(model.grid.stride), int(o.get("hidden", args.hidden)),
                           float(o.get("bound", args.bound)), bool(int(o.get("pixels", int(not args.no_pixels)))),
                           model.config.in_channels)
+        if "init" in o:  # a model file with a head of the same shape (e.g. an earlier run's model.safetensors)
+            head.load_state_dict(SiLK.from_checkpoint(o["init"]).offset_head.state_dict())
         opt = torch.optim.Adam(head.parameters(), lr=float(o.get("lr", args.lr)))
         cfg = OffsetLossConfig(float(o.get("delta", args.delta)), float(o.get("top", args.top_fraction)),
                                o.get("weighting", args.weighting), float(o.get("uniformity", args.uniformity)),
                                float(o.get("centring", args.centring)))
-        folder = out / spec.replace(":", "_").replace("=", "")
+        label = ":".join([base] + [kv for kv in opts if not kv.startswith("init=")])
+        folder = out / label.replace(":", "_").replace("=", "")
         folder.mkdir(exist_ok=True)
         run = {"model": model, "base": base, "head": head, "opt": opt, "cfg": cfg, "folder": folder, "best": -1.0,
                "acc": {}}
@@ -167,7 +175,7 @@ def main() -> None:
         g.manual_seed(args.seed * 1_000_003 + step)
         idx = torch.randint(len(dataset), (args.batch,), generator=g).tolist()
         crops = torch.stack([dataset[(i, step)] for i in idx])
-        v0, v1, hom = make_pair(crops, hcfg, args.augment, g)
+        v0, v1, hom = make_pair(crops, hcfg, args.augment, g, args.identity)
         batch = torch.cat([v0, v1])
         item = {"batch": batch, "hom": hom}
         with torch.no_grad():

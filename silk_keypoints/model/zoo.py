@@ -13,6 +13,10 @@
 What each variant measures, how it was trained and what was tried and not shipped: the model cards
 (``weights/<name>.md``) and the run logs in ``runs/``.
 
+Padded variants drop, by default, the keypoints of their two outermost cell rings (``remove_borders`` 4 px for
+``fast``, 8 px for ``tiny``): the zero padding makes fake corners there (a black frame gives ``tiny`` keypoints
+along its edge). ``vgg4`` is unpadded: its outputs never see padding.
+
 Strided variants keep the named-output contract: maps are on a coarser grid, and positions are still
 image pixels (the :class:`~silk_keypoints.model.coords.GridMap` of the model does the conversion).
 """
@@ -34,6 +38,7 @@ VARIANTS: dict[str, SiLKConfig] = {
         block_order="conv-bn-relu",
         head_channels=64,
         head_kernel=3,
+        remove_borders=4,
     ),
     "tiny": SiLKConfig(
         channels=(8, 24, 64),
@@ -43,6 +48,7 @@ VARIANTS: dict[str, SiLKConfig] = {
         head_channels=64,
         head_kernel=1,
         descriptor_dim=64,
+        remove_borders=8,
     ),
 }
 
