@@ -9,9 +9,11 @@ for y).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from .features import Features
 from .io import load_image, resize_long_side, rgb_to_gray_uint8
@@ -37,14 +39,44 @@ def image_features(
         neighbours: also return the neighbour descriptors for match refinement (spacing in original pixels).
         options: ``max_keypoints``, ``detection_threshold``, ``nms_radius``, ``remove_borders``.
     """
-    gray = model.config.in_channels == 1
+    small, scale, size = prepare_image(image, model.config.in_channels == 1, resize, upscale)
+    return batch_features(model, [small], [scale], [size], neighbours, **options)[0]
+
+
+def prepare_image(
+    image: str | os.PathLike | np.ndarray, gray: bool, resize: int | None = None, upscale: bool = False
+) -> tuple[np.ndarray, tuple[float, float], tuple[int, int]]:
+    """Load (a path) and resize an image as :func:`image_features` does, without the network.
+
+    Returns:
+        the uint8 (h, w) (``gray``) or (h, w, 3) image the network sees, the scale (sx, sy) = its size /
+        the original's, and the original size (W, H).
+    """
     if not isinstance(image, np.ndarray):
         image = load_image(image, gray=gray)
     elif gray and image.ndim == 3:
         image = rgb_to_gray_uint8(image)
     h, w = image.shape[:2]
     small, scale = resize_long_side(image, resize, upscale)
-    return model.extract(small, neighbours=neighbours, **options).rescaled(scale, (w, h))
+    return small, scale, (w, h)
+
+
+def batch_features(
+    model: Any,
+    images: Sequence[np.ndarray],
+    scales: Sequence[tuple[float, float]],
+    sizes: Sequence[tuple[int, int]],
+    neighbours: bool = False,
+    **options: Any,
+) -> list[Features]:
+    """Features of :func:`prepare_image` outputs of one shape, run through the network as one batch.
+
+    Returns one :class:`Features` (a batch of one) per image, in its original pixels (``sizes`` (W, H)).
+    """
+    x = torch.from_numpy(np.stack(images))  # (B, h, w) or (B, h, w, 3) uint8
+    x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    feats = model.extract(x, neighbours=neighbours, **options)
+    return [f.rescaled(scale, size) for f, scale, size in zip(feats.unbatch(), scales, sizes)]
 
 
 def extract_image(

@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from ..devices import resolve_device
 from ..matching import METHODS
 from ..model import SiLK
@@ -37,6 +39,17 @@ def add_detection_args(parser: argparse.ArgumentParser, max_keypoints: int = 204
                         help="downscale images so their long side is at most PX (keypoints are mapped back)")
 
 
+def add_bulk_args(parser: argparse.ArgumentParser, item: str) -> None:
+    """``--workers``, ``--strict``, ``--quiet``: the options of the resumable commands (:mod:`silk_keypoints.bulk`)."""
+    if item == "image":
+        parser.add_argument("--workers", type=int, default=0, metavar="N",
+                            help="processes that read, decode and resize images ahead of the network (default: 0, "
+                            "in the main process)")
+        parser.add_argument("--strict", action="store_true",
+                            help="stop at the first image that cannot be read (default: skip it, list it in OUT.failed.txt)")
+    parser.add_argument("--quiet", action="store_true", help=f"no progress bar (the {item}s/s and ETA)")
+
+
 def add_overwrite_arg(parser: argparse.ArgumentParser) -> None:
     """``--overwrite``: the one rule of every command that writes files (:func:`~silk_keypoints.files.check_overwrite`)."""
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -46,8 +59,9 @@ def detection_options(args: argparse.Namespace) -> dict:
     return {"max_keypoints": args.max_keypoints, "detection_threshold": args.threshold, "nms_radius": args.nms}
 
 
-def load_model(args: argparse.Namespace) -> SiLK:
-    device = resolve_device(args.device, "--device")
+def load_model(args: argparse.Namespace, device: torch.device | None = None) -> SiLK:
+    """The model of ``--model`` / ``--checkpoint`` in eval mode on ``device`` (default: ``--device``)."""
+    device = device or resolve_device(args.device, "--device")
     model = SiLK.from_checkpoint(args.checkpoint) if args.checkpoint else SiLK.from_pretrained(args.model)
     return model.to(device).eval()
 
