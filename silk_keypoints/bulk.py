@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -108,12 +108,23 @@ class ImageDataset(Dataset):
         return {"name": name, "image": image, "scale": scale, "size": size}
 
 
-def image_loader(dataset: ImageDataset, workers: int = 0) -> DataLoader:
-    """Items of ``dataset`` in order, decoded by ``workers`` processes (0: in this one), two ahead per worker."""
+def image_loader(dataset: ImageDataset, workers: int = 0) -> Iterator[dict[str, Any]]:
+    """Items of ``dataset`` in order, decoded by ``workers`` processes (0: in this one), two ahead per worker.
+
+    With workers, OpenCV's thread pool of this process is shut down while they run (``cv2.setNumThreads(1)``,
+    restored after): forked workers that inherit a pool whose threads they do not have hang in their first
+    OpenCV call."""
     if workers < 0:
         raise SilkError(f"--workers must be >= 0, got {workers}")
-    return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_as_is,
-                      prefetch_factor=2 if workers else None, worker_init_fn=_quiet_worker if workers else None)
+    threads = cv2.getNumThreads()
+    if workers:
+        cv2.setNumThreads(1)
+    try:
+        yield from DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_as_is,
+                              prefetch_factor=2 if workers else None,
+                              worker_init_fn=_quiet_worker if workers else None)
+    finally:
+        cv2.setNumThreads(threads)
 
 
 def _as_is(item: Any) -> Any:
