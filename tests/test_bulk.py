@@ -159,7 +159,7 @@ def test_failed_images_are_skipped_listed_and_retried(setup, tmp_path, capsys):
     _, images, args = setup
     bad, small = tmp_path / "bad.png", tmp_path / "small.png"
     bad.write_bytes(b"not an image")
-    cv2.imwrite(str(small), np.zeros((4, 4), np.uint8))
+    cv2.imwrite(str(small), np.zeros((2, 2), np.uint8))
     good = sorted(images.glob("*.png"))[:2]
     out = tmp_path / "f.h5"
     files = [str(good[0]), str(bad), str(small), str(good[1])]
