@@ -113,7 +113,7 @@ def image_loader(dataset: ImageDataset, workers: int = 0) -> Iterator[dict[str, 
 
     With workers, OpenCV's thread pool of this process is shut down while they run (``cv2.setNumThreads(1)``,
     restored after): forked workers that inherit a pool whose threads they do not have hang in their first
-    OpenCV call."""
+    OpenCV call, and the workers are the parallelism."""
     if workers < 0:
         raise SilkError(f"--workers must be >= 0, got {workers}")
     threads = cv2.getNumThreads()
@@ -121,18 +121,13 @@ def image_loader(dataset: ImageDataset, workers: int = 0) -> Iterator[dict[str, 
         cv2.setNumThreads(1)
     try:
         yield from DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_as_is,
-                              prefetch_factor=2 if workers else None,
-                              worker_init_fn=_quiet_worker if workers else None)
+                              prefetch_factor=2 if workers else None)
     finally:
         cv2.setNumThreads(threads)
 
 
 def _as_is(item: Any) -> Any:
     return item
-
-
-def _quiet_worker(_: int) -> None:
-    cv2.setNumThreads(1)  # one core per worker: the workers are the parallelism
 
 
 # ------------------------------------------------------------------------------------------------ extraction
