@@ -23,13 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub,
         "extract",
-        description="Detect and describe keypoints of images and write them in hloc's features.h5 layout "
-        "(per image: keypoints N x 2 as (x, y) with pixel centres at integers, scores N, descriptors D x N, "
-        "image_size as (W, H)). Files are named by their path relative to --root (default: their file name); "
-        "the images of a FOLDER by their path relative to it. Each image is written as it finishes: rerunning "
-        "the command skips the images already in the file (which must come from the same model and options; "
-        "--overwrite starts over). Images that cannot be read are skipped and listed in OUT.failed.txt. Under "
-        "torchrun each process takes a slice of the images and rank 0 merges the parts (docs/scale.md).",
+        description="Detect and describe keypoints of images into hloc's features.h5 (per image: keypoints N x 2 "
+        "as (x, y), pixel centres at integers; scores N; descriptors D x N; image_size (W, H)). Files are named "
+        "by their path relative to --root (default: file name), a FOLDER's images relative to it. Images are "
+        "written as they finish: a rerun skips those already in the file (same model and options; --overwrite "
+        "starts over); unreadable ones are skipped and listed in OUT.failed.txt. Works under torchrun "
+        "(docs/scale.md).",
     )
     p.add_argument("images", nargs="*", metavar="IMAGE|FOLDER", help="image files and folders (searched recursively)")
     p.add_argument("--image-list", default=None, metavar="FILE",
