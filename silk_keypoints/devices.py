@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
+import torch.distributed as dist
 
 from .errors import SilkError
 
@@ -30,3 +33,20 @@ def resolve_device(name: str | torch.device, what: str = "device") -> torch.devi
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise SilkError(f"{what} {name}: MPS (Apple GPU) is not available on this machine")
     return device
+
+
+def setup_distributed(name: str | torch.device, what: str = "--device") -> tuple[int, int, torch.device]:
+    """``(rank, world size, device)`` of this process; under ``torchrun`` (``WORLD_SIZE`` > 1) also joins the
+    process group: nccl with ``cuda:LOCAL_RANK`` when ``name`` is a CUDA device, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(name, what)
+    cuda = device.type == "cuda"
+    if world == 1:
+        return 0, 1, device
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return rank, world, device

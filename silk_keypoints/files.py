@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -120,3 +121,71 @@ def check_overwrite(path: str | os.PathLike, overwrite: bool) -> Path:
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temp file + rename: no half-written file on failure)."""
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+class OutputLock:
+    """An exclusive lock on an output file: ``<path>.lock`` holding ``pid host``, made with ``O_EXCL``.
+
+    A second writer of the same output (another process, another machine on a shared file system) is refused
+    with :class:`SilkError` instead of silently replacing the first's work. A lock left by a killed process
+    on this host (its pid no longer runs) is taken over; one from another host is reported with its owner, to
+    be deleted by hand if no process there runs. Use as a context manager; the lock file is removed on exit.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(f"{os.fspath(path)}.lock")
+        self._held = False
+
+    def acquire(self) -> OutputLock:
+        me = f"{os.getpid()} {socket.gethostname()}\n"
+        for _ in range(2):  # second try after removing a stale lock
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and not _alive(*owner):
+                    self.path.unlink(missing_ok=True)
+                    continue
+                who = f"process {owner[0]} on {owner[1]}" if owner else "another process"
+                raise SilkError(
+                    f"{self.path.with_suffix('')} is being written by {who} (lock {self.path}); wait for it, or "
+                    "delete the lock file if no such process runs"
+                ) from None
+            except OSError as e:
+                raise SilkError(f"cannot create lock file {self.path}: {e.strerror or e}") from None
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            self._held = True
+            return self
+        raise SilkError(f"cannot take the lock {self.path}: another process keeps creating it")
+
+    def release(self) -> None:
+        if self._held:
+            self.path.unlink(missing_ok=True)
+            self._held = False
+
+    def _owner(self) -> tuple[int, str] | None:
+        try:
+            pid, host = self.path.read_text().split()
+            return int(pid), host
+        except (OSError, ValueError):  # vanished, or being written this instant
+            return None
+
+    def __enter__(self) -> OutputLock:  # noqa: PYI034 - Self needs Python 3.11
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _alive(pid: int, host: str) -> bool:
+    """Whether process ``pid`` of ``host`` may still run (always True for another host: we cannot tell)."""
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True

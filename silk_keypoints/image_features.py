@@ -9,11 +9,14 @@ for y).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from .features import Features
+from .files import MAX_PIXELS
 from .io import jpeg_reduction, load_image, resize_long_side, rgb_to_gray_uint8, upright_size
 
 
@@ -39,20 +42,54 @@ def image_features(
         neighbours: also return the neighbour descriptors for match refinement (spacing in original pixels).
         options: ``max_keypoints``, ``detection_threshold``, ``nms_radius``, ``remove_borders``.
     """
-    gray = model.config.in_channels == 1
+    small, scale, size = prepare_image(image, model.config.in_channels == 1, resize, upscale, model.config.max_pixels)
+    return batch_features(model, [small], [scale], [size], neighbours, **options)[0]
+
+
+def prepare_image(
+    image: str | os.PathLike | np.ndarray, gray: bool, resize: int | None = None, upscale: bool = False,
+    max_pixels: int | None = MAX_PIXELS,
+) -> tuple[np.ndarray, tuple[float, float], tuple[int, int]]:
+    """Load (a path) and resize an image as :func:`image_features` does, without the network.
+
+    ``max_pixels`` is checked on the file's header before decoding; a JPEG much larger than ``resize`` is
+    decoded already shrunk (:func:`~silk_keypoints.io.jpeg_reduction`).
+
+    Returns:
+        the uint8 (h, w) (``gray``) or (h, w, 3) image the network sees, the scale (sx, sy) = its size /
+        the original's, and the original size (W, H).
+    """
     reduce = 1
     if not isinstance(image, np.ndarray):
         reduce = jpeg_reduction(image, resize)  # a JPEG much larger than ``resize``: decoded shrunk
         size = upright_size(image) if reduce > 1 else None
-        image = load_image(image, gray=gray, max_pixels=model.config.max_pixels, reduce=reduce if size else 1)
+        image = load_image(image, gray=gray, max_pixels=max_pixels, reduce=reduce if size else 1)
         reduce = reduce if size else 1
     elif gray and image.ndim == 3:
         image = rgb_to_gray_uint8(image)
     h, w = image.shape[:2]
     small, (sx, sy) = resize_long_side(image, resize, upscale)
     if reduce > 1:  # pixel i of the shrunk decode covers file pixels i*f .. i*f + f - 1
-        return model.extract(small, neighbours=neighbours, **options).rescaled((sx / reduce, sy / reduce), size)
-    return model.extract(small, neighbours=neighbours, **options).rescaled((sx, sy), (w, h))
+        return small, (sx / reduce, sy / reduce), size
+    return small, (sx, sy), (w, h)
+
+
+def batch_features(
+    model: Any,
+    images: Sequence[np.ndarray],
+    scales: Sequence[tuple[float, float]],
+    sizes: Sequence[tuple[int, int]],
+    neighbours: bool = False,
+    **options: Any,
+) -> list[Features]:
+    """Features of :func:`prepare_image` outputs of one shape, run through the network as one batch.
+
+    Returns one :class:`Features` (a batch of one) per image, in its original pixels (``sizes`` (W, H)).
+    """
+    x = torch.from_numpy(np.stack(images))  # (B, h, w) or (B, h, w, 3) uint8
+    x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    feats = model.extract(x, neighbours=neighbours, **options)
+    return [f.rescaled(scale, size) for f, scale, size in zip(feats.unbatch(), scales, sizes)]
 
 
 def extract_image(

@@ -40,17 +40,12 @@ def test_extract_writes_hloc_layout(tmp_path, weights, images):
         assert g["image_size"][()].tolist() == [50, 70]
 
 
-def test_extract_refuses_to_overwrite_and_keeps_file_on_error(tmp_path, weights, images, capsys):
+def test_extract_refuses_a_file_it_cannot_resume(tmp_path, weights, images, capsys):
     out = tmp_path / "features.h5"
     out.write_bytes(b"precious")
     assert main(["extract", str(images[0]), "--out", str(out), "--checkpoint", str(weights)]) == 2
-    assert "exists" in capsys.readouterr().err
-    bad = tmp_path / "bad.jpg"
-    bad.write_bytes(b"not an image")
-    assert main(["extract", str(images[0]), str(bad), "--out", str(out), "--checkpoint", str(weights), "--overwrite"]) == 2
-    assert "cannot decode" in capsys.readouterr().err
-    assert out.read_bytes() == b"precious"
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["bad.jpg", "features.h5", "imgs", "tiny.safetensors"])
+    assert "cannot resume" in capsys.readouterr().err and out.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["features.h5", "imgs", "tiny.safetensors"])
 
 
 def test_help_texts(capsys):

@@ -216,6 +216,7 @@ ORDER = [
     "files",
     "ecosystem.hloc",
     "ecosystem.pairs",
+    "bulk",
     "ecosystem.colmap",
     "ecosystem.npz",
     "ecosystem.lightglue",

@@ -230,7 +230,7 @@ def test_match_pairs_bad_input(tmp_path, features_h5):
         match_pairs(path, [("a.jpg", "x.jpg"), ("y.jpg", "b.jpg")], tmp_path / "m.h5")
     out = tmp_path / "m.h5"
     out.write_bytes(b"precious")
-    with pytest.raises(SilkError, match="exists"):
+    with pytest.raises(SilkError, match="cannot resume .*m.h5: not an HDF5 file"):
         match_pairs(path, [("a.jpg", "b.jpg")], out)
     with pytest.raises(SilkError, match="unknown matching method"):
         match_pairs(path, [("a.jpg", "b.jpg")], out, method="magic", overwrite=True)
@@ -297,7 +297,7 @@ def test_cli_match_pairs_bad_input(tmp_path, features_h5, capsys):
     pairs.write_text("a.jpg b.jpg\n")
     out.write_bytes(b"precious")
     assert main(["match-pairs", str(pairs), "--features", str(path), "--out", str(out)]) == 2
-    assert "exists: pass --overwrite" in capsys.readouterr().err and out.read_bytes() == b"precious"
+    assert "cannot resume" in capsys.readouterr().err and out.read_bytes() == b"precious"
     assert (
         main(
             [

@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from ..devices import resolve_device
 from ..errors import SilkError
 from ..files import MAX_PIXELS
@@ -60,6 +62,17 @@ def add_max_pixels_arg(parser: argparse.ArgumentParser) -> None:
                         f"{MAX_PIXELS / 1e6:g} MP; memory per MP: docs/reliability.md)")
 
 
+def add_bulk_args(parser: argparse.ArgumentParser, item: str) -> None:
+    """``--workers``, ``--strict``, ``--quiet``: the options of the resumable commands (:mod:`silk_keypoints.bulk`)."""
+    if item == "image":
+        parser.add_argument("--workers", type=int, default=0, metavar="N",
+                            help="processes that read, decode and resize images ahead of the network (default: 0, "
+                            "in the main process)")
+        parser.add_argument("--strict", action="store_true",
+                            help="stop at the first image that cannot be read (default: skip it, list it in OUT.failed.txt)")
+    parser.add_argument("--quiet", action="store_true", help=f"no progress bar (the {item}s/s and ETA)")
+
+
 def add_overwrite_arg(parser: argparse.ArgumentParser) -> None:
     """``--overwrite``: the one rule of every command that writes files (:func:`~silk_keypoints.files.check_overwrite`)."""
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -87,10 +100,10 @@ def check_detection_flags(options: dict) -> None:
         raise SilkError(str(e).replace(key, _FLAGS[key], 1) if key else str(e)) from None
 
 
-def load_model(args: argparse.Namespace) -> SiLK:
-    """The model of ``--model`` / ``--checkpoint`` on ``--device``, with ``--max-pixels`` (if the command has
-    it) as its ``max_pixels``."""
-    device = resolve_device(args.device, "--device")
+def load_model(args: argparse.Namespace, device: torch.device | None = None) -> SiLK:
+    """The model of ``--model`` / ``--checkpoint`` in eval mode on ``device`` (default: ``--device``), with
+    ``--max-pixels`` (if the command has it) as its ``max_pixels``."""
+    device = device or resolve_device(args.device, "--device")
     model = SiLK.from_checkpoint(args.checkpoint) if args.checkpoint else SiLK.from_pretrained(args.model)
     if getattr(args, "max_pixels", None) is not None:
         model.config = model.config.replace(max_pixels=args.max_pixels)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from ..devices import resolve_device
+from ..bulk import match_to_h5
+from ..devices import setup_distributed
 from ..ecosystem.colmap import CAMERA_MODELS, build_colmap_database, image_names
-from ..ecosystem.hloc import feature_names, match_pairs, read_features
+from ..ecosystem.hloc import feature_names, merge_h5, read_features
 from ..ecosystem.npz import export_npz
 from ..ecosystem.pairs import exhaustive_pairs, read_pairs, sequential_pairs, write_pairs
 from ..errors import SilkError
@@ -16,6 +17,7 @@ from ..io import named_images
 from ..matching import Matcher
 from . import add_command
 from .common import (
+    add_bulk_args,
     add_detection_args,
     add_matcher_args,
     add_model_args,
@@ -29,6 +31,7 @@ from .common import (
 def register(sub: argparse._SubParsersAction) -> None:
     _register_pairs(sub)
     _register_match_pairs(sub)
+    _register_merge(sub)
     _register_colmap(sub)
     _register_export_npz(sub)
 
@@ -73,32 +76,55 @@ def _register_match_pairs(sub: argparse._SubParsersAction) -> None:
         "match-pairs",
         description="Match the descriptors of the image pairs listed in PAIRS (hloc format) from a "
         "features.h5 and write hloc's matches.h5: per pair a group name0/name1 ('/' in names replaced by "
-        "'-') with matches0 (index in image 1 or -1 per keypoint of image 0) and matching_scores0.",
+        "'-') with matches0 (index in image 1 or -1 per keypoint of image 0) and matching_scores0. Pairs are "
+        "written as they finish: rerunning skips the pairs already in the file (same matcher settings; "
+        "--overwrite starts over). Under torchrun each process matches a slice of the pairs (docs/scale.md).",
     )
     p.add_argument("pairs", metavar="PAIRS", help="pairs file, 'name0 name1' per line")
     p.add_argument("--features", required=True, metavar="H5", help="features.h5 (e.g. from silk extract)")
-    p.add_argument("--out", required=True, metavar="H5", help="output matches.h5")
+    p.add_argument("--out", required=True, metavar="H5", help="output matches.h5 (resumed if it exists)")
     add_overwrite_arg(p)
     p.add_argument("--device", default="cpu", help="torch device for matching (default: cpu)")
     add_matcher_args(p, refine=False, max_distance=True)
+    add_bulk_args(p, "pair")
     p.set_defaults(func=run_match_pairs)
 
 
 def run_match_pairs(args: argparse.Namespace) -> int:
-    check_overwrite(args.out, args.overwrite)
-    device = resolve_device(args.device, "--device")
+    rank, _, device = setup_distributed(args.device)
     pairs = read_pairs(args.pairs, known=feature_names(args.features), where=args.features)
-    out = match_pairs(
-        args.features,
-        pairs,
-        args.out,
-        method=args.matcher,
-        overwrite=args.overwrite,
-        device=device,
-        progress=len(pairs) > 1,
-        **matcher_options(args),
-    )
-    print(f"wrote matches of {len(pairs)} pairs to {out}")
+    matcher = Matcher(args.matcher, **matcher_options(args))
+    summary = match_to_h5(args.features, pairs, args.out, matcher, device=device, overwrite=args.overwrite,
+                          progress=not args.quiet)
+    if rank == 0:
+        print(summary.line("pairs", args.out))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ merge
+def _register_merge(sub: argparse._SubParsersAction) -> None:
+    for kind in ("features", "matches"):
+        p = add_command(
+            sub,
+            f"merge-{kind}",
+            description=f"Merge the part files of a sharded run (OUT stem .partRofW, one per torchrun process) "
+            f"into one {kind}.h5. Items OUT already has are kept, so a merge can be rerun; parts made with other "
+            "settings are refused. Rank 0 of a torchrun run does this itself when every part is on its file "
+            "system; this command is for parts gathered from several machines.",
+        )
+        p.add_argument("parts", nargs="+", metavar="PART", help=f"part files ({kind}.h5 layout)")
+        p.add_argument("--out", required=True, metavar="H5", help=f"output {kind}.h5 (added to if it exists)")
+        p.add_argument("--delete-parts", action="store_true", help="delete the part files after the merge")
+        add_overwrite_arg(p)
+        p.set_defaults(func=run_merge, kind=kind)
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    copied = merge_h5(args.parts, args.out, kind=args.kind, overwrite=args.overwrite)
+    if args.delete_parts:
+        for part in args.parts:
+            Path(part).unlink()
+    print(f"merged {copied} new items from {len(args.parts)} part files into {args.out}")
     return 0
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -32,7 +33,7 @@ from tqdm import tqdm
 
 from ..devices import resolve_device
 from ..errors import SilkError
-from ..files import atomic_write, check_overwrite
+from ..files import OutputLock, atomic_write, check_output_path, check_overwrite
 from ..matching import Matcher
 from .pairs import Pair, unique_pairs
 
@@ -47,21 +48,12 @@ def write_features(
 ) -> Path:
     """Write ``(name, extract_image() dict)`` pairs to an hloc ``features.h5`` atomically.
 
-    Provenance goes into the file's attributes: ``silk_keypoints_version`` always; ``model`` (``model_name``),
-    ``weights_sha256`` (of the file ``weights``) and ``detection_options`` (``options`` as JSON, None values
-    left out) when given. Nothing is left behind if the iterable raises midway (e.g. an unreadable image):
-    the target is written only when every item succeeded.
+    Provenance goes into the file's attributes (:func:`feature_provenance`). Nothing is left behind if the
+    iterable raises midway (e.g. an unreadable image): the target is written only when every item succeeded.
+    For a file written image by image and resumed after a crash, see :class:`H5Store`.
     """
-    from .. import __version__
-
     path = check_overwrite(path, overwrite)
-    attrs = {"silk_keypoints_version": __version__}
-    if model_name is not None:
-        attrs["model"] = model_name
-    if weights is not None:
-        attrs["weights_sha256"] = _sha256(weights)
-    if options is not None:
-        attrs["detection_options"] = json.dumps({k: v for k, v in options.items() if v is not None}, sort_keys=True)
+    attrs = feature_provenance(model_name, weights, options)
 
     def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
@@ -69,13 +61,224 @@ def write_features(
             for name, pred in features:
                 if name in f:
                     raise SilkError(f"duplicate image name {name!r} in {path}")
-                grp = f.create_group(name)
-                grp.create_dataset("keypoints", data=pred["keypoints"].astype(np.float32))
-                grp.create_dataset("scores", data=pred["scores"].astype(np.float32))
-                grp.create_dataset("descriptors", data=pred["descriptors"].T.astype(np.float32))
-                grp.create_dataset("image_size", data=np.asarray(pred["image_size"], dtype=np.int64))
+                _write_feature_group(f, name, pred)
 
     return atomic_write(path, write)
+
+
+def feature_provenance(
+    model_name: str | None = None, weights: str | os.PathLike | None = None, options: Mapping[str, Any] | None = None
+) -> dict[str, str]:
+    """The attributes of a ``features.h5``: ``silk_keypoints_version`` always; ``model`` (``model_name``),
+    ``weights_sha256`` (of the file ``weights``) and ``detection_options`` (``options`` as JSON, None values
+    left out) when given."""
+    from .. import __version__
+
+    attrs = {"silk_keypoints_version": __version__}
+    if model_name is not None:
+        attrs["model"] = model_name
+    if weights is not None:
+        attrs["weights_sha256"] = _sha256(weights)
+    if options is not None:
+        attrs["detection_options"] = json.dumps({k: v for k, v in options.items() if v is not None}, sort_keys=True)
+    return attrs
+
+
+def _write_feature_group(f: h5py.File, name: str, pred: Mapping[str, np.ndarray]) -> None:
+    grp = f.create_group(name)
+    grp.create_dataset("keypoints", data=pred["keypoints"].astype(np.float32))
+    grp.create_dataset("scores", data=pred["scores"].astype(np.float32))
+    grp.create_dataset("descriptors", data=pred["descriptors"].T.astype(np.float32))
+    grp.create_dataset("image_size", data=np.asarray(pred["image_size"], dtype=np.int64))
+
+
+def _write_match_group(f: h5py.File, key: str, m0: np.ndarray, s0: np.ndarray) -> None:
+    grp = f.create_group(key)
+    grp.create_dataset("matches0", data=np.asarray(m0, dtype=np.int32))
+    grp.create_dataset("matching_scores0", data=np.asarray(s0, dtype=np.float32))
+
+
+FEATURE_KEYS = ("keypoints", "scores", "descriptors", "image_size")
+MATCH_KEYS = ("matches0", "matching_scores0")
+
+
+class H5Store:
+    """An hloc ``features.h5`` or ``matches.h5`` written item by item, resumable after a crash.
+
+    Opening takes the output's lock (:class:`~silk_keypoints.files.OutputLock`), then creates the file with
+    ``attrs`` or, if it exists, resumes it: it must carry the same attributes (``silk_keypoints_version``
+    aside), else :class:`SilkError` says what differs. Groups a killed run left incomplete (without every one
+    of ``keys``) are removed, so :meth:`done` holds exactly the finished items. Each :meth:`write` is flushed to
+    disk (at most every ``flush_seconds``), so a kill loses at most the items since. No temp file is used.
+
+    Args:
+        path: the ``.h5`` file.
+        attrs: its provenance (:func:`feature_provenance`, or the matcher's for ``matches.h5``).
+        keys: the datasets of a complete item (:data:`FEATURE_KEYS` or :data:`MATCH_KEYS`).
+        overwrite: delete an existing file first and start over.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        attrs: Mapping[str, str],
+        keys: Sequence[str] = FEATURE_KEYS,
+        overwrite: bool = False,
+        flush_seconds: float = 0.0,
+    ) -> None:
+        self.path = check_output_path(path)
+        self.attrs, self.keys, self.flush_seconds = dict(attrs), tuple(keys), flush_seconds
+        self._lock = OutputLock(self.path).acquire()
+        try:
+            if overwrite:
+                self.path.unlink(missing_ok=True)
+            self.file = self._open()
+        except BaseException:
+            self._lock.release()
+            raise
+        self.done = self._complete_items()
+        self._last_flush = time.monotonic()
+
+    def _open(self) -> h5py.File:
+        if not self.path.exists():
+            f = h5py.File(self.path, "w")
+            f.attrs.update(self.attrs)
+            f.flush()
+            return f
+        try:
+            f = h5py.File(self.path, "a")
+        except OSError as e:
+            raise SilkError(f"cannot resume {self.path}: not an HDF5 file or corrupt ({e}); --overwrite starts over") from None
+        theirs = {k: str(v) for k, v in f.attrs.items() if k != "silk_keypoints_version"}
+        ours = {k: v for k, v in self.attrs.items() if k != "silk_keypoints_version"}
+        if theirs != ours:
+            f.close()
+            diff = "; ".join(_differences(theirs, ours))
+            raise SilkError(f"{self.path} was made with other settings ({diff}): use another output, or "
+                            "--overwrite to start over")
+        return f
+
+    def _complete_items(self) -> set[str]:
+        done, partial = set(), []
+
+        def visit(key: str, obj: Any) -> None:
+            if not isinstance(obj, h5py.Group) or not any(isinstance(v, h5py.Dataset) for v in obj.values()):
+                return
+            if all(k in obj for k in self.keys):
+                done.add(key)
+            else:
+                partial.append(key)
+
+        self.file.visititems(visit)
+        for key in partial:  # a killed run's unfinished item: redone
+            del self.file[key]
+        return done
+
+    def add_features(self, name: str, pred: Mapping[str, np.ndarray]) -> None:
+        """Add one image's :func:`~silk_keypoints.image_features.extract_image` dict (flushed)."""
+        self._write(name, _write_feature_group, pred)
+
+    def add_matches(self, name0: str, name1: str, m0: np.ndarray, s0: np.ndarray) -> None:
+        """Add one pair's ``matches0`` and ``matching_scores0`` (flushed at most every ``flush_seconds``)."""
+        self._write(names_to_pair(name0, name1), _write_match_group, m0, s0)
+
+    def _write(self, key: str, write: Any, *args: Any) -> None:
+        if key in self.done:
+            raise SilkError(f"duplicate item {key!r} in {self.path}")
+        write(self.file, key, *args)
+        self.done.add(key)
+        if time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.file.flush()
+            self._last_flush = time.monotonic()
+
+    def copy_from(self, part: str | os.PathLike) -> int:
+        """Copy the items of another store's file (a part written by one rank) that this one lacks -> count.
+
+        Raises :class:`SilkError` if the part was made with other settings."""
+        copied = 0
+        with _open(part) as src:
+            theirs = {k: str(v) for k, v in src.attrs.items() if k != "silk_keypoints_version"}
+            ours = {k: v for k, v in self.attrs.items() if k != "silk_keypoints_version"}
+            if theirs != ours:
+                raise SilkError(f"{part} was made with other settings than {self.path}: cannot merge them")
+            items: list[str] = []
+            src.visititems(lambda key, obj: items.append(key)
+                           if isinstance(obj, h5py.Group) and all(k in obj for k in self.keys) else None)
+            for key in items:
+                if key not in self.done:
+                    self._write(key, _copy_group, src[key])
+                    copied += 1
+        self.file.flush()
+        return copied
+
+    def close(self) -> None:
+        try:
+            self.file.close()
+        finally:
+            self._lock.release()
+
+    def __enter__(self) -> H5Store:  # noqa: PYI034 - Self needs Python 3.11
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _datasets(f: h5py.File) -> list[str]:
+    found: list[str] = []
+    f.visititems(lambda key, obj: found.append(key) if isinstance(obj, h5py.Dataset) else None)
+    return found
+
+
+def _copy_group(f: h5py.File, key: str, src: h5py.Group) -> None:
+    f.copy(src, key)
+
+
+def _differences(theirs: Mapping[str, str], ours: Mapping[str, str]) -> list[str]:
+    """``key: file 'a', this run 'b'`` for each differing attribute; inside JSON attributes, per option."""
+    out = []
+    for key in sorted(set(theirs) | set(ours)):
+        a, b = theirs.get(key), ours.get(key)
+        if a == b:
+            continue
+        try:
+            da, db = json.loads(a), json.loads(b)
+        except (TypeError, ValueError):
+            da = db = None
+        if isinstance(da, dict) and isinstance(db, dict):
+            out += [f"{key} {k}: file {da.get(k)!r}, this run {db.get(k)!r}"
+                    for k in sorted(set(da) | set(db)) if da.get(k) != db.get(k)]
+        else:
+            short = (lambda v: "none" if v is None else repr(v[:16] + "..." if len(v) > 19 else v))
+            out.append(f"{key}: file {short(a)}, this run {short(b)}")
+    return out
+
+
+def merge_h5(
+    parts: Sequence[str | os.PathLike], out: str | os.PathLike, kind: str = "features", overwrite: bool = False
+) -> int:
+    """Merge the part files of a sharded run (``kind`` "features" or "matches") into ``out`` -> items copied.
+
+    Items ``out`` already has are kept (a merge can be rerun); the parts must share their provenance
+    attributes, and ``out``'s when it exists. The parts are left in place.
+
+    Raises:
+        SilkError: no parts, a missing or unreadable part, a part of another kind or other settings.
+    """
+    if kind not in ("features", "matches"):
+        raise SilkError(f"kind must be 'features' or 'matches', got {kind!r}")
+    if not parts:
+        raise SilkError("no part files to merge")
+    keys = FEATURE_KEYS if kind == "features" else MATCH_KEYS
+    for part in parts:
+        with _open(part) as f:
+            found = _datasets(f)
+            if found and not any(k.rsplit("/", 1)[-1] == keys[0] for k in found):
+                raise SilkError(f"{part} is not a {kind}.h5 file (no {keys[0]} datasets)")
+            if part == parts[0]:
+                attrs = {k: str(v) for k, v in f.attrs.items()}
+    with H5Store(out, attrs, keys, overwrite=overwrite) as store:
+        return sum(store.copy_from(p) for p in parts)
 
 
 def _sha256(path: str | os.PathLike) -> str:
@@ -141,9 +344,7 @@ def write_matches(
                 key = names_to_pair(name0, name1)
                 if key in f:
                     raise SilkError(f"duplicate pair ({name0}, {name1}) for {path}")
-                grp = f.create_group(key)
-                grp.create_dataset("matches0", data=np.asarray(m0, dtype=np.int32))
-                grp.create_dataset("matching_scores0", data=np.asarray(s0, dtype=np.float32))
+                _write_match_group(f, key, m0, s0)
 
     return atomic_write(path, write)
 
@@ -187,7 +388,8 @@ def match_pairs(
     Args:
         features: hloc ``features.h5`` (e.g. from ``silk extract``).
         pairs: ``(name0, name1)`` image names of ``features``; duplicates (either order) are matched once.
-        out: the ``matches.h5`` to write (atomically; refused if it exists unless ``overwrite``).
+        out: the ``matches.h5`` to write pair by pair (:class:`H5Store`); an existing one made with the same
+            matcher settings is resumed (pairs in it, either order, are skipped), unless ``overwrite``.
         method, options: matching rule and its options, see :class:`silk_keypoints.matching.Matcher`.
             ``matching_scores0`` is hloc's ``(sim + 1) / 2`` for ``"mnn"``, the matcher's score otherwise
             (module doc).
@@ -195,19 +397,53 @@ def match_pairs(
         progress: show a progress bar.
 
     Raises:
-        SilkError: ``out`` exists, pairs naming images missing from ``features``, bad matcher options, a device
-        this machine does not have.
+        SilkError: ``out`` made with other matcher settings or being written by another process, pairs naming
+        images missing from ``features``, bad matcher options, a device this machine does not have.
     """
     device = resolve_device(device)
-    out = check_overwrite(out, overwrite)
-    known = set(feature_names(features))
-    missing = sorted({n for p in pairs for n in p} - known)
+    matcher = Matcher(method, **options)
+    check_pair_names(features, pairs)
+    with H5Store(out, matcher_provenance(matcher), MATCH_KEYS, overwrite, flush_seconds=1.0) as store:
+        todo = [p for p in unique_pairs(pairs) if not pair_done(store.done, p)]
+        with tqdm(total=len(todo), desc="match", unit="pair", disable=not progress) as bar:
+            match_into(store, features, todo, matcher, device, bar.update)
+    return Path(out)
+
+
+def matcher_provenance(matcher: Matcher) -> dict[str, str]:
+    """The attributes of a ``matches.h5``: ``silk_keypoints_version`` and ``matcher`` (its rule and options,
+    JSON), which a resumed file must share."""
+    from .. import __version__
+
+    conf = {k: v for k, v in matcher.conf.items() if v is not None and k != "chunk_size"}  # chunks: same result
+    conf.update(method=matcher.method, descriptor_scale=matcher.descriptor_scale)
+    return {"silk_keypoints_version": __version__, "matcher": json.dumps(conf, sort_keys=True, default=str)}
+
+
+def pair_done(done: set[str], pair: Pair) -> bool:
+    """Whether ``pair`` (either order) is among the ``done`` keys of a :class:`H5Store` of matches."""
+    return names_to_pair(*pair) in done or names_to_pair(pair[1], pair[0]) in done
+
+
+def check_pair_names(features: str | os.PathLike, pairs: Sequence[Pair]) -> None:
+    """Raise :class:`SilkError` if a pair names an image that ``features`` lacks."""
+    missing = sorted({n for p in pairs for n in p} - set(feature_names(features)))
     if missing:
         raise SilkError(
             f"{len(missing)} image(s) of the pairs are not in {features}: {', '.join(missing[:5])}"
             + (", ..." if len(missing) > 5 else "")
         )
-    matcher = Matcher(method, **options)
+
+
+def match_into(
+    store: H5Store,
+    features: str | os.PathLike,
+    pairs: Sequence[Pair],
+    matcher: Matcher,
+    device: torch.device | str = "cpu",
+    advance: Any = None,
+) -> int:
+    """Match ``pairs`` of ``features`` and add each to ``store`` (``advance(1)`` after each) -> pairs matched."""
     cache: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     def descriptors(name: str) -> torch.Tensor:
@@ -217,17 +453,29 @@ def match_pairs(
                 cache.popitem(last=False)
         return cache[name]
 
-    def results():
-        for name0, name1 in tqdm(unique_pairs(pairs), desc="match", unit="pair", disable=not progress):
-            pred = matcher(
-                {"image0": {"descriptors": descriptors(name0)}, "image1": {"descriptors": descriptors(name1)}}
-            )
-            m0, s0 = pred["matches0"][0].cpu().numpy(), pred["matching_scores0"][0].cpu().numpy()
-            if method == "mnn":  # hloc's nearest_neighbor score
-                s0 = np.where(m0 >= 0, (s0 + 1) / 2, 0).astype(np.float32)
-            yield name0, name1, m0, s0
+    for name0, name1 in pairs:
+        pred = matcher({"image0": {"descriptors": descriptors(name0)}, "image1": {"descriptors": descriptors(name1)}})
+        m0, s0 = pred["matches0"][0].cpu().numpy(), pred["matching_scores0"][0].cpu().numpy()
+        if matcher.method == "mnn":  # hloc's nearest_neighbor score
+            s0 = np.where(m0 >= 0, (s0 + 1) / 2, 0).astype(np.float32)
+        store.add_matches(name0, name1, m0, s0)
+        if advance is not None:
+            advance(1)
+    return len(pairs)
 
-    return write_matches(out, results(), overwrite=overwrite)
+
+def h5_items_equal(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two hloc files hold the same items with identical arrays and the same attributes
+    (``silk_keypoints_version`` aside): e.g. a resumed or sharded run against an uninterrupted one."""
+
+    def content(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        with _open(path) as f:
+            items = {k: f[k][()] for k in _datasets(f)}
+            attrs = {k: str(v) for k, v in f.attrs.items() if k != "silk_keypoints_version"}
+        return items, attrs
+
+    (ia, aa), (ib, ab) = content(a), content(b)
+    return aa == ab and ia.keys() == ib.keys() and all(np.array_equal(ia[k], ib[k]) for k in ia)
 
 
 def _open(path: str | os.PathLike) -> h5py.File:

@@ -44,7 +44,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..devices import resolve_device
+from ..devices import setup_distributed
 from ..errors import SilkError
 from ..evaluation.metrics import matching_accuracy, repeatability
 from ..files import atomic_write, make_dir
@@ -165,7 +165,7 @@ def train(
     threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
-    rank, world, device = _setup_distributed(config.device)
+    rank, world, device = setup_distributed(config.device)
     try:
         return _train(config, resume, callback, rank, world, device, overwrite)
     finally:
@@ -564,20 +564,6 @@ def resume_config(stored: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
             f"(allowed: {list(RESUME_OVERRIDES)})"
         )
     return wanted
-
-
-def _setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = resolve_device(device_name, "--device")
-    cuda = device.type == "cuda"
-    if world == 1:
-        return 0, 1, device
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device("cuda", local) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if cuda else "gloo")
-    return rank, world, device
 
 
 def _average(metrics: dict[str, float], world: int, device: torch.device) -> dict[str, float]:
