@@ -152,7 +152,7 @@ class OutputLock:
                     "delete the lock file if no such process runs"
                 ) from None
             except OSError as e:
-                raise SilkError(f"cannot create lock file {self.path}: {e.strerror or e}") from None
+                raise SilkError(f"cannot write {self.path.with_suffix('')}: cannot create its lock file {self.path}: {describe_os_error(e)}") from None
             with os.fdopen(fd, "w") as f:
                 f.write(me)
             self._held = True

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import os
 import pickle
 import signal
 import struct
@@ -27,6 +28,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import silk_keypoints.ecosystem.hloc as hloc_module
 import silk_keypoints.files as files_module
 from silk_keypoints import SiLK
 from silk_keypoints.cli import main
@@ -247,11 +249,24 @@ def no_cuda(message: str) -> str:
     return message if not torch.cuda.is_available() else ""
 
 
+def _h5_writes_fail(mp, code: int) -> None:
+    """h5py files opened for writing (resumable outputs, written in place) fail with ``code``."""
+    real = hloc_module.h5py.File
+
+    def open_file(name, mode="r", *a, **k):
+        if mode != "r":
+            raise OSError(code, os.strerror(code))
+        return real(name, mode, *a, **k)
+
+    mp.setattr(hloc_module.h5py, "File", open_file)
+
+
 def read_only(env, tmp, mp):
     def refuse(*a, **k):
         raise OSError(errno.EROFS, "Read-only file system")
 
     mp.setattr(files_module.tempfile, "mkstemp", refuse)
+    _h5_writes_fail(mp, errno.EROFS)
 
 
 def full_disk(env, tmp, mp):
@@ -259,6 +274,7 @@ def full_disk(env, tmp, mp):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     mp.setattr(files_module.os, "replace", refuse)
+    _h5_writes_fail(mp, errno.ENOSPC)
 
 
 def torch_full_disk(env, tmp, mp):
@@ -379,8 +395,8 @@ CLI_CASES = [
         "--max-pixels 20000", "more than the limit of 0.02 MP"),
     ok("extract-nms-0", EXTRACT + " --nms 0 --threshold 0", h5_keypoints("a.png")),
     # ---------------------------------------------------------------- outputs: the overwrite rule, paths
-    err("extract-out-exists", "extract {a} --out {dir}/exists.h5 --checkpoint {tiny}",
-        "exists.h5 exists: pass --overwrite"),
+    err("extract-out-not-ours", "extract {a} --out {dir}/exists.h5 --checkpoint {tiny}",
+        "cannot resume"),
     err("extract-out-folder-overwrite", EXTRACT.replace("{tmp}/f.h5", "{tmp}/d") + " --overwrite",
         "output path is a folder, expected a file", setup=folder("d")),
     err("extract-out-trailing-slash", EXTRACT.replace("{tmp}/f.h5", "{tmp}/newdir/"), "ends with '/'"),
@@ -424,7 +440,7 @@ CLI_CASES = [
         "descriptors must be finite numbers"),
     err("match-pairs-unknown-image", MP.replace("{pairs.txt}", "{dir}/pairs_unknown.txt"), "zzz.png"),
     err("match-pairs-pairs-missing", MP.replace("{pairs.txt}", "{dir}/nopairs.txt"), "not found"),
-    err("match-pairs-out-exists", MP, "m.h5 exists: pass --overwrite", setup=existing("m.h5")),
+    err("match-pairs-out-not-ours", MP, "cannot resume", setup=existing("m.h5")),
     err("match-pairs-read-only", MP, "read-only file system", setup=read_only),
     err("match-pairs-full-disk", MP, "no space left on device", setup=full_disk),
     err("match-pairs-out-under-file", MP.replace("{tmp}/m.h5", "{dir}/afile/m.h5"), "afile is a file, not a folder"),
@@ -601,11 +617,13 @@ class BrightestPixel:
 
     config = SiLKConfig(in_channels=1)
 
-    def extract(self, image: np.ndarray, neighbours: bool = False, **options) -> Any:
+    def extract(self, image: torch.Tensor, neighbours: bool = False, **options) -> Any:
+        """image: (1, 1, H, W) uint8, as image_features passes it."""
         from silk_keypoints.features import Features
 
-        y, x = np.unravel_index(np.argmax(image), image.shape)
-        h, w = image.shape[:2]
+        plane = image[0, 0].numpy()
+        y, x = np.unravel_index(np.argmax(plane), plane.shape)
+        h, w = plane.shape
         return Features.from_lists([torch.tensor([[float(x), float(y)]])], [torch.ones(1)], [torch.ones(1, 4)], (w, h))
 
 

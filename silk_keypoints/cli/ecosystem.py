@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..bulk import match_to_h5
 from ..devices import setup_distributed
@@ -11,7 +12,7 @@ from ..ecosystem.hloc import feature_names, merge_h5, read_features
 from ..ecosystem.npz import export_npz
 from ..ecosystem.pairs import exhaustive_pairs, read_pairs, sequential_pairs, write_pairs
 from ..errors import SilkError
-from ..files import check_overwrite, make_dir
+from ..files import make_dir
 from ..image_features import extract_image
 from ..io import named_images
 from ..matching import Matcher

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..bulk import extract_to_h5
+from ..bulk import extract_to_h5, failed_list_path
 from ..devices import setup_distributed
+from ..errors import SilkError
 from ..io import named_images
 from . import add_command
 from .common import (
@@ -55,4 +56,7 @@ def run(args: argparse.Namespace) -> int:
                             overwrite=args.overwrite, progress=not args.quiet)
     if rank == 0:
         print(summary.line("images", args.out))
+    if summary.failed and not summary.done and not summary.skipped:
+        raise SilkError(f"no image could be read ({len(summary.failed)} failed, listed in "
+                        f"{failed_list_path(args.out)}; the first: {summary.failed[0][1]})")
     return 0

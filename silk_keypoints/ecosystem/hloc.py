@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from ..devices import resolve_device
 from ..errors import SilkError
-from ..files import OutputLock, atomic_write, check_output_path, check_overwrite
+from ..files import OutputLock, atomic_write, check_output_path, check_overwrite, describe_os_error
 from ..matching import Matcher
 from .pairs import Pair, unique_pairs
 
@@ -141,10 +141,16 @@ class H5Store:
 
     def _open(self) -> h5py.File:
         if not self.path.exists():
-            f = h5py.File(self.path, "w")
-            f.attrs.update(self.attrs)
-            f.flush()
+            try:
+                f = h5py.File(self.path, "w")
+                f.attrs.update(self.attrs)
+                f.flush()
+            except OSError as e:
+                self.path.unlink(missing_ok=True)
+                raise SilkError(f"cannot write {self.path}: {describe_os_error(e)}") from None
             return f
+        if not os.access(self.path, os.W_OK):
+            raise SilkError(f"cannot write {self.path}: permission denied or read-only file system")
         try:
             f = h5py.File(self.path, "a")
         except OSError as e:
@@ -185,11 +191,15 @@ class H5Store:
     def _write(self, key: str, write: Any, *args: Any) -> None:
         if key in self.done:
             raise SilkError(f"duplicate item {key!r} in {self.path}")
-        write(self.file, key, *args)
-        self.done.add(key)
-        if time.monotonic() - self._last_flush >= self.flush_seconds:
-            self.file.flush()
-            self._last_flush = time.monotonic()
+        try:
+            write(self.file, key, *args)
+            self.done.add(key)
+            if time.monotonic() - self._last_flush >= self.flush_seconds:
+                self.file.flush()
+                self._last_flush = time.monotonic()
+        except OSError as e:  # full disk, lost mount: the items written so far stay (a rerun resumes)
+            raise SilkError(f"cannot write {self.path}: {describe_os_error(e)} (the {len(self.done)} items "
+                            "written so far are kept; rerun to resume)") from None
 
     def copy_from(self, part: str | os.PathLike) -> int:
         """Copy the items of another store's file (a part written by one rank) that this one lacks -> count.
