@@ -35,6 +35,12 @@ from .features import Features
 from .refinement import DEFAULT_SUBDIVISIONS, check_subdivisions, refine_matches
 
 METHODS = ("mnn", "ratio", "double-softmax")
+# The unrelated-pairs gate, the defaults of Matcher, silk match / demo / match-pairs / colmap (docs/ecosystem.md,
+# "Unrelated pairs", benchmarks/unrelated_pairs.py): drop matches whose descriptors have a cosine similarity
+# below 1 - GATE_MAX_DISTANCE, and (where a two-view model is fitted) a pair with fewer than GATE_MIN_INLIERS
+# verified inliers, COLMAP's own minimum, has no model.
+GATE_MAX_DISTANCE = 0.2
+GATE_MIN_INLIERS = 15
 _BLOCK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26}  # similarity entries per block (16 MB / 256 MB float32)
 
 
@@ -99,10 +105,15 @@ def match_descriptors(
 class Matcher(nn.Module):
     """LightGlue-style matcher for :meth:`SiLK.extract` outputs.
 
-    ``Matcher(method="double-softmax", threshold=0.9)({"image0": feats0, "image1": feats1})``
+    ``Matcher(method="double-softmax", threshold=0.9)({"image0": feats0, "image1": feats1})``; the defaults are
+    the command line's: mutual nearest neighbours behind the unrelated-pairs gate, refined below the cell size.
 
     Args:
         method: see :func:`match_descriptors`.
+        max_distance: drop matches whose cosine distance ``1 - cos`` exceeds this: the unrelated-pairs gate,
+            :data:`GATE_MAX_DISTANCE` (cosine similarity >= 0.8) by default, which keeps most matches of
+            related images and nearly none of unrelated ones (docs/ecosystem.md); None turns it off (plain
+            mutual nearest neighbours, the benchmarks' protocols).
         descriptor_scale: the norm the descriptors are assumed to have for the double-softmax temperature
             (1.41: the original's, so its temperatures and thresholds mean the same here). Descriptors are
             L2-normalised first; ``"mnn"`` and ``"ratio"`` do not depend on it.
@@ -110,7 +121,7 @@ class Matcher(nn.Module):
             (:func:`~silk_keypoints.refinement.refine_matches`); ``refine_subdivisions``: offsets it tries per
             cell and axis.
         **conf: other options of :func:`match_descriptors` (``ratio_threshold``, ``temperature``,
-            ``threshold``, ``mutual``, ``max_distance``, ``chunk_size``).
+            ``threshold``, ``mutual``, ``chunk_size``).
     """
 
     def __init__(
@@ -119,23 +130,23 @@ class Matcher(nn.Module):
         descriptor_scale: float = 1.41,
         refine: bool = True,
         refine_subdivisions: int = DEFAULT_SUBDIVISIONS,
+        max_distance: float | None = GATE_MAX_DISTANCE,
         **conf,
     ) -> None:
         super().__init__()
         check_subdivisions(refine_subdivisions, "refine_subdivisions")
         self.refine = bool(refine)
         self.refine_subdivisions = refine_subdivisions
-        unknown = sorted(set(conf) - {"ratio_threshold", "temperature", "threshold", "mutual", "max_distance",
-                                      "chunk_size"})
+        unknown = sorted(set(conf) - {"ratio_threshold", "temperature", "threshold", "mutual", "chunk_size"})
         if unknown:
             raise SilkError(f"unknown matcher options {unknown}")
         if not descriptor_scale > 0:
             raise SilkError(f"descriptor_scale must be > 0, got {descriptor_scale}")
         self.method = method
         self.descriptor_scale = float(descriptor_scale)
-        self.conf = conf
+        self.conf = {**conf, "max_distance": max_distance}
         _check_options(method, conf.get("ratio_threshold", 0.6), conf.get("temperature", 0.1),
-                       conf.get("threshold", 0.6), conf.get("max_distance"), conf.get("chunk_size"))
+                       conf.get("threshold", 0.6), max_distance, conf.get("chunk_size"))
 
     def forward(self, data: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         """Match ``data["image0"]`` against ``data["image1"]`` (dicts with ``descriptors`` (B, N, D) and

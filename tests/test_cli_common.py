@@ -23,14 +23,14 @@ from silk_keypoints.files import check_overwrite
 from silk_keypoints.model.zoo import available_pretrained
 
 CLI = Path(__file__).parents[1] / "silk_keypoints" / "cli"
-MATCHING = {
-    ("match", "A", "B"): {"refine": True, "max_distance": False},
-    ("demo",): {"refine": True, "max_distance": False},
-    ("match-pairs", "P", "--features", "F", "--out", "O"): {"refine": False, "max_distance": True},
-    ("colmap", "--database", "D"): {"refine": False, "max_distance": True},
-    ("eval", "pose", "P"): {"refine": True, "max_distance": False},
-    ("eval", "registration", "R"): {"refine": True, "max_distance": False},
-    ("eval", "imc2022", "T", "--submission", "S"): {"refine": True, "max_distance": False},
+MATCHING = {  # "gate": the unrelated-pairs gate (--max-distance, --no-gate); the benchmarks' protocols have none
+    ("match", "A", "B"): {"refine": True, "gate": True},
+    ("demo",): {"refine": True, "gate": True},
+    ("match-pairs", "P", "--features", "F", "--out", "O"): {"refine": False, "gate": True},
+    ("colmap", "--database", "D"): {"refine": False, "gate": True},
+    ("eval", "pose", "P"): {"refine": True, "gate": False},
+    ("eval", "registration", "R"): {"refine": True, "gate": False},
+    ("eval", "imc2022", "T", "--submission", "S"): {"refine": True, "gate": False},
 }
 
 
@@ -39,7 +39,7 @@ def test_every_command_has_the_same_matcher_options(command):
     args = build_parser().parse_args(list(command))
     assert args.matcher == "mnn" and args.match_threshold is None and args.temperature is None
     assert hasattr(args, "no_refine") == MATCHING[command]["refine"]
-    assert hasattr(args, "max_distance") == MATCHING[command]["max_distance"]
+    assert hasattr(args, "max_distance") == hasattr(args, "no_gate") == MATCHING[command]["gate"]
     assert build_parser().parse_args([*command, "--matcher", "ratio"]).matcher == "ratio"
 
 
@@ -56,8 +56,9 @@ def test_method_is_a_deprecated_alias(capsys):
 
 def test_matcher_options_leave_unset_options_out():
     p = argparse.ArgumentParser()
-    add_matcher_args(p, refine=True, max_distance=True)
+    add_matcher_args(p, refine=True)
     assert matcher_options(p.parse_args([])) == {}
+    assert matcher_options(p.parse_args(["--no-gate"])) == {"max_distance": None}
     assert matcher_options(p.parse_args(["--matcher", "ratio", "--match-threshold", "0.8", "--no-refine"])) == \
         {"ratio_threshold": 0.8, "refine": False}
     assert matcher_options(p.parse_args(["--match-threshold", "0.9", "--temperature", "0.2", "--max-distance", "1"])) \

@@ -11,6 +11,7 @@ import torch
 
 from silk_keypoints import SiLK
 from silk_keypoints.cli import main
+from silk_keypoints.matching import GATE_MAX_DISTANCE, GATE_MIN_INLIERS
 from silk_keypoints.model.zoo import variant_config
 from silk_keypoints.pair import DEMO_PAIR, keypoint_picture_names, match_pair
 
@@ -47,7 +48,8 @@ def test_match_writes_pictures_json_and_summary(tmp_path, checkpoint, capsys):
     assert data["weights"] == f"checkpoint {checkpoint}"
     assert len(data["image0"]["keypoints"]) == 300 and data["image1"]["image_size"] == [512, 384]
     assert len(data["matches"]) == len(data["match_scores"]) == len(data["geometry"]["inliers"])
-    assert data["geometry"]["kind"] == "homography" and data["matcher"] == {"method": "mnn"}
+    assert data["geometry"]["kind"] == "homography" and data["matcher"] == {
+        "method": "mnn", "max_distance": GATE_MAX_DISTANCE, "min_inliers": GATE_MIN_INLIERS}
     # matched positions, refined below the 4 px cell of the tiny model: each end moves at most half a cell
     k0, m = np.array(data["image0"]["keypoints"]), np.array(data["matches"])
     p0 = np.array(data["match_points0"])
@@ -60,7 +62,8 @@ def test_match_no_refine_keeps_the_keypoints(tmp_path, checkpoint, capsys):
     assert main(["match", BOX, SCENE, "--checkpoint", checkpoint, "--max-keypoints", "200", "--out",
                  str(tmp_path / "m.png"), "--json", str(js), "--no-refine"]) == 0
     data = json.loads(js.read_text())
-    assert data["matcher"] == {"method": "mnn", "refine": False}
+    assert data["matcher"] == {"method": "mnn", "refine": False, "max_distance": GATE_MAX_DISTANCE,
+                               "min_inliers": GATE_MIN_INLIERS}
     k1, m = np.array(data["image1"]["keypoints"]), np.array(data["matches"])
     np.testing.assert_allclose(np.array(data["match_points1"]), k1[m[:, 1]], atol=1e-3)
 

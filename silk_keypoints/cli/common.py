@@ -9,9 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..devices import resolve_device
-from ..matching import METHODS
+from ..matching import GATE_MAX_DISTANCE, GATE_MIN_INLIERS, METHODS
 from ..model import SiLK
-from ..model.zoo import DEFAULT_PRETRAINED, available_pretrained, pretrained_path
+from ..model.zoo import DEFAULT_MAX_KEYPOINTS, DEFAULT_PRETRAINED, available_pretrained, pretrained_path
 
 
 def model_help() -> str:
@@ -26,9 +26,10 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
 
 
-def add_detection_args(parser: argparse.ArgumentParser, max_keypoints: int = 2048) -> None:
-    parser.add_argument("--max-keypoints", type=int, default=max_keypoints, metavar="N",
-                        help=f"keep the N best keypoints per image (default: {max_keypoints})")
+def add_detection_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-keypoints", type=int, default=None, metavar="N",
+                        help=f"keep the N best keypoints per image (default: the model's, {DEFAULT_MAX_KEYPOINTS} for "
+                        "the shipped models)")
     parser.add_argument("--threshold", type=float, default=None, metavar="P",
                         help="keep keypoints with probability > P (default: the model's, 0)")
     parser.add_argument("--nms", type=int, default=None, metavar="R",
@@ -77,13 +78,16 @@ def progress_printer() -> Callable[[str], None]:
 
 def matcher_options(args: argparse.Namespace) -> dict:
     """:class:`~silk_keypoints.matching.Matcher` options (besides ``--matcher``) from ``--match-threshold``,
-    ``--temperature`` and, where the command has them, ``--max-distance`` and ``--no-refine``; options left
-    unset are left out (the matcher's defaults)."""
+    ``--temperature`` and, where the command has them, ``--max-distance``, ``--no-gate`` (``max_distance``
+    None) and ``--no-refine``; options left unset are left out (the matcher's defaults)."""
     opts = {"temperature": args.temperature, "max_distance": getattr(args, "max_distance", None)}
     opts["ratio_threshold" if args.matcher == "ratio" else "threshold"] = args.match_threshold
     if getattr(args, "no_refine", False):
         opts["refine"] = False
-    return {k: v for k, v in opts.items() if v is not None}
+    opts = {k: v for k, v in opts.items() if v is not None}
+    if getattr(args, "no_gate", False):
+        opts["max_distance"] = None
+    return opts
 
 
 class _DeprecatedAlias(argparse.Action):
@@ -98,10 +102,10 @@ class _DeprecatedAlias(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def add_matcher_args(p: argparse.ArgumentParser, refine: bool = True, max_distance: bool = False) -> None:
+def add_matcher_args(p: argparse.ArgumentParser, refine: bool = True, gate: bool = True) -> None:
     """The matching options of every command: ``--matcher`` (``--method``: a deprecated alias),
-    ``--match-threshold``, ``--temperature``, optionally ``--max-distance`` and ``--no-refine``; read them
-    with :func:`matcher_options`."""
+    ``--match-threshold``, ``--temperature``, optionally the unrelated-pairs gate (``--max-distance``,
+    ``--no-gate``) and ``--no-refine``; read them with :func:`matcher_options`."""
     p.add_argument("--matcher", choices=METHODS, default="mnn", help="matching rule (default: mnn)")
     p.add_argument("--method", choices=METHODS, dest="matcher", action=_DeprecatedAlias, new="--matcher",
                    default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -110,9 +114,13 @@ def add_matcher_args(p: argparse.ArgumentParser, refine: bool = True, max_distan
                    "1 - P < T (default 0.6; the original's examples use 0.9 and 0.99)")
     p.add_argument("--temperature", type=float, default=None, metavar="T",
                    help="double-softmax temperature for descriptors of norm 1.41 (default 0.1)")
-    if max_distance:
+    if gate:
         p.add_argument("--max-distance", type=float, default=None, metavar="D",
-                       help="drop matches with cosine distance > D (any method)")
+                       help=f"drop matches with cosine distance > D, any method (default: {GATE_MAX_DISTANCE}, "
+                       "the unrelated-pairs gate, see docs/ecosystem.md)")
+        p.add_argument("--no-gate", action="store_true",
+                       help="turn the unrelated-pairs gate off: keep every mutual match (and, where a model is "
+                       f"fitted, accept fewer than {GATE_MIN_INLIERS} inliers)")
     if refine:
         add_refine_arg(p)
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..files import check_output_path, check_overwrite
+from ..matching import GATE_MIN_INLIERS
 from ..pair import (
     GEOMETRIES,
+    ROTATIONS,
     keypoint_picture_names,
     keypoints_picture,
     make_output_dir,
@@ -48,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="two-view model to fit (default: homography)")
     p.add_argument("--ransac-threshold", type=float, default=None, metavar="PX",
                    help="inlier threshold in pixels (default: 3 for a homography, 1 for a fundamental matrix)")
+    p.add_argument("--rotations", type=int, choices=ROTATIONS, default=1,
+                   help="4: also match IMG1 turned by 90, 180 and 270 degrees and keep the turn with the most "
+                   "inliers (for pairs turned in-plane; 4x the extraction of IMG1; default: 1)")
     add_model_args(p)
     add_detection_args(p)
     p.set_defaults(func=run)
@@ -68,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     result = match_pair(model, args.image0, args.image1, method=args.matcher,
                         matcher_options=matcher_options(args),
                         geometry=args.geometry, ransac_threshold=args.ransac_threshold, resize=args.resize,
-                        progress=say, **detection_options(args))
+                        progress=say, rotations=args.rotations, min_inliers=0 if args.no_gate else GATE_MIN_INLIERS,
+                        **detection_options(args))
     say("drawing pictures")
     written = save_pictures(result, args.out)
     if keypoints_dir is not None:
@@ -77,5 +84,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         written.append(save_json(result, args.json, {"weights": weights}))
     print(result.summary())
+    if result.warning:
+        print(f"warning: {result.warning}", file=sys.stderr)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
