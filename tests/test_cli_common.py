@@ -164,3 +164,37 @@ def test_overwrite_rule_is_one_sentence(tmp_path):
         assert "replace existing output files" in sub.choices[name].format_help(), name
     onnx = sub.choices["export"]._subparsers._group_actions[0].choices["onnx"]
     assert "replace existing output files" in onnx.format_help()
+
+
+def test_python_api_and_command_line_share_their_defaults():
+    """Model, keypoints, matcher and gate: what silk match / extract use is what the Python API does by default."""
+    import inspect
+
+    import pycolmap
+
+    from silk_keypoints import Matcher, SiLK
+    from silk_keypoints.cli.common import detection_options
+    from silk_keypoints.ecosystem.kornia import SiLKFeature
+    from silk_keypoints.ecosystem.lightglue import SiLKExtractor
+    from silk_keypoints.matching import GATE_MAX_DISTANCE, GATE_MIN_INLIERS
+    from silk_keypoints.model.zoo import DEFAULT_MAX_KEYPOINTS, DEFAULT_PRETRAINED, pretrained_path
+    from silk_keypoints.pair import match_pair
+
+    for command in (["match", "A", "B"], ["extract", "A", "--out", "F"], ["colmap", "--database", "D"]):
+        args = build_parser().parse_args(command)
+        # model: --model unset loads SiLK.from_pretrained(None), the default shipped weights
+        assert args.model is None and args.checkpoint is None
+        assert weights_description(args) == f"shipped weights '{DEFAULT_PRETRAINED}' ({pretrained_path()})"
+        # detection: every option unset, so the model's defaults apply as in SiLK.extract()
+        assert set(detection_options(args).values()) == {None}
+        if command[0] != "extract":  # matcher: Matcher()'s defaults, the gate included
+            assert args.matcher == Matcher().method == "mnn" and matcher_options(args) == {}
+    assert Matcher().conf["max_distance"] == GATE_MAX_DISTANCE
+    assert inspect.signature(match_pair).parameters["min_inliers"].default == GATE_MIN_INLIERS
+    assert pycolmap.TwoViewGeometryOptions().min_num_inliers == GATE_MIN_INLIERS  # silk colmap's verification
+    if available_pretrained():
+        model = SiLK.from_pretrained()
+        assert model.config.max_keypoints == DEFAULT_MAX_KEYPOINTS == 2048
+        assert SiLK.from_pretrained(max_keypoints=10).config.max_keypoints == 10
+    assert SiLKExtractor.default_conf["max_num_keypoints"] == DEFAULT_MAX_KEYPOINTS
+    assert inspect.signature(SiLKFeature).parameters["max_keypoints"].default == DEFAULT_MAX_KEYPOINTS
