@@ -35,12 +35,14 @@ from .features import Features
 from .refinement import DEFAULT_SUBDIVISIONS, check_subdivisions, refine_matches
 
 METHODS = ("mnn", "ratio", "double-softmax")
-# The unrelated-pairs gate, the defaults of Matcher, silk match / demo / match-pairs / colmap (docs/ecosystem.md,
-# "Unrelated pairs", benchmarks/unrelated_pairs.py): drop matches whose descriptors have a cosine similarity
-# below 1 - GATE_MAX_DISTANCE, and (where a two-view model is fitted) a pair with fewer than GATE_MIN_INLIERS
-# verified inliers, COLMAP's own minimum, has no model.
-GATE_MAX_DISTANCE = 0.2
+# The unrelated-pairs gate (docs/ecosystem.md, "Unrelated pairs", benchmarks/unrelated_pairs.py): a fitted
+# two-view model with fewer than GATE_MIN_INLIERS inliers (COLMAP's own minimum) or under GATE_MIN_INLIER_RATIO
+# of the matches is no model (match_pair's default: silk match, silk demo). GATE_MAX_DISTANCE: the optional
+# descriptor gate (Matcher(max_distance=...), --max-distance), off by default: it also drops most true matches of
+# hard real pairs.
 GATE_MIN_INLIERS = 15
+GATE_MIN_INLIER_RATIO = 0.05
+GATE_MAX_DISTANCE = 0.2
 _BLOCK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26}  # similarity entries per block (16 MB / 256 MB float32)
 
 
@@ -106,14 +108,13 @@ class Matcher(nn.Module):
     """LightGlue-style matcher for :meth:`SiLK.extract` outputs.
 
     ``Matcher(method="double-softmax", threshold=0.9)({"image0": feats0, "image1": feats1})``; the defaults are
-    the command line's: mutual nearest neighbours behind the unrelated-pairs gate, refined below the cell size.
+    the command line's: mutual nearest neighbours, refined below the cell size.
 
     Args:
         method: see :func:`match_descriptors`.
-        max_distance: drop matches whose cosine distance ``1 - cos`` exceeds this: the unrelated-pairs gate,
-            :data:`GATE_MAX_DISTANCE` (cosine similarity >= 0.8) by default, which keeps most matches of
-            related images and nearly none of unrelated ones (docs/ecosystem.md); None turns it off (plain
-            mutual nearest neighbours, the benchmarks' protocols).
+        max_distance: drop matches whose cosine distance ``1 - cos`` exceeds this (any method; None: keep
+            them). :data:`GATE_MAX_DISTANCE` (0.2) is the descriptor gate against unrelated pairs measured in
+            docs/ecosystem.md (for pair lists without a fitted model, e.g. COLMAP imports).
         descriptor_scale: the norm the descriptors are assumed to have for the double-softmax temperature
             (1.41: the original's, so its temperatures and thresholds mean the same here). Descriptors are
             L2-normalised first; ``"mnn"`` and ``"ratio"`` do not depend on it.
@@ -130,7 +131,7 @@ class Matcher(nn.Module):
         descriptor_scale: float = 1.41,
         refine: bool = True,
         refine_subdivisions: int = DEFAULT_SUBDIVISIONS,
-        max_distance: float | None = GATE_MAX_DISTANCE,
+        max_distance: float | None = None,
         **conf,
     ) -> None:
         super().__init__()

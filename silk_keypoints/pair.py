@@ -28,7 +28,7 @@ from .files import check_output_path, write_bytes
 from .geometry import Estimate, estimate_fundamental, estimate_homography, unrotate_points
 from .image_features import image_features
 from .io import load_image
-from .matching import GATE_MIN_INLIERS, Matcher
+from .matching import GATE_MIN_INLIER_RATIO, GATE_MIN_INLIERS, Matcher
 from .model import SiLK
 from .viz import draw_keypoints, draw_matches, save_image, side_by_side
 
@@ -76,7 +76,7 @@ class PairResult:
         hint = "the images may be unrelated" + ("" if self.rotation else ", or turned (try rotations=4, "
                                                 "CLI --rotations 4)")
         if not g.success:
-            return f"no {g.kind} found ({g.message}): {hint}"
+            return f"no {g.kind}: {g.message}; {hint}"
         n, k = g.num_inliers, len(self.matches)
         if n < WEAK_INLIERS and n < WEAK_RATIO * k:
             return (f"only {n} of {k} matches ({100 * n / k:.0f}%) fit the {g.kind}, which is likely meaningless: "
@@ -148,6 +148,7 @@ def match_pair(
     progress: Callable[[str], None] | None = None,
     rotations: int = 1,
     min_inliers: int = GATE_MIN_INLIERS,
+    min_inlier_ratio: float = GATE_MIN_INLIER_RATIO,
     **detection: Any,
 ) -> PairResult:
     """Extract keypoints of two images, match them and fit a homography or fundamental matrix.
@@ -164,8 +165,9 @@ def match_pair(
         rotations: 4 also matches image 1 turned by 90, 180 and 270 degrees and keeps the turn with the most
             inliers (for upright models and pairs turned in-plane; needs a ``geometry``; image 1 is extracted
             4 times). Points and keypoints are always in the original image's pixels.
-        min_inliers: a fitted model with fewer inliers is rejected (the pair gate: ``geometry`` failed, no
-            inliers; :data:`~silk_keypoints.matching.GATE_MIN_INLIERS`, COLMAP's minimum; 0 turns it off).
+        min_inliers, min_inlier_ratio: a fitted model with fewer inliers, or a smaller share of the matches,
+            is rejected: ``geometry`` failed, no inliers (the unrelated-pairs gate, docs/ecosystem.md; 15, COLMAP's
+            minimum, and 5 %; 0 turns each off).
         **detection: ``max_keypoints``, ``detection_threshold``, ``nms_radius``, ``remove_borders``.
     """
     if geometry not in GEOMETRIES:
@@ -176,10 +178,12 @@ def match_pair(
         raise SilkError("rotations=4 (--rotations 4) keeps the turn with the most inliers: it needs a geometry")
     if not (isinstance(min_inliers, int) and min_inliers >= 0):
         raise SilkError(f"min_inliers must be an integer >= 0, got {min_inliers!r}")
+    if not 0 <= min_inlier_ratio <= 1:
+        raise SilkError(f"min_inlier_ratio must be in [0, 1], got {min_inlier_ratio!r}")
     matcher = Matcher(method, **(matcher_options or {}))
-    described = {"method": method, **(matcher_options or {}), "max_distance": matcher.conf["max_distance"]}
+    described = {"method": method, **(matcher_options or {})}
     if geometry != "none":
-        described["min_inliers"] = min_inliers
+        described.update(min_inliers=min_inliers, min_inlier_ratio=min_inlier_ratio)
     say = progress or (lambda msg: None)
     names, images = [], []
     for image in (image0, image1):
@@ -209,7 +213,8 @@ def match_pair(
         if geometry != "none":
             say(f"fitting a {geometry} (USAC_MAGSAC)")
             fit = estimate_homography if geometry == "homography" else estimate_fundamental
-            estimate = _gate(fit(*points, threshold=ransac_threshold or _RANSAC_DEFAULTS[geometry]), min_inliers)
+            estimate = _gate(fit(*points, threshold=ransac_threshold or _RANSAC_DEFAULTS[geometry]), min_inliers,
+                             min_inlier_ratio)
         result = PairResult(tuple(names), tuple(images), (features0, features1), matches.cpu().numpy(),
                             scores.cpu().numpy(), points, estimate, described, 90 * turns)
         if best is None or result.geometry.num_inliers > best.geometry.num_inliers:
@@ -217,13 +222,15 @@ def match_pair(
     return best
 
 
-def _gate(estimate: Estimate, min_inliers: int) -> Estimate:
-    """The pair gate: a model with fewer than ``min_inliers`` inliers becomes a failed estimate."""
-    n = estimate.num_inliers
-    if not estimate.success or n >= min_inliers:
+def _gate(estimate: Estimate, min_inliers: int, min_ratio: float) -> Estimate:
+    """The unrelated-pairs gate: a model with fewer than ``min_inliers`` inliers or under ``min_ratio`` of the
+    matches becomes a failed estimate."""
+    n, k = estimate.num_inliers, len(estimate.inliers)
+    if not estimate.success or (n >= min_inliers and n >= min_ratio * k):
         return estimate
     return Estimate(estimate.kind, None, np.zeros_like(estimate.inliers),
-                    f"{n} inliers < {min_inliers}, too few to trust (min_inliers=0, CLI --no-gate, accepts them)")
+                    f"only {n} of {k} matches fit it, below the unrelated-pairs gate of {min_inliers} and "
+                    f"{min_ratio:.0%}; --no-gate accepts it")
 
 
 def save_pictures(

@@ -15,6 +15,7 @@ from silk_keypoints.cli.common import (
     add_matcher_args,
     load_model,
     matcher_options,
+    min_inliers,
     progress_printer,
     weights_description,
 )
@@ -23,14 +24,14 @@ from silk_keypoints.files import check_overwrite
 from silk_keypoints.model.zoo import available_pretrained
 
 CLI = Path(__file__).parents[1] / "silk_keypoints" / "cli"
-MATCHING = {  # "gate": the unrelated-pairs gate (--max-distance, --no-gate); the benchmarks' protocols have none
-    ("match", "A", "B"): {"refine": True, "gate": True},
-    ("demo",): {"refine": True, "gate": True},
-    ("match-pairs", "P", "--features", "F", "--out", "O"): {"refine": False, "gate": True},
-    ("colmap", "--database", "D"): {"refine": False, "gate": True},
-    ("eval", "pose", "P"): {"refine": True, "gate": False},
-    ("eval", "registration", "R"): {"refine": True, "gate": False},
-    ("eval", "imc2022", "T", "--submission", "S"): {"refine": True, "gate": False},
+MATCHING = {  # "gate": --no-gate, the unrelated-pairs gate of a fitted model; the protocols have neither option
+    ("match", "A", "B"): {"refine": True, "max_distance": True, "gate": True},
+    ("demo",): {"refine": True, "max_distance": True, "gate": True},
+    ("match-pairs", "P", "--features", "F", "--out", "O"): {"refine": False, "max_distance": True, "gate": False},
+    ("colmap", "--database", "D"): {"refine": False, "max_distance": True, "gate": False},
+    ("eval", "pose", "P"): {"refine": True, "max_distance": False, "gate": False},
+    ("eval", "registration", "R"): {"refine": True, "max_distance": False, "gate": False},
+    ("eval", "imc2022", "T", "--submission", "S"): {"refine": True, "max_distance": False, "gate": False},
 }
 
 
@@ -39,7 +40,8 @@ def test_every_command_has_the_same_matcher_options(command):
     args = build_parser().parse_args(list(command))
     assert args.matcher == "mnn" and args.match_threshold is None and args.temperature is None
     assert hasattr(args, "no_refine") == MATCHING[command]["refine"]
-    assert hasattr(args, "max_distance") == hasattr(args, "no_gate") == MATCHING[command]["gate"]
+    assert hasattr(args, "max_distance") == MATCHING[command]["max_distance"]
+    assert hasattr(args, "no_gate") == MATCHING[command]["gate"]
     assert build_parser().parse_args([*command, "--matcher", "ratio"]).matcher == "ratio"
 
 
@@ -58,7 +60,6 @@ def test_matcher_options_leave_unset_options_out():
     p = argparse.ArgumentParser()
     add_matcher_args(p, refine=True)
     assert matcher_options(p.parse_args([])) == {}
-    assert matcher_options(p.parse_args(["--no-gate"])) == {"max_distance": None}
     assert matcher_options(p.parse_args(["--matcher", "ratio", "--match-threshold", "0.8", "--no-refine"])) == \
         {"ratio_threshold": 0.8, "refine": False}
     assert matcher_options(p.parse_args(["--match-threshold", "0.9", "--temperature", "0.2", "--max-distance", "1"])) \
@@ -176,7 +177,7 @@ def test_python_api_and_command_line_share_their_defaults():
     from silk_keypoints.cli.common import detection_options
     from silk_keypoints.ecosystem.kornia import SiLKFeature
     from silk_keypoints.ecosystem.lightglue import SiLKExtractor
-    from silk_keypoints.matching import GATE_MAX_DISTANCE, GATE_MIN_INLIERS
+    from silk_keypoints.matching import GATE_MIN_INLIER_RATIO, GATE_MIN_INLIERS
     from silk_keypoints.model.zoo import DEFAULT_MAX_KEYPOINTS, DEFAULT_PRETRAINED, pretrained_path
     from silk_keypoints.pair import match_pair
 
@@ -189,8 +190,10 @@ def test_python_api_and_command_line_share_their_defaults():
         assert set(detection_options(args).values()) == {None}
         if command[0] != "extract":  # matcher: Matcher()'s defaults, the gate included
             assert args.matcher == Matcher().method == "mnn" and matcher_options(args) == {}
-    assert Matcher().conf["max_distance"] == GATE_MAX_DISTANCE
-    assert inspect.signature(match_pair).parameters["min_inliers"].default == GATE_MIN_INLIERS
+    assert Matcher().conf["max_distance"] is None and Matcher().refine
+    gate = inspect.signature(match_pair).parameters
+    assert gate["min_inliers"].default == GATE_MIN_INLIERS and gate["min_inlier_ratio"].default == GATE_MIN_INLIER_RATIO
+    assert min_inliers(build_parser().parse_args(["match", "A", "B"])) == {}
     assert pycolmap.TwoViewGeometryOptions().min_num_inliers == GATE_MIN_INLIERS  # silk colmap's verification
     if available_pretrained():
         model = SiLK.from_pretrained()

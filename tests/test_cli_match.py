@@ -13,7 +13,7 @@ from silk_keypoints import SiLK
 from silk_keypoints.cli import main
 from silk_keypoints.errors import SilkError
 from silk_keypoints.evaluation.testdata import random_homography, random_texture
-from silk_keypoints.matching import GATE_MAX_DISTANCE, GATE_MIN_INLIERS
+from silk_keypoints.matching import GATE_MIN_INLIER_RATIO, GATE_MIN_INLIERS
 from silk_keypoints.model.zoo import available_pretrained, variant_config
 from silk_keypoints.pair import DEMO_PAIR, keypoint_picture_names, match_pair
 
@@ -51,7 +51,7 @@ def test_match_writes_pictures_json_and_summary(tmp_path, checkpoint, capsys):
     assert len(data["image0"]["keypoints"]) == 300 and data["image1"]["image_size"] == [512, 384]
     assert len(data["matches"]) == len(data["match_scores"]) == len(data["geometry"]["inliers"])
     assert data["geometry"]["kind"] == "homography" and data["matcher"] == {
-        "method": "mnn", "max_distance": GATE_MAX_DISTANCE, "min_inliers": GATE_MIN_INLIERS}
+        "method": "mnn", "min_inliers": GATE_MIN_INLIERS, "min_inlier_ratio": GATE_MIN_INLIER_RATIO}
     # matched positions, refined below the 4 px cell of the tiny model: each end moves at most half a cell
     k0, m = np.array(data["image0"]["keypoints"]), np.array(data["matches"])
     p0 = np.array(data["match_points0"])
@@ -64,8 +64,8 @@ def test_match_no_refine_keeps_the_keypoints(tmp_path, checkpoint, capsys):
     assert main(["match", BOX, SCENE, "--checkpoint", checkpoint, "--max-keypoints", "200", "--out",
                  str(tmp_path / "m.png"), "--json", str(js), "--no-refine"]) == 0
     data = json.loads(js.read_text())
-    assert data["matcher"] == {"method": "mnn", "refine": False, "max_distance": GATE_MAX_DISTANCE,
-                               "min_inliers": GATE_MIN_INLIERS}
+    assert data["matcher"] == {"method": "mnn", "refine": False, "min_inliers": GATE_MIN_INLIERS,
+                               "min_inlier_ratio": GATE_MIN_INLIER_RATIO}
     k1, m = np.array(data["image1"]["keypoints"]), np.array(data["matches"])
     np.testing.assert_allclose(np.array(data["match_points1"]), k1[m[:, 1]], atol=1e-3)
 
@@ -221,7 +221,7 @@ def shipped_tiny():
 @pytest.fixture(scope="module")
 def results(generated, shipped_tiny):
     """match_pair of the generated pairs, with the defaults and without the gate ("plain")."""
-    plain = {"matcher_options": {"max_distance": None}, "min_inliers": 0}
+    plain = {"min_inliers": 0, "min_inlier_ratio": 0.0}
     a = generated["a"]
     return {
         "related": match_pair(shipped_tiny, a, generated["warped"]),
@@ -238,8 +238,9 @@ def test_gate_keeps_a_related_pair_and_rejects_an_unrelated_one(results):
     assert related.geometry.num_inliers >= 0.9 * plain.geometry.num_inliers > 500 and related.warning is None
     unrelated = results["unrelated"]
     assert unrelated.geometry.num_inliers <= 10 and "unrelated" in unrelated.warning
-    assert unrelated.matcher == {"method": "mnn", "max_distance": GATE_MAX_DISTANCE, "min_inliers": GATE_MIN_INLIERS}
-    assert len(results["unrelated plain"].matches) > len(unrelated.matches)  # the gate drops matches
+    assert unrelated.matcher == {"method": "mnn", "min_inliers": GATE_MIN_INLIERS,
+                                 "min_inlier_ratio": GATE_MIN_INLIER_RATIO}
+    assert results["unrelated plain"].geometry.success  # the gate is what rejects it
 
 
 def test_weak_model_warning_without_the_pair_gate(results):

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..devices import resolve_device
-from ..matching import GATE_MAX_DISTANCE, GATE_MIN_INLIERS, METHODS
+from ..matching import GATE_MAX_DISTANCE, GATE_MIN_INLIER_RATIO, GATE_MIN_INLIERS, METHODS
 from ..model import SiLK
 from ..model.zoo import DEFAULT_MAX_KEYPOINTS, DEFAULT_PRETRAINED, available_pretrained, pretrained_path
 
@@ -78,16 +78,18 @@ def progress_printer() -> Callable[[str], None]:
 
 def matcher_options(args: argparse.Namespace) -> dict:
     """:class:`~silk_keypoints.matching.Matcher` options (besides ``--matcher``) from ``--match-threshold``,
-    ``--temperature`` and, where the command has them, ``--max-distance``, ``--no-gate`` (``max_distance``
-    None) and ``--no-refine``; options left unset are left out (the matcher's defaults)."""
+    ``--temperature`` and, where the command has them, ``--max-distance`` and ``--no-refine``; options left
+    unset are left out (the matcher's defaults)."""
     opts = {"temperature": args.temperature, "max_distance": getattr(args, "max_distance", None)}
     opts["ratio_threshold" if args.matcher == "ratio" else "threshold"] = args.match_threshold
     if getattr(args, "no_refine", False):
         opts["refine"] = False
-    opts = {k: v for k, v in opts.items() if v is not None}
-    if getattr(args, "no_gate", False):
-        opts["max_distance"] = None
-    return opts
+    return {k: v for k, v in opts.items() if v is not None}
+
+
+def min_inliers(args: argparse.Namespace) -> dict:
+    """``min_inliers`` / ``min_inlier_ratio`` of :func:`~silk_keypoints.pair.match_pair` from ``--no-gate``."""
+    return {"min_inliers": 0, "min_inlier_ratio": 0.0} if args.no_gate else {}
 
 
 class _DeprecatedAlias(argparse.Action):
@@ -102,10 +104,11 @@ class _DeprecatedAlias(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def add_matcher_args(p: argparse.ArgumentParser, refine: bool = True, gate: bool = True) -> None:
+def add_matcher_args(p: argparse.ArgumentParser, refine: bool = True, max_distance: bool = True,
+                     pair_gate: bool = False) -> None:
     """The matching options of every command: ``--matcher`` (``--method``: a deprecated alias),
-    ``--match-threshold``, ``--temperature``, optionally the unrelated-pairs gate (``--max-distance``,
-    ``--no-gate``) and ``--no-refine``; read them with :func:`matcher_options`."""
+    ``--match-threshold``, ``--temperature``, optionally ``--max-distance``, ``--no-gate`` (the pair gate of a
+    fitted model) and ``--no-refine``; read them with :func:`matcher_options` and :func:`min_inliers`."""
     p.add_argument("--matcher", choices=METHODS, default="mnn", help="matching rule (default: mnn)")
     p.add_argument("--method", choices=METHODS, dest="matcher", action=_DeprecatedAlias, new="--matcher",
                    default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -114,13 +117,14 @@ def add_matcher_args(p: argparse.ArgumentParser, refine: bool = True, gate: bool
                    "1 - P < T (default 0.6; the original's examples use 0.9 and 0.99)")
     p.add_argument("--temperature", type=float, default=None, metavar="T",
                    help="double-softmax temperature for descriptors of norm 1.41 (default 0.1)")
-    if gate:
+    if max_distance:
         p.add_argument("--max-distance", type=float, default=None, metavar="D",
-                       help=f"drop matches with cosine distance > D, any method (default: {GATE_MAX_DISTANCE}, "
-                       "the unrelated-pairs gate, see docs/ecosystem.md)")
+                       help=f"drop matches with cosine distance > D, any method (default: keep them; {GATE_MAX_DISTANCE}: "
+                       "the descriptor gate against unrelated pairs, see docs/ecosystem.md)")
+    if pair_gate:
         p.add_argument("--no-gate", action="store_true",
-                       help="turn the unrelated-pairs gate off: keep every mutual match (and, where a model is "
-                       f"fitted, accept fewer than {GATE_MIN_INLIERS} inliers)")
+                       help=f"accept a fitted model with fewer than {GATE_MIN_INLIERS} inliers or under "
+                       f"{100 * GATE_MIN_INLIER_RATIO:.0f}%% of the matches (default: no model: the unrelated-pairs gate)")
     if refine:
         add_refine_arg(p)
 

@@ -6,7 +6,6 @@ import argparse
 
 from ..errors import SilkError
 from ..files import check_overwrite
-from ..matching import GATE_MIN_INLIERS
 from ..model.zoo import DEFAULT_MAX_KEYPOINTS
 from ..pair import DEMO_PAIR, DEMO_PICTURES, make_output_dir, run_demo
 from . import add_command
@@ -16,6 +15,7 @@ from .common import (
     add_overwrite_arg,
     load_model,
     matcher_options,
+    min_inliers,
     progress_printer,
     weights_description,
 )
@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-keypoints", type=int, default=None, metavar="N",
                    help=f"keypoints per image (default: the model's, {DEFAULT_MAX_KEYPOINTS} for the shipped models)")
     add_overwrite_arg(p)
-    add_matcher_args(p)
+    add_matcher_args(p, pair_gate=True)
     add_model_args(p)
     p.set_defaults(func=run)
 
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args)
     result, written = run_demo(model, args.out, progress=say, method=args.matcher,
                                matcher_options=matcher_options(args),
-                               min_inliers=0 if args.no_gate else GATE_MIN_INLIERS, max_keypoints=args.max_keypoints)
+                               max_keypoints=args.max_keypoints, **min_inliers(args))
     print(result.summary())
     print(f"weights: {weights}")
     for path in written:

@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ransac-threshold", type=float, default=None, metavar="PX",
                    help="essential-matrix inlier threshold in pixels (default: 0.5)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate the first N pairs only")
-    add_matcher_args(p, gate=False)
+    add_matcher_args(p, max_distance=False)
     _extractor_args(p, "2048")
     _output_args(p)
     p.set_defaults(func=run_pose)
@@ -66,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="RANSAC inlier distance in metres (default: 0.05)")
     p.add_argument("--chamfer-stride", type=int, default=5, metavar="PX",
                    help="sample the depth maps every PX pixels for the chamfer distance (default: 5)")
-    add_matcher_args(p, gate=False)
+    add_matcher_args(p, max_distance=False)
     _extractor_args(p, "2048")
     _output_args(p)
     p.set_defaults(func=run_registration)
@@ -80,7 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resize", type=int, default=None, metavar="PX", help="resize the long side to PX (default: no)")
     p.add_argument("--ransac-threshold", type=float, default=0.5, metavar="PX", help="inlier threshold (default: 0.5)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    add_matcher_args(p, gate=False)
+    add_matcher_args(p, max_distance=False)
     _extractor_args(p, "2048")
     p.set_defaults(func=run_imc2022)
 
@@ -122,7 +122,7 @@ def _extractors(args: argparse.Namespace, default_keypoints: int):
 
 
 def _matcher(args: argparse.Namespace) -> Matcher:
-    return Matcher(args.matcher, **{"max_distance": None, **matcher_options(args)})  # the protocols: no gate
+    return Matcher(args.matcher, **matcher_options(args))
 
 
 def _seed(seed: int) -> None:

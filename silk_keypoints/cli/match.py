@@ -6,7 +6,6 @@ import argparse
 import sys
 
 from ..files import check_output_path, check_overwrite
-from ..matching import GATE_MIN_INLIERS
 from ..pair import (
     GEOMETRIES,
     ROTATIONS,
@@ -27,6 +26,7 @@ from .common import (
     detection_options,
     load_model,
     matcher_options,
+    min_inliers,
     progress_printer,
     weights_description,
 )
@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also draw each image's keypoints into DIR/<image name>_keypoints.png")
     p.add_argument("--json", default=None, metavar="FILE", help="write keypoints, matches and geometry as JSON")
     add_overwrite_arg(p)
-    add_matcher_args(p)
+    add_matcher_args(p, pair_gate=True)
     p.add_argument("--geometry", choices=GEOMETRIES, default="homography",
                    help="two-view model to fit (default: homography)")
     p.add_argument("--ransac-threshold", type=float, default=None, metavar="PX",
@@ -74,8 +74,7 @@ def run(args: argparse.Namespace) -> int:
     result = match_pair(model, args.image0, args.image1, method=args.matcher,
                         matcher_options=matcher_options(args),
                         geometry=args.geometry, ransac_threshold=args.ransac_threshold, resize=args.resize,
-                        progress=say, rotations=args.rotations, min_inliers=0 if args.no_gate else GATE_MIN_INLIERS,
-                        **detection_options(args))
+                        progress=say, rotations=args.rotations, **min_inliers(args), **detection_options(args))
     say("drawing pictures")
     written = save_pictures(result, args.out)
     if keypoints_dir is not None:
