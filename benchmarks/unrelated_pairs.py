@@ -11,7 +11,8 @@ For each gate and model: the share of the related pairs' verified inliers (no ga
 mean / max number of verified matches of the unrelated pairs. Verified = inliers of the geometry each command
 fits: a USAC_MAGSAC homography at 3 px (``silk match``'s default) and COLMAP's own two-view verification
 (pycolmap; what ``silk colmap`` runs and what hloc runs on ``silk match-pairs`` files). A pair gate
-(``min_inliers``, ``min_inlier_ratio``) zeroes a pair whose verification keeps fewer inliers.
+(``min_inliers``; ``min_inlier_ratio`` of the homography, ``silk match``'s default gate) zeroes a pair whose
+verification keeps fewer inliers.
 
     python benchmarks/unrelated_pairs.py --photos ../shared/data/train-photos --models fast tiny
 """
@@ -51,6 +52,7 @@ class Gate:
     max_ratio: float = float("inf")  # best / second-best cosine distance
     double_softmax: float | None = None  # keep 1 - P < this (the double softmax's own mutual NN)
     min_inliers: int = 0
+    min_inlier_ratio: float = 0.0  # of the homography (silk match's pair gate)
 
 
 GATES = [
@@ -59,6 +61,7 @@ GATES = [
     *(Gate(f"ratio < {r}", max_ratio=r) for r in (0.8, 0.9)),
     *(Gate(f"double-softmax 1 - P < {t}", double_softmax=t) for t in (0.9, 0.99)),
     Gate("mnn, >= 15 inliers", min_inliers=15),
+    Gate("mnn, >= 15 inliers and >= 5% (default)", min_inliers=15, min_inlier_ratio=0.05),
     *(Gate(f"similarity >= {s}, >= 15 inliers", min_similarity=s, min_inliers=15) for s in (0.8, 0.82)),
 ]
 DS_THRESHOLD = max(g.double_softmax or 0 for g in GATES)
@@ -119,7 +122,8 @@ class PairMatches:
             c = self.colmap_inliers(m) if colmap else -1
             self.cache[key] = (len(m), h, c)
         n, h, c = self.cache[key]
-        return n, (h if h >= gate.min_inliers else 0), (c if c >= gate.min_inliers else 0) if c >= 0 else -1
+        h = h if h >= gate.min_inliers and h >= gate.min_inlier_ratio * n else 0
+        return n, h, (c if c >= gate.min_inliers else 0) if c >= 0 else -1
 
     def colmap_inliers(self, m: np.ndarray) -> int:
         if len(m) == 0:
