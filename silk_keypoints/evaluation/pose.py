@@ -340,7 +340,7 @@ def evaluate_pose(
         raise SilkError("no pairs to evaluate")
     if not extractors:
         raise SilkError("no extractor to evaluate")
-    matcher = matcher or Matcher("mnn", max_distance=None)
+    matcher = matcher or Matcher("mnn")
     cv2.setRNGSeed(int(seed))
     methods = {}
     for e in extractors:
@@ -411,7 +411,7 @@ def imc2022_submission(
 ) -> dict:
     """Fundamental matrix of every pair (USAC_MAGSAC on matched keypoints, original pixels) written to the
     submission CSV ``out``. Returns ``{"pairs": n, "failures": n, "path": str}``."""
-    matcher = matcher or Matcher("mnn", max_distance=None)
+    matcher = matcher or Matcher("mnn")
     cache = FeatureCache(lambda p: extract_original(extractor, p, long_side))
     rows, failures = [], 0
     for pair in tqdm(pairs, desc=f"imc2022 {extractor.name}", unit="pair", disable=not progress):

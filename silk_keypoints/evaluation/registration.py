@@ -296,7 +296,7 @@ def evaluate_registration(
         raise SilkError("no pairs to evaluate")
     if not extractors:
         raise SilkError("no extractor to evaluate")
-    matcher = matcher or Matcher("mnn", max_distance=None)
+    matcher = matcher or Matcher("mnn")
     methods = {}
     for e in extractors:
         rows = []
