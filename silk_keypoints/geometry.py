@@ -173,6 +173,19 @@ def warp_points(pts, H) -> np.ndarray:
     return warp_points_torch(torch.from_numpy(p), torch.from_numpy(H))[0].numpy()
 
 
+def unrotate_points(points: torch.Tensor, quarter_turns: int, image_size: tuple[int, int]) -> torch.Tensor:
+    """Points (..., 2) (x, y) of ``numpy.rot90(image, quarter_turns)`` -> the same points in ``image``'s pixels.
+
+    ``image_size``: (W, H) of the *unrotated* image; ``quarter_turns`` counter-clockwise as displayed (any
+    integer, taken modulo 4). One quarter turn maps image pixel (x, y) to (y, W - 1 - x).
+    """
+    w, h = (int(v) for v in image_size)
+    for turn in range(quarter_turns % 4, 0, -1):
+        width = w if turn % 2 == 1 else h  # width of the image one turn less rotated
+        points = torch.stack([width - 1 - points[..., 1], points[..., 0]], dim=-1)
+    return points
+
+
 def homography_errors(pts0, pts1, H, symmetric: bool = False) -> np.ndarray:
     """(N,) transfer error ``|H p0 - p1|`` in pixels of image 1; ``symmetric``: the mean of that and
     ``|H^-1 p1 - p0|``."""

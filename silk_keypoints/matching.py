@@ -35,6 +35,14 @@ from .features import Features
 from .refinement import DEFAULT_SUBDIVISIONS, check_subdivisions, refine_matches
 
 METHODS = ("mnn", "ratio", "double-softmax")
+# The unrelated-pairs gate (docs/ecosystem.md, "Unrelated pairs", benchmarks/unrelated_pairs.py): a fitted
+# two-view model with fewer than GATE_MIN_INLIERS inliers (COLMAP's own minimum) or under GATE_MIN_INLIER_RATIO
+# of the matches is no model (match_pair's default: silk match, silk demo). GATE_MAX_DISTANCE: the optional
+# descriptor gate (Matcher(max_distance=...), --max-distance), off by default: it also drops most true matches of
+# hard real pairs.
+GATE_MIN_INLIERS = 15
+GATE_MIN_INLIER_RATIO = 0.05
+GATE_MAX_DISTANCE = 0.2
 _BLOCK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26}  # similarity entries per block (16 MB / 256 MB float32)
 
 
@@ -99,10 +107,14 @@ def match_descriptors(
 class Matcher(nn.Module):
     """LightGlue-style matcher for :meth:`SiLK.extract` outputs.
 
-    ``Matcher(method="double-softmax", threshold=0.9)({"image0": feats0, "image1": feats1})``
+    ``Matcher(method="double-softmax", threshold=0.9)({"image0": feats0, "image1": feats1})``; the defaults are
+    the command line's: mutual nearest neighbours, refined below the cell size.
 
     Args:
         method: see :func:`match_descriptors`.
+        max_distance: drop matches whose cosine distance ``1 - cos`` exceeds this (any method; None: keep
+            them). :data:`GATE_MAX_DISTANCE` (0.2) is the descriptor gate against unrelated pairs measured in
+            docs/ecosystem.md (for pair lists without a fitted model, e.g. COLMAP imports).
         descriptor_scale: the norm the descriptors are assumed to have for the double-softmax temperature
             (1.41: the original's, so its temperatures and thresholds mean the same here). Descriptors are
             L2-normalised first; ``"mnn"`` and ``"ratio"`` do not depend on it.
@@ -110,7 +122,7 @@ class Matcher(nn.Module):
             (:func:`~silk_keypoints.refinement.refine_matches`); ``refine_subdivisions``: offsets it tries per
             cell and axis.
         **conf: other options of :func:`match_descriptors` (``ratio_threshold``, ``temperature``,
-            ``threshold``, ``mutual``, ``max_distance``, ``chunk_size``).
+            ``threshold``, ``mutual``, ``chunk_size``).
     """
 
     def __init__(
@@ -119,23 +131,23 @@ class Matcher(nn.Module):
         descriptor_scale: float = 1.41,
         refine: bool = True,
         refine_subdivisions: int = DEFAULT_SUBDIVISIONS,
+        max_distance: float | None = None,
         **conf,
     ) -> None:
         super().__init__()
         check_subdivisions(refine_subdivisions, "refine_subdivisions")
         self.refine = bool(refine)
         self.refine_subdivisions = refine_subdivisions
-        unknown = sorted(set(conf) - {"ratio_threshold", "temperature", "threshold", "mutual", "max_distance",
-                                      "chunk_size"})
+        unknown = sorted(set(conf) - {"ratio_threshold", "temperature", "threshold", "mutual", "chunk_size"})
         if unknown:
             raise SilkError(f"unknown matcher options {unknown}")
         if not descriptor_scale > 0:
             raise SilkError(f"descriptor_scale must be > 0, got {descriptor_scale}")
         self.method = method
         self.descriptor_scale = float(descriptor_scale)
-        self.conf = conf
+        self.conf = {**conf, "max_distance": max_distance}
         _check_options(method, conf.get("ratio_threshold", 0.6), conf.get("temperature", 0.1),
-                       conf.get("threshold", 0.6), conf.get("max_distance"), conf.get("chunk_size"))
+                       conf.get("threshold", 0.6), max_distance, conf.get("chunk_size"))
 
     def forward(self, data: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         """Match ``data["image0"]`` against ``data["image1"]`` (dicts with ``descriptors`` (B, N, D) and

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,10 @@ import numpy as np
 from .errors import SilkError
 from .features import Features
 from .files import check_output_path, make_dir, write_bytes
-from .geometry import Estimate, estimate_fundamental, estimate_homography
+from .geometry import Estimate, estimate_fundamental, estimate_homography, unrotate_points
 from .image_features import image_features
 from .io import load_image
-from .matching import Matcher
+from .matching import GATE_MIN_INLIER_RATIO, GATE_MIN_INLIERS, Matcher
 from .model import SiLK
 from .viz import draw_keypoints, draw_matches, save_image, side_by_side
 
@@ -37,6 +37,8 @@ DEMO_PAIR = (DATA_DIR / "box.jpg", DATA_DIR / "box_in_scene.jpg")
 DEMO_PICTURES = ("matches.png", "keypoints.png")  # what run_demo writes into its folder
 GEOMETRIES = ("homography", "fundamental", "none")
 _RANSAC_DEFAULTS = {"homography": 3.0, "fundamental": 1.0}
+ROTATIONS = (1, 4)  # match_pair(rotations=): image 1 as it is, or turned by 0, 90, 180 and 270 degrees
+WEAK_INLIERS, WEAK_RATIO = 15, 0.1  # fewer inliers and a lower inlier ratio than these: a meaningless model
 
 
 @dataclass
@@ -58,10 +60,28 @@ class PairResult:
     points: tuple[np.ndarray, np.ndarray]
     geometry: Estimate | None
     matcher: dict[str, Any] = field(default_factory=dict)
+    rotation: int = 0
 
     @property
     def inliers(self) -> np.ndarray | None:
         return None if self.geometry is None else self.geometry.inliers
+
+    @property
+    def warning(self) -> str | None:
+        """Why the fitted model is likely meaningless, or None: the fit failed, or fewer than 15 inliers that
+        are also under 10 % of the matches (unrelated images, or a turn the upright model cannot match)."""
+        g = self.geometry
+        if g is None:
+            return None
+        hint = "the images may be unrelated" + ("" if self.rotation else ", or turned (try rotations=4, "
+                                                "CLI --rotations 4)")
+        if not g.success:
+            return f"no {g.kind}: {g.message}; {hint}"
+        n, k = g.num_inliers, len(self.matches)
+        if n < WEAK_INLIERS and n < WEAK_RATIO * k:
+            return (f"only {n} of {k} matches ({100 * n / k:.0f}%) fit the {g.kind}, which is likely meaningless: "
+                    f"{hint}")
+        return None
 
     def summary(self) -> str:
         """A few lines for people: keypoints per image, matches, inliers and the fitted matrix."""
@@ -70,6 +90,9 @@ class PairResult:
             f"image1: {self.names[1]}  {_size(self.features[1])}  {_count(self.features[1])} keypoints",
             f"matches: {len(self.matches)} ({_describe(self.matcher)})",
         ]
+        if self.rotation:
+            lines.append(f"image1 matched turned by {self.rotation} degrees (counter-clockwise; points are in its "
+                         "own pixels)")
         if self.geometry is not None:
             lines.append(str(self.geometry))
             if self.geometry.success:
@@ -108,6 +131,8 @@ class PairResult:
             "match_points0": np.round(self.points[0].astype(np.float64), 3).tolist(),
             "match_points1": np.round(self.points[1].astype(np.float64), 3).tolist(),
             "geometry": geo,
+            "image1_rotation_degrees": self.rotation,
+            "warning": self.warning,
         }
 
 
@@ -121,6 +146,9 @@ def match_pair(
     ransac_threshold: float | None = None,
     resize: int | None = None,
     progress: Callable[[str], None] | None = None,
+    rotations: int = 1,
+    min_inliers: int = GATE_MIN_INLIERS,
+    min_inlier_ratio: float = GATE_MIN_INLIER_RATIO,
     **detection: Any,
 ) -> PairResult:
     """Extract keypoints of two images, match them and fit a homography or fundamental matrix.
@@ -128,37 +156,82 @@ def match_pair(
     Args:
         model: a SiLK model (its device is used).
         image0, image1: file paths or uint8 arrays (H, W) / (H, W, 3) RGB.
-        method, matcher_options: :class:`~silk_keypoints.matching.Matcher` method and options.
+        method, matcher_options: :class:`~silk_keypoints.matching.Matcher` method and options (its default
+            ``max_distance`` is the unrelated-pairs gate; ``{"max_distance": None}`` turns it off).
         geometry: ``"homography"``, ``"fundamental"`` or ``"none"``.
         ransac_threshold: pixels (default 3 for a homography, 1 for a fundamental matrix).
         resize: downscale each image so its long side is at most this (keypoints stay in original pixels).
         progress: called with a short message before each slow step.
+        rotations: 4 also matches image 1 turned by 90, 180 and 270 degrees and keeps the turn with the most
+            inliers (for upright models and pairs turned in-plane; needs a ``geometry``; image 1 is extracted
+            4 times). Points and keypoints are always in the original image's pixels.
+        min_inliers, min_inlier_ratio: a fitted model with fewer inliers, or a smaller share of the matches,
+            is rejected: ``geometry`` failed, no inliers (the unrelated-pairs gate, docs/ecosystem.md; 15, COLMAP's
+            minimum, and 5 %; 0 turns each off).
         **detection: ``max_keypoints``, ``detection_threshold``, ``nms_radius``, ``remove_borders``.
     """
     if geometry not in GEOMETRIES:
         raise SilkError(f"unknown geometry {geometry!r}; choose one of {list(GEOMETRIES)}")
+    if rotations not in ROTATIONS:
+        raise SilkError(f"rotations must be one of {list(ROTATIONS)}, got {rotations!r}")
+    if rotations > 1 and geometry == "none":
+        raise SilkError("rotations=4 (--rotations 4) keeps the turn with the most inliers: it needs a geometry")
+    if not (isinstance(min_inliers, int) and min_inliers >= 0):
+        raise SilkError(f"min_inliers must be an integer >= 0, got {min_inliers!r}")
+    if not 0 <= min_inlier_ratio <= 1:
+        raise SilkError(f"min_inlier_ratio must be in [0, 1], got {min_inlier_ratio!r}")
     matcher = Matcher(method, **(matcher_options or {}))
-    say = progress or (lambda msg: None)
-    names, images, features = [], [], []
-    for image in (image0, image1):
-        name = Path(image).name if not isinstance(image, np.ndarray) else f"array {image.shape}"
-        rgb = load_image(image, max_pixels=model.config.max_pixels) if not isinstance(image, np.ndarray) else image
-        say(f"extracting keypoints: {name}")
-        names.append(name)
-        images.append(rgb)
-        features.append(image_features(model, rgb, resize=resize, neighbours=matcher.refine, **detection))
-    say("matching")
-    out = matcher({"image0": features[0], "image1": features[1]})
-    # the one step from torch to numpy: OpenCV's geometry, the pictures and JSON take arrays
-    matches, scores = out["matches"][0].cpu().numpy(), out["scores"][0].cpu().numpy()
-    points = (out["points0"][0].cpu().numpy(), out["points1"][0].cpu().numpy())
-    estimate = None
+    described = {"method": method, **(matcher_options or {})}
     if geometry != "none":
-        say(f"fitting a {geometry} (USAC_MAGSAC)")
-        fit = estimate_homography if geometry == "homography" else estimate_fundamental
-        estimate = fit(*points, threshold=_RANSAC_DEFAULTS[geometry] if ransac_threshold is None else ransac_threshold)
-    return PairResult(tuple(names), tuple(images), tuple(features), matches, scores, points, estimate,
-                      {"method": method, **(matcher_options or {})})
+        described.update(min_inliers=min_inliers, min_inlier_ratio=min_inlier_ratio)
+    say = progress or (lambda msg: None)
+    names, images = [], []
+    for image in (image0, image1):
+        names.append(Path(image).name if not isinstance(image, np.ndarray) else f"array {image.shape}")
+        images.append(load_image(image, max_pixels=model.config.max_pixels)
+                      if not isinstance(image, np.ndarray) else image)
+    say(f"extracting keypoints: {names[0]}")
+    features0 = image_features(model, images[0], resize=resize, neighbours=matcher.refine, **detection)
+    best = None
+    for turns in range(rotations):
+        turned = f" turned by {90 * turns} degrees" if turns else ""
+        say(f"extracting keypoints: {names[1]}{turned}")
+        rgb1 = np.ascontiguousarray(np.rot90(images[1], turns))
+        features1 = image_features(model, rgb1, resize=resize, neighbours=matcher.refine, **detection)
+        say("matching" + (f" ({90 * turns} degrees)" if rotations > 1 else ""))
+        out = matcher({"image0": features0, "image1": features1})
+        matches, scores = out["matches"][0], out["scores"][0]
+        points1 = out["points1"][0]
+        if turns:  # back to the pixels of the file (refinement ran in the turned image, on its own grid)
+            size = (images[1].shape[1], images[1].shape[0])
+            points1 = unrotate_points(points1, turns, size)
+            features1 = replace(features1.without_neighbours(),
+                                keypoints=unrotate_points(features1.keypoints, turns, size),
+                                image_size=features1.image_size.new_tensor(size).expand_as(features1.image_size))
+        # the one step from torch to numpy: OpenCV's geometry, the pictures and JSON take arrays
+        points = (out["points0"][0].cpu().numpy(), points1.cpu().numpy())
+        estimate = None
+        if geometry != "none":
+            say(f"fitting a {geometry} (USAC_MAGSAC)")
+            fit = estimate_homography if geometry == "homography" else estimate_fundamental
+            threshold = _RANSAC_DEFAULTS[geometry] if ransac_threshold is None else ransac_threshold
+            estimate = _gate(fit(*points, threshold=threshold), min_inliers, min_inlier_ratio)
+        result = PairResult(tuple(names), tuple(images), (features0, features1), matches.cpu().numpy(),
+                            scores.cpu().numpy(), points, estimate, described, 90 * turns)
+        if best is None or result.geometry.num_inliers > best.geometry.num_inliers:
+            best = result
+    return best
+
+
+def _gate(estimate: Estimate, min_inliers: int, min_ratio: float) -> Estimate:
+    """The unrelated-pairs gate: a model with fewer than ``min_inliers`` inliers or under ``min_ratio`` of the
+    matches becomes a failed estimate."""
+    n, k = estimate.num_inliers, len(estimate.inliers)
+    if not estimate.success or (n >= min_inliers and n >= min_ratio * k):
+        return estimate
+    return Estimate(estimate.kind, None, np.zeros_like(estimate.inliers),
+                    f"only {n} of {k} matches fit it, below the unrelated-pairs gate of {min_inliers} and "
+                    f"{min_ratio:.0%}; --no-gate accepts it")
 
 
 def save_pictures(

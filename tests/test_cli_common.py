@@ -15,6 +15,7 @@ from silk_keypoints.cli.common import (
     add_matcher_args,
     load_model,
     matcher_options,
+    min_inliers,
     progress_printer,
     weights_description,
 )
@@ -23,14 +24,14 @@ from silk_keypoints.files import check_overwrite
 from silk_keypoints.model.zoo import available_pretrained
 
 CLI = Path(__file__).parents[1] / "silk_keypoints" / "cli"
-MATCHING = {
-    ("match", "A", "B"): {"refine": True, "max_distance": False},
-    ("demo",): {"refine": True, "max_distance": False},
-    ("match-pairs", "P", "--features", "F", "--out", "O"): {"refine": False, "max_distance": True},
-    ("colmap", "--database", "D"): {"refine": False, "max_distance": True},
-    ("eval", "pose", "P"): {"refine": True, "max_distance": False},
-    ("eval", "registration", "R"): {"refine": True, "max_distance": False},
-    ("eval", "imc2022", "T", "--submission", "S"): {"refine": True, "max_distance": False},
+MATCHING = {  # "gate": --no-gate, the unrelated-pairs gate of a fitted model; the protocols have neither option
+    ("match", "A", "B"): {"refine": True, "max_distance": True, "gate": True},
+    ("demo",): {"refine": True, "max_distance": True, "gate": True},
+    ("match-pairs", "P", "--features", "F", "--out", "O"): {"refine": False, "max_distance": True, "gate": False},
+    ("colmap", "--database", "D"): {"refine": False, "max_distance": True, "gate": False},
+    ("eval", "pose", "P"): {"refine": True, "max_distance": False, "gate": False},
+    ("eval", "registration", "R"): {"refine": True, "max_distance": False, "gate": False},
+    ("eval", "imc2022", "T", "--submission", "S"): {"refine": True, "max_distance": False, "gate": False},
 }
 
 
@@ -40,6 +41,7 @@ def test_every_command_has_the_same_matcher_options(command):
     assert args.matcher == "mnn" and args.match_threshold is None and args.temperature is None
     assert hasattr(args, "no_refine") == MATCHING[command]["refine"]
     assert hasattr(args, "max_distance") == MATCHING[command]["max_distance"]
+    assert hasattr(args, "no_gate") == MATCHING[command]["gate"]
     assert build_parser().parse_args([*command, "--matcher", "ratio"]).matcher == "ratio"
 
 
@@ -56,7 +58,7 @@ def test_method_is_a_deprecated_alias(capsys):
 
 def test_matcher_options_leave_unset_options_out():
     p = argparse.ArgumentParser()
-    add_matcher_args(p, refine=True, max_distance=True)
+    add_matcher_args(p, refine=True)
     assert matcher_options(p.parse_args([])) == {}
     assert matcher_options(p.parse_args(["--matcher", "ratio", "--match-threshold", "0.8", "--no-refine"])) == \
         {"ratio_threshold": 0.8, "refine": False}
@@ -163,3 +165,39 @@ def test_overwrite_rule_is_one_sentence(tmp_path):
         assert "replace existing output files" in sub.choices[name].format_help(), name
     onnx = sub.choices["export"]._subparsers._group_actions[0].choices["onnx"]
     assert "replace existing output files" in onnx.format_help()
+
+
+def test_python_api_and_command_line_share_their_defaults():
+    """Model, keypoints, matcher and gate: what silk match / extract use is what the Python API does by default."""
+    import inspect
+
+    import pycolmap
+
+    from silk_keypoints import Matcher, SiLK
+    from silk_keypoints.cli.common import detection_options
+    from silk_keypoints.ecosystem.kornia import SiLKFeature
+    from silk_keypoints.ecosystem.lightglue import SiLKExtractor
+    from silk_keypoints.matching import GATE_MIN_INLIER_RATIO, GATE_MIN_INLIERS
+    from silk_keypoints.model.zoo import DEFAULT_MAX_KEYPOINTS, DEFAULT_PRETRAINED, pretrained_path
+    from silk_keypoints.pair import match_pair
+
+    for command in (["match", "A", "B"], ["extract", "A", "--out", "F"], ["colmap", "--database", "D"]):
+        args = build_parser().parse_args(command)
+        # model: --model unset loads SiLK.from_pretrained(None), the default shipped weights
+        assert args.model is None and args.checkpoint is None
+        assert weights_description(args) == f"shipped weights '{DEFAULT_PRETRAINED}' ({pretrained_path()})"
+        # detection: every option unset, so the model's defaults apply as in SiLK.extract()
+        assert set(detection_options(args).values()) == {None}
+        if command[0] != "extract":  # matcher: Matcher()'s defaults, the gate included
+            assert args.matcher == Matcher().method == "mnn" and matcher_options(args) == {}
+    assert Matcher().conf["max_distance"] is None and Matcher().refine
+    gate = inspect.signature(match_pair).parameters
+    assert gate["min_inliers"].default == GATE_MIN_INLIERS and gate["min_inlier_ratio"].default == GATE_MIN_INLIER_RATIO
+    assert min_inliers(build_parser().parse_args(["match", "A", "B"])) == {}
+    assert pycolmap.TwoViewGeometryOptions().min_num_inliers == GATE_MIN_INLIERS  # silk colmap's verification
+    if available_pretrained():
+        model = SiLK.from_pretrained()
+        assert model.config.max_keypoints == DEFAULT_MAX_KEYPOINTS == 2048
+        assert SiLK.from_pretrained(max_keypoints=10).config.max_keypoints == 10
+    assert SiLKExtractor.default_conf["max_num_keypoints"] == DEFAULT_MAX_KEYPOINTS
+    assert inspect.signature(SiLKFeature).parameters["max_keypoints"].default == DEFAULT_MAX_KEYPOINTS

@@ -11,7 +11,10 @@ import torch
 
 from silk_keypoints import SiLK
 from silk_keypoints.cli import main
-from silk_keypoints.model.zoo import variant_config
+from silk_keypoints.errors import SilkError
+from silk_keypoints.evaluation.testdata import random_homography, random_texture
+from silk_keypoints.matching import GATE_MIN_INLIER_RATIO, GATE_MIN_INLIERS
+from silk_keypoints.model.zoo import available_pretrained, variant_config
 from silk_keypoints.pair import DEMO_PAIR, keypoint_picture_names, match_pair
 
 BOX, SCENE = (str(p) for p in DEMO_PAIR)
@@ -47,7 +50,8 @@ def test_match_writes_pictures_json_and_summary(tmp_path, checkpoint, capsys):
     assert data["weights"] == f"checkpoint {checkpoint}"
     assert len(data["image0"]["keypoints"]) == 300 and data["image1"]["image_size"] == [512, 384]
     assert len(data["matches"]) == len(data["match_scores"]) == len(data["geometry"]["inliers"])
-    assert data["geometry"]["kind"] == "homography" and data["matcher"] == {"method": "mnn"}
+    assert data["geometry"]["kind"] == "homography" and data["matcher"] == {
+        "method": "mnn", "min_inliers": GATE_MIN_INLIERS, "min_inlier_ratio": GATE_MIN_INLIER_RATIO}
     # matched positions, refined below the 4 px cell of the tiny model: each end moves at most half a cell
     k0, m = np.array(data["image0"]["keypoints"]), np.array(data["matches"])
     p0 = np.array(data["match_points0"])
@@ -60,7 +64,8 @@ def test_match_no_refine_keeps_the_keypoints(tmp_path, checkpoint, capsys):
     assert main(["match", BOX, SCENE, "--checkpoint", checkpoint, "--max-keypoints", "200", "--out",
                  str(tmp_path / "m.png"), "--json", str(js), "--no-refine"]) == 0
     data = json.loads(js.read_text())
-    assert data["matcher"] == {"method": "mnn", "refine": False}
+    assert data["matcher"] == {"method": "mnn", "refine": False, "min_inliers": GATE_MIN_INLIERS,
+                               "min_inlier_ratio": GATE_MIN_INLIER_RATIO}
     k1, m = np.array(data["image1"]["keypoints"]), np.array(data["matches"])
     np.testing.assert_allclose(np.array(data["match_points1"]), k1[m[:, 1]], atol=1e-3)
 
@@ -193,3 +198,85 @@ def test_keypoint_picture_names_do_not_collide(tmp_path, checkpoint):
     assert rc == 0
     assert sorted(p.name for p in (tmp_path / "kp").iterdir()) == ["img_0_keypoints.png", "img_1_keypoints.png"]
     assert keypoint_picture_names(("x/a.jpg", "b.png")) == ["a_keypoints.png", "b_keypoints.png"]
+
+
+# ------------------------------------------------------------------ the unrelated-pairs gate, turned pairs (shipped tiny)
+@pytest.fixture(scope="module")
+def generated():
+    """A generated texture, the same under a mild homography, the latter turned by 90 degrees, and an unrelated
+    texture (320x240 RGB)."""
+    rng = np.random.default_rng(0)
+    a, other = random_texture((320, 240), rng), random_texture((320, 240), rng)
+    warped = cv2.warpPerspective(a, random_homography((320, 240), rng, 0.5), (320, 240))
+    return {"a": a, "warped": warped, "turned": np.ascontiguousarray(np.rot90(warped)), "other": other}
+
+
+@pytest.fixture(scope="module")
+def shipped_tiny():
+    if "tiny" not in available_pretrained():
+        pytest.skip("needs the shipped tiny weights")
+    return SiLK.from_pretrained("tiny")
+
+
+@pytest.fixture(scope="module")
+def results(generated, shipped_tiny):
+    """match_pair of the generated pairs, with the defaults and without the gate ("plain")."""
+    plain = {"min_inliers": 0, "min_inlier_ratio": 0.0}
+    a = generated["a"]
+    return {
+        "related": match_pair(shipped_tiny, a, generated["warped"]),
+        "related plain": match_pair(shipped_tiny, a, generated["warped"], **plain),
+        "unrelated": match_pair(shipped_tiny, a, generated["other"]),
+        "unrelated plain": match_pair(shipped_tiny, a, generated["other"], **plain),
+        "turned": match_pair(shipped_tiny, a, generated["turned"]),
+        "turned, rotations=4": match_pair(shipped_tiny, a, generated["turned"], rotations=4),
+    }
+
+
+def test_gate_keeps_a_related_pair_and_rejects_an_unrelated_one(results):
+    related, plain = results["related"], results["related plain"]
+    assert related.geometry.num_inliers >= 0.9 * plain.geometry.num_inliers > 500 and related.warning is None
+    unrelated = results["unrelated"]
+    assert unrelated.geometry.num_inliers <= 10 and "unrelated" in unrelated.warning
+    assert unrelated.matcher == {"method": "mnn", "min_inliers": GATE_MIN_INLIERS,
+                                 "min_inlier_ratio": GATE_MIN_INLIER_RATIO}
+    assert results["unrelated plain"].geometry.success  # the gate is what rejects it
+
+
+def test_weak_model_warning_without_the_pair_gate(results):
+    result = results["unrelated plain"]
+    assert result.geometry.success and result.geometry.num_inliers < 15
+    assert result.warning.startswith(f"only {result.geometry.num_inliers} of {len(result.matches)} matches")
+
+
+def test_rotations_match_a_turned_pair(results, generated, shipped_tiny):
+    upright, turned = results["turned"], results["turned, rotations=4"]
+    assert not upright.geometry.success and "--rotations 4" in upright.warning
+    assert turned.rotation == 270 and turned.warning is None
+    assert turned.geometry.num_inliers >= 0.9 * results["related"].geometry.num_inliers
+    # points and keypoints are in the turned file's pixels: the homography maps image 0 onto it
+    w, h = turned.features[1].image_size[0].tolist()
+    assert (w, h) == (240, 320) and turned.points[1][:, 0].max() <= 239 and turned.points[1][:, 1].max() <= 319
+    assert turned.features[1].keypoints[0, :, 0].max() <= 239
+    with pytest.raises(SilkError, match="rotations must be one of"):
+        match_pair(shipped_tiny, generated["a"], generated["turned"], rotations=3)
+    with pytest.raises(SilkError, match="needs a geometry"):
+        match_pair(shipped_tiny, generated["a"], generated["turned"], rotations=4, geometry="none")
+
+
+def test_match_warns_when_the_model_is_meaningless(tmp_path, generated, shipped_tiny, capsys):
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    cv2.imwrite(str(a), generated["a"])
+    cv2.imwrite(str(b), generated["turned"])
+    js = tmp_path / "r.json"
+    assert main(["match", str(a), str(b), "--model", "tiny", "--out", str(tmp_path / "m.png"), "--json", str(js)]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "--rotations 4" in warnings[0]
+    assert json.loads(js.read_text())["warning"] == warnings[0].removeprefix("warning: ")
+    assert main(["match", str(a), str(b), "--model", "tiny", "--out", str(tmp_path / "m.png"), "--json", str(js),
+                 "--rotations", "4", "--overwrite", "--max-keypoints", "512"]) == 0
+    data = json.loads(js.read_text())
+    assert "warning:" not in capsys.readouterr().err and data["warning"] is None
+    assert data["image1_rotation_degrees"] == 270 and data["geometry"]["num_inliers"] > 100
+    assert len(data["image1"]["keypoints"]) == 512 and data["image1"]["image_size"] == [240, 320]
+

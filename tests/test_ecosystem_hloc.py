@@ -193,7 +193,8 @@ def test_write_matches_refuses_existing_and_duplicates(tmp_path):
 
 @pytest.mark.parametrize(
     "method, options",
-    [("mnn", {}), ("ratio", {"ratio_threshold": 0.9}), ("double-softmax", {"threshold": 0.99})],
+    [("mnn", {"max_distance": None}), ("ratio", {"ratio_threshold": 0.9, "max_distance": None}),
+     ("double-softmax", {"threshold": 0.99, "max_distance": None}), ("mnn", {})],
 )
 def test_match_pairs_equals_matcher(tmp_path, features_h5, method, options):
     path, feats = features_h5
@@ -219,8 +220,9 @@ def test_match_pairs_equals_matcher(tmp_path, features_h5, method, options):
             pair = f[names_to_pair(a, b)]
             m0, s0 = pair["matches0"][()], pair["matching_scores0"][()]
         assert (s0[m0 == -1] == 0).all() and ((s0 >= 0) & (s0 <= 1)).all()
-    if method == "mnn":  # unit descriptors: mnn of the matcher == mnn of match_descriptors
-        ref, _ = match_descriptors(feats["a.jpg"]["descriptors"], feats["dir/c.jpg"]["descriptors"], "mnn")
+    if method == "mnn":  # unit descriptors: mnn of the matcher == mnn of match_descriptors (with the same gate)
+        ref, _ = match_descriptors(feats["a.jpg"]["descriptors"], feats["dir/c.jpg"]["descriptors"], "mnn",
+                                   max_distance=matcher.conf["max_distance"])
         np.testing.assert_array_equal(hloc_get_matches(out, "a.jpg", "dir/c.jpg")[0], ref)
 
 

@@ -17,6 +17,7 @@ from silk_keypoints.geometry import (
     normalize_points,
     pose_errors,
     recover_pose,
+    unrotate_points,
     warp_points,
     warp_points_torch,
 )
@@ -186,3 +187,14 @@ def test_normalize_points():
 def test_bad_input(call, message):
     with pytest.raises(SilkError, match=message):
         call()
+
+
+def test_unrotate_points_inverts_rot90():
+    image = np.zeros((5, 7))  # W 7, H 5
+    image[1, 3] = 1  # pixel (x, y) = (3, 1)
+    for turns in range(-1, 6):
+        y, x = np.argwhere(np.rot90(image, turns))[0]
+        back = unrotate_points(torch.tensor([[float(x), float(y)]], dtype=torch.float64), turns, (7, 5))
+        assert back.tolist() == [[3.0, 1.0]], turns
+    batch = torch.rand(2, 4, 2, dtype=torch.float64)
+    assert unrotate_points(batch, 0, (7, 5)) is batch and unrotate_points(batch, 2, (7, 5)).shape == (2, 4, 2)

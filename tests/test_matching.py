@@ -193,7 +193,7 @@ def extract_like(desc: np.ndarray, pad: int = 0) -> dict:
 def test_matcher_on_unit_descriptors_reproduces_original(case, name):
     """extract() gives unit descriptors; the Matcher's temperature is in the original's units (norm 1.41)."""
     options = dict(PARITY_CONFIGS[name])
-    matcher = Matcher(options.pop("method"), **options)
+    matcher = Matcher(options.pop("method"), max_distance=None, **options)  # the original's rules: no gate
     out = matcher({"image0": extract_like(case["descriptors0"], pad=3), "image1": extract_like(case["descriptors1"])})
     ref = case[f"matches_{name}"]
     np.testing.assert_array_equal(out["matches"][0].numpy(), ref)
@@ -215,7 +215,7 @@ def test_matcher_batch_with_masks_and_an_image_without_keypoints(case):
         "image0": {k: torch.cat([a[k], b[k]]) for k in a},
         "image1": {k: torch.cat([c[k], d[k]]) for k in c},
     }
-    out = Matcher("mnn")(data)
+    out = Matcher("mnn", max_distance=None)(data)
     ref, _ = match_descriptors(d0[:300], d1)
     np.testing.assert_array_equal(out["matches"][0].numpy(), ref)
     assert out["matches"][1].shape == (0, 2) and (out["matches0"][1] == -1).all()
@@ -223,7 +223,8 @@ def test_matcher_batch_with_masks_and_an_image_without_keypoints(case):
 
 
 def test_matcher_accepts_unbatched_numpy_and_rejects_bad_input(case):
-    out = Matcher()({"image0": {"descriptors": case["descriptors0"]}, "image1": {"descriptors": case["descriptors1"]}})
+    out = Matcher(max_distance=None)({"image0": {"descriptors": case["descriptors0"]},
+                                      "image1": {"descriptors": case["descriptors1"]}})
     np.testing.assert_array_equal(out["matches"][0].numpy(), case["matches_mnn"])
     with pytest.raises(SilkError, match="unknown matcher options"):
         Matcher(ratio=0.8)

@@ -14,10 +14,10 @@ import torch
 from ..devices import resolve_device
 from ..errors import SilkError
 from ..files import MAX_PIXELS
-from ..matching import METHODS
+from ..matching import GATE_MAX_DISTANCE, GATE_MIN_INLIER_RATIO, GATE_MIN_INLIERS, METHODS
 from ..model import SiLK, SiLKConfig
 from ..model.pipeline import detection_options as checked_options
-from ..model.zoo import DEFAULT_PRETRAINED, available_pretrained, pretrained_path
+from ..model.zoo import DEFAULT_MAX_KEYPOINTS, DEFAULT_PRETRAINED, available_pretrained, pretrained_path
 
 
 def model_help() -> str:
@@ -32,9 +32,10 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
 
 
-def add_detection_args(parser: argparse.ArgumentParser, max_keypoints: int = 2048) -> None:
-    parser.add_argument("--max-keypoints", type=int, default=max_keypoints, metavar="N",
-                        help=f"keep the N best keypoints per image (default: {max_keypoints})")
+def add_detection_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-keypoints", type=int, default=None, metavar="N",
+                        help=f"keep the N best keypoints per image (default: the model's, {DEFAULT_MAX_KEYPOINTS} for "
+                        "the shipped models)")
     parser.add_argument("--threshold", type=float, default=None, metavar="P",
                         help="keep keypoints with probability > P (default: the model's, 0)")
     parser.add_argument("--nms", type=int, default=None, metavar="R",
@@ -144,6 +145,11 @@ def matcher_options(args: argparse.Namespace) -> dict:
     return {k: v for k, v in opts.items() if v is not None}
 
 
+def min_inliers(args: argparse.Namespace) -> dict:
+    """``min_inliers`` / ``min_inlier_ratio`` of :func:`~silk_keypoints.pair.match_pair` from ``--no-gate``."""
+    return {"min_inliers": 0, "min_inlier_ratio": 0.0} if args.no_gate else {}
+
+
 class _DeprecatedAlias(argparse.Action):
     """An old spelling of an option: stores into the new option's ``dest`` and says so on stderr."""
 
@@ -156,10 +162,11 @@ class _DeprecatedAlias(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def add_matcher_args(p: argparse.ArgumentParser, refine: bool = True, max_distance: bool = False) -> None:
+def add_matcher_args(p: argparse.ArgumentParser, refine: bool = True, max_distance: bool = True,
+                     pair_gate: bool = False) -> None:
     """The matching options of every command: ``--matcher`` (``--method``: a deprecated alias),
-    ``--match-threshold``, ``--temperature``, optionally ``--max-distance`` and ``--no-refine``; read them
-    with :func:`matcher_options`."""
+    ``--match-threshold``, ``--temperature``, optionally ``--max-distance``, ``--no-gate`` (the pair gate of a
+    fitted model) and ``--no-refine``; read them with :func:`matcher_options` and :func:`min_inliers`."""
     p.add_argument("--matcher", choices=METHODS, default="mnn", help="matching rule (default: mnn)")
     p.add_argument("--method", choices=METHODS, dest="matcher", action=_DeprecatedAlias, new="--matcher",
                    default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -170,7 +177,12 @@ def add_matcher_args(p: argparse.ArgumentParser, refine: bool = True, max_distan
                    help="double-softmax temperature for descriptors of norm 1.41 (default 0.1)")
     if max_distance:
         p.add_argument("--max-distance", type=float, default=None, metavar="D",
-                       help="drop matches with cosine distance > D (any method)")
+                       help=f"drop matches with cosine distance > D, any method (default: keep them; {GATE_MAX_DISTANCE}: "
+                       "the descriptor gate against unrelated pairs, see docs/ecosystem.md)")
+    if pair_gate:
+        p.add_argument("--no-gate", action="store_true",
+                       help=f"accept a fitted model with fewer than {GATE_MIN_INLIERS} inliers or under "
+                       f"{100 * GATE_MIN_INLIER_RATIO:.0f}%% of the matches (default: no model: the unrelated-pairs gate)")
     if refine:
         add_refine_arg(p)
 

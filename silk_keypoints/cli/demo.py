@@ -6,6 +6,7 @@ import argparse
 
 from ..errors import SilkError
 from ..files import check_overwrite, make_dir
+from ..model.zoo import DEFAULT_MAX_KEYPOINTS
 from ..pair import DEMO_PAIR, DEMO_PICTURES, run_demo
 from . import add_command
 from .common import (
@@ -15,6 +16,7 @@ from .common import (
     check_detection_flags,
     load_model,
     matcher_options,
+    min_inliers,
     progress_printer,
     weights_description,
 )
@@ -29,9 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "homography and write matches.png and keypoints.png into --out.",
     )
     p.add_argument("--out", default="silk-demo", metavar="DIR", help="output folder, created if needed (default: silk-demo)")
-    p.add_argument("--max-keypoints", type=int, default=2048, metavar="N", help="keypoints per image (default: 2048)")
+    p.add_argument("--max-keypoints", type=int, default=None, metavar="N",
+                   help=f"keypoints per image (default: the model's, {DEFAULT_MAX_KEYPOINTS} for the shipped models)")
     add_overwrite_arg(p)
-    add_matcher_args(p)
+    add_matcher_args(p, pair_gate=True)
     add_model_args(p)
     p.set_defaults(func=run)
 
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args)
     result, written = run_demo(model, args.out, progress=say, method=args.matcher,
                                matcher_options=matcher_options(args),
-                               max_keypoints=args.max_keypoints)
+                               max_keypoints=args.max_keypoints, **min_inliers(args))
     print(result.summary())
     print(f"weights: {weights}")
     for path in written:

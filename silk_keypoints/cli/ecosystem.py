@@ -86,7 +86,7 @@ def _register_match_pairs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="H5", help="output matches.h5 (resumed if it exists)")
     add_overwrite_arg(p)
     p.add_argument("--device", default="cpu", help="torch device for matching (default: cpu)")
-    add_matcher_args(p, refine=False, max_distance=True)
+    add_matcher_args(p, refine=False)
     add_bulk_args(p, "pair")
     p.set_defaults(func=run_match_pairs)
 
@@ -163,7 +163,7 @@ def _register_colmap(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="replace keypoints (and their matches) of images the database already has keypoints for",
     )
-    add_matcher_args(p, refine=False, max_distance=True)
+    add_matcher_args(p, refine=False)
     add_model_args(p)
     add_detection_args(p)
     p.set_defaults(func=run_colmap)

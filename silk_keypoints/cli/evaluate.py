@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ransac-threshold", type=float, default=None, metavar="PX",
                    help="essential-matrix inlier threshold in pixels (default: 0.5)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate the first N pairs only")
-    add_matcher_args(p)
+    add_matcher_args(p, max_distance=False)
     _extractor_args(p, "2048")
     _output_args(p)
     p.set_defaults(func=run_pose)
@@ -67,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="RANSAC inlier distance in metres (default: 0.05)")
     p.add_argument("--chamfer-stride", type=int, default=5, metavar="PX",
                    help="sample the depth maps every PX pixels for the chamfer distance (default: 5)")
-    add_matcher_args(p)
+    add_matcher_args(p, max_distance=False)
     _extractor_args(p, "2048")
     _output_args(p)
     p.set_defaults(func=run_registration)
@@ -82,7 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ransac-threshold", type=float, default=0.5, metavar="PX", help="inlier threshold (default: 0.5)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_overwrite_arg(p)
-    add_matcher_args(p)
+    add_matcher_args(p, max_distance=False)
     _extractor_args(p, "2048")
     p.set_defaults(func=run_imc2022)
 

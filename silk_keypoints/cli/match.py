@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..files import check_output_path, check_overwrite, make_dir
 from ..pair import (
     GEOMETRIES,
+    ROTATIONS,
     keypoint_picture_names,
     keypoints_picture,
     match_pair,
@@ -23,6 +25,7 @@ from .common import (
     detection_options,
     load_model,
     matcher_options,
+    min_inliers,
     progress_printer,
     weights_description,
 )
@@ -42,11 +45,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also draw each image's keypoints into DIR/<image name>_keypoints.png")
     p.add_argument("--json", default=None, metavar="FILE", help="write keypoints, matches and geometry as JSON")
     add_overwrite_arg(p)
-    add_matcher_args(p)
+    add_matcher_args(p, pair_gate=True)
     p.add_argument("--geometry", choices=GEOMETRIES, default="homography",
                    help="two-view model to fit (default: homography)")
     p.add_argument("--ransac-threshold", type=float, default=None, metavar="PX",
                    help="inlier threshold in pixels (default: 3 for a homography, 1 for a fundamental matrix)")
+    p.add_argument("--rotations", type=int, choices=ROTATIONS, default=1,
+                   help="4: also match IMG1 turned by 90, 180 and 270 degrees and keep the turn with the most "
+                   "inliers (for pairs turned in-plane; 4x the extraction of IMG1; default: 1)")
     add_model_args(p)
     add_detection_args(p)
     p.set_defaults(func=run)
@@ -67,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     result = match_pair(model, args.image0, args.image1, method=args.matcher,
                         matcher_options=matcher_options(args),
                         geometry=args.geometry, ransac_threshold=args.ransac_threshold, resize=args.resize,
-                        progress=say, **detection_options(args))
+                        progress=say, rotations=args.rotations, **min_inliers(args), **detection_options(args))
     say("drawing pictures")
     written = save_pictures(result, args.out)
     if keypoints_dir is not None:
@@ -76,5 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         written.append(save_json(result, args.json, {"weights": weights}))
     print(result.summary())
+    if result.warning:
+        print(f"warning: {result.warning}", file=sys.stderr)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..errors import SilkError
 from ..model import SiLK
+from ..model.zoo import DEFAULT_MAX_KEYPOINTS
 
 
 class SiLKFeature(nn.Module):
@@ -35,7 +36,7 @@ class SiLKFeature(nn.Module):
     def __init__(
         self,
         model: SiLK | None = None,
-        max_keypoints: int | None = 2048,
+        max_keypoints: int | None = DEFAULT_MAX_KEYPOINTS,
         laf_scale: float = 8.0,
         **detection: Any,
     ) -> None:

@@ -23,6 +23,7 @@ from ..errors import SilkError
 from ..features import Features
 from ..io import to_batch
 from ..model import SiLK
+from ..model.zoo import DEFAULT_MAX_KEYPOINTS
 
 
 class SiLKExtractor(nn.Module):
@@ -47,7 +48,7 @@ class SiLKExtractor(nn.Module):
 
     default_conf: ClassVar[dict[str, Any]] = {
         "weights": None,
-        "max_num_keypoints": 2048,
+        "max_num_keypoints": DEFAULT_MAX_KEYPOINTS,
         "detection_threshold": None,
         "nms_radius": None,
         "remove_borders": None,

@@ -316,10 +316,14 @@ class SiLK(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name: str | None = None, **overrides: Any) -> SiLK:
-        """Load weights shipped inside the package (no download). ``None``: the default model."""
-        from .zoo import pretrained_path
+        """Load weights shipped inside the package (no download). ``None``: the default model.
 
-        return cls.from_checkpoint(pretrained_path(name), **overrides)
+        Detection defaults are the shipped models' (``max_keypoints`` 2048, what the command line uses;
+        :data:`~silk_keypoints.model.zoo.DEFAULT_MAX_KEYPOINTS`); ``overrides`` change them.
+        """
+        from .zoo import DEFAULT_MAX_KEYPOINTS, pretrained_path
+
+        return cls.from_checkpoint(pretrained_path(name), **{"max_keypoints": DEFAULT_MAX_KEYPOINTS, **overrides})
 
     def save(self, path: str | os.PathLike, info: dict | None = None) -> None:
         """Write the weights and config as a ``.safetensors`` file loadable by :meth:`from_checkpoint`."""

@@ -53,6 +53,10 @@ VARIANTS: dict[str, SiLKConfig] = {
 }
 
 DEFAULT_PRETRAINED = "fast"
+# keypoints per image of the shipped models (SiLK.from_pretrained), the adapters and every command: the budget
+# of every table in the README and model cards; a checkpoint loaded by path keeps its own config's
+# (the original's 10000 for its .ckpt files)
+DEFAULT_MAX_KEYPOINTS = 2048
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
