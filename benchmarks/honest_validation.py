@@ -45,7 +45,7 @@ from validation import add_set_args, parse_size, validation_photos, validation_s
 from silk_keypoints import SiLK
 from silk_keypoints.ecosystem.colmap import write_database
 from silk_keypoints.evaluation.extractors import Extractor, ModelExtractor, OpenCVExtractor
-from silk_keypoints.evaluation.hpatches import evaluate_hpatches, get_protocol
+from silk_keypoints.evaluation.hpatches import evaluate_hpatches, get_protocol, read_hpatches
 from silk_keypoints.evaluation.metrics import accuracy
 from silk_keypoints.evaluation.report import format_table, hpatches_table, write_json
 from silk_keypoints.evaluation.testdata import make_rotations
@@ -53,7 +53,7 @@ from silk_keypoints.io import list_images, load_image
 from silk_keypoints.matching import match_descriptors
 
 COLUMNS = ("rep@3", "mma@1", "mma@3", "h_acc@1", "h_acc@3", "h_auc@1", "h_auc@3")
-SETS = ("timing", "hard", "rotation", "colmap")
+SETS = ("timing", "geometry", "hard", "rotation", "colmap")
 
 
 def build(args: argparse.Namespace) -> list[Extractor]:
@@ -89,6 +89,38 @@ def timing(extractors: list[Extractor], size: tuple[int, int], rounds: int) -> s
     reset_timers(extractors)
     return format_table(["method", "median_ms", "min_ms"], rows,
                         f"Extraction time, {size[0]}x{size[1]} random RGB image, {rounds} interleaved rounds")
+
+
+def geometry_table(data: Path, size: tuple[int, int]) -> str:
+    """What the viewpoint pairs of a generated set hold: per image index, the range over sequences of the
+    in-plane rotation and scale at the image centre, of the perspective (largest / smallest local scale over the
+    four corners) and of the mean corner shift (px)."""
+    w, h = size
+    corners = np.array([[0, 0, 1], [w - 1, 0, 1], [0, h - 1, 1], [w - 1, h - 1, 1]], dtype=np.float64)
+
+    def jacobian(H: np.ndarray, x: np.ndarray) -> np.ndarray:
+        f = [(H @ (x + d)) for d in ([1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0])]
+        f = [q[:2] / q[2] for q in f]
+        return np.stack([(f[0] - f[1]) / 2, (f[2] - f[3]) / 2], axis=1)
+
+    stats: dict[int, list] = {}
+    for seq in read_hpatches(data):
+        if seq.kind != "viewpoint":
+            continue
+        for k, H in enumerate(seq.homographies, start=2):
+            J = jacobian(H, np.array([(w - 1) / 2, (h - 1) / 2, 1.0]))
+            local = [np.sqrt(abs(np.linalg.det(jacobian(H, c)))) for c in corners]
+            moved = corners @ H.T
+            shift = np.linalg.norm(moved[:, :2] / moved[:, 2:] - corners[:, :2], axis=1).mean()
+            stats.setdefault(k, []).append((np.degrees(np.arctan2(J[1, 0] - J[0, 1], J[0, 0] + J[1, 1])),
+                                            np.sqrt(abs(np.linalg.det(J))), max(local) / min(local), shift))
+    rows = []
+    for k, v in stats.items():
+        a = np.array(v)
+        rows.append([f"{k}.ppm", f"{a[:, 0].min():+.0f}..{a[:, 0].max():+.0f}", f"{a[:, 1].min():.2f}..{a[:, 1].max():.2f}",
+                     f"{a[:, 2].min():.2f}..{a[:, 2].max():.2f}", f"{a[:, 3].min():.0f}..{a[:, 3].max():.0f}"])
+    return format_table(["image", "rotation_deg", "scale", "perspective", "corner_shift_px"], rows,
+                        f"Viewpoint pairs of the hard set: ranges over the {len(next(iter(stats.values())))} sequences")
 
 
 def rotation_table(result: dict, angles: list[float]) -> str:
@@ -224,6 +256,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if "timing" in args.sets:
             emit("timing", timing(extractors, parse_size(args.size), args.timing_rounds), {})
+        if "geometry" in args.sets and "hard" not in args.sets:  # the hard set's table has it too
+            data, _ = validation_set(args, tmp)
+            emit("geometry", geometry_table(data, parse_size(args.size)), {})
         if "hard" in args.sets:
             reset_timers(extractors, parse_size(args.size))
             start = time.perf_counter()
@@ -233,7 +268,7 @@ def main() -> None:
                     f"strength {args.strength[0]:g}-{args.strength[1]:g}, viewpoint light {args.viewpoint_light:g}, "
                     f"{k} keypoints, plain mutual NN (+pairref: pair refinement), seed {args.seed}, "
                     f"{args.threads} threads; {time.perf_counter() - start:.0f} s\n")
-            emit("hard", head + hpatches_table(result), result)
+            emit("hard", head + hpatches_table(result) + "\n\n" + geometry_table(data, parse_size(args.size)), result)
         if "rotation" in args.sets:
             reset_timers(extractors, parse_size(args.size))
             start = time.perf_counter()
