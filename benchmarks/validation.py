@@ -46,18 +46,33 @@ def add_set_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strength", type=float, nargs=2, default=(1.0, 1.0), metavar=("LO", "HI"),
                    help="change in image 2 and image 6 of each sequence (make_hpatches); 0.5 2: the hard set")
+    p.add_argument("--viewpoint-light", type=float, default=0.3,
+                   help="photometric change of the viewpoint images (make_hpatches; 1: as strong as i_*)")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """(W, H) of a ``WxH`` option."""
+    w, h = (int(v) for v in text.lower().split("x"))
+    return w, h
+
+
+def validation_photos(photos: str, tmp: str) -> tuple[Path, int]:
+    """A folder under ``tmp`` holding copies of the validation split of ``photos``; and their number."""
+    folder = Path(tmp) / "val-images"
+    if not folder.is_dir():
+        folder.mkdir()
+        for path in split_train_val(list_images(photos))[1]:
+            shutil.copy(path, folder / path.name)
+    return folder, len(list_images(folder))
 
 
 def validation_set(args: argparse.Namespace, tmp: str) -> tuple[Any, int]:
     """The HPatches-layout sequences of the photo folder's validation split, written under ``tmp``; and the
     number of validation photos."""
-    _, val = split_train_val(list_images(args.photos))
-    size = tuple(int(v) for v in args.size.lower().split("x"))
-    folder = Path(tmp) / "val-images"
-    folder.mkdir()
-    for path in val:
-        shutil.copy(path, folder / path.name)
-    return make_hpatches(Path(tmp) / "hpatches", folder, args.sequences, size, args.seed, tuple(args.strength)), len(val)
+    folder, count = validation_photos(args.photos, tmp)
+    root = make_hpatches(Path(tmp) / "hpatches", folder, args.sequences, parse_size(args.size), args.seed,
+                         tuple(args.strength), args.viewpoint_light)
+    return root, count
 
 
 def main() -> None:
@@ -80,7 +95,7 @@ def main() -> None:
         result = evaluate_hpatches(data, extractors, protocol, seed=args.seed, progress=False)
     refine = "matches refined below the cell size" if protocol.refine else "matches on the cell grid"
     print(f"{photos} validation photos -> {args.sequences} sequences of {args.size}, strength "
-          f"{args.strength[0]:g}-{args.strength[1]:g}, "
+          f"{args.strength[0]:g}-{args.strength[1]:g} (viewpoint light {args.viewpoint_light:g}), "
           f"{args.max_keypoints} keypoints, mutual NN ({refine}), seed {args.seed}\n")
     print(hpatches_table(result))
     if args.out:

@@ -18,10 +18,12 @@ from silk_keypoints.evaluation.testdata import (
     make_hpatches,
     make_pose_dataset,
     make_rgbd_dataset,
+    make_rotations,
     random_homography,
     random_texture,
     relative_pose,
     render,
+    rotation_about,
     source_images,
 )
 
@@ -82,6 +84,39 @@ def test_hpatches_strength_ramps_the_change_and_keeps_ground_truth(tmp_path):
     assert shift[4] > 2 * shift[0] and change[4] > 2 * change[0]  # image 6 is much harder than image 2
     with pytest.raises(SilkError, match="strength"):
         make_hpatches(tmp_path / "x", sequences=2, strength=(0.0, 1.0))
+
+
+def test_hpatches_viewpoint_light_sets_the_photometric_change(tmp_path):
+    mild = make_hpatches(tmp_path / "a", images=IMAGES, sequences=2, size=(96, 72), seed=1)
+    strong = make_hpatches(tmp_path / "b", images=IMAGES, sequences=2, size=(96, 72), seed=1, viewpoint_light=2.0)
+    np.testing.assert_array_equal(read_homography(mild / "v_synth01/H_1_4"), read_homography(strong / "v_synth01/H_1_4"))
+    ref = cv2.imread(str(mild / "v_synth01/1.ppm")).astype(float)
+
+    def change(root):
+        return sum(abs(cv2.imread(str(root / f"v_synth01/{k}.ppm")).astype(float).mean() - ref.mean()) for k in range(2, 7))
+
+    assert change(strong) > 2 * change(mild)
+    with pytest.raises(SilkError, match="viewpoint_light"):
+        make_hpatches(tmp_path / "c", sequences=2, viewpoint_light=-1)
+
+
+def test_rotations_ground_truth_matches_pixels(tmp_path):
+    np.testing.assert_allclose(rotation_about((11, 7), 90) @ [10, 3, 1], [5, -2, 1], atol=1e-12)  # right -> up
+    angles = (0, 45, 90, 180)
+    seqs = make_rotations(tmp_path / "rot", IMAGES, count=2, size=(96, 72), angles=angles, seed=2)
+    assert [s.name for s in seqs] == ["v_rot00", "v_rot01"] and all(s.kind == "viewpoint" for s in seqs)
+    for seq in seqs:
+        assert len(seq.images) == 5 and all(p.is_file() for p in seq.images)
+        ref = cv2.imread(str(seq.images[0]), cv2.IMREAD_GRAYSCALE).astype(float)
+        for path, H, angle in zip(seq.images[1:], seq.homographies, angles):
+            np.testing.assert_allclose(H, read_homography(path.parent / f"H_1_{path.stem}"), atol=1e-9)
+            img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE).astype(float)
+            assert img.shape == (72, 96)
+            valid = cv2.warpPerspective(np.ones_like(ref), H, (96, 72)) > 0.99
+            assert ncc(cv2.warpPerspective(ref, H, (96, 72))[valid], img[valid]) > 0.9
+            assert valid.all() == (angle in (0, 180))
+    with pytest.raises(SilkError, match="make_rotations"):
+        make_rotations(tmp_path / "x", count=0)
 
 
 def test_render_plane_depth_and_camera():

@@ -4,6 +4,7 @@
   larger canvas (no black borders) with mild photometric changes; ``i_*``: identity geometry, strong
   illumination changes (gain, gamma, colour tint, shading ramp, noise). ``1.ppm``...``6.ppm``, ``H_1_2``...``H_1_6``.
   ``strength=(lo, hi)`` ramps the change from image 2 to image 6, as real HPatches sequences get harder.
+* :func:`make_rotations`: in-plane rotations of a reference image (any angles), in the same layout.
 * :func:`make_pose_dataset`: a synthetic 3-D scene (textured planes at different depths) rendered from a few
   known cameras, with the pair lists of :mod:`.pose` (JSON, CSV, a LoFTR/MegaDepth-style ``scene_info.npz``)
   and an IMC2022-style ``test.csv`` + ``test_images``.
@@ -22,6 +23,7 @@ import csv
 import itertools
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,7 @@ import numpy as np
 
 from ..errors import SilkError
 from ..io import list_images, load_image
+from .hpatches import HPatchesSequence
 
 Size = tuple[int, int]  # (W, H)
 
@@ -127,18 +130,22 @@ def make_hpatches(
     size: Size = (320, 240),
     seed: int = 0,
     strength: tuple[float, float] = (1.0, 1.0),
+    viewpoint_light: float = 0.3,
 ) -> Path:
     """Write ``sequences`` HPatches-like sequences under ``out`` (half ``i_synthNN``, half ``v_synthNN``).
 
     Each sequence: ``1.ppm``...``6.ppm`` of ``size`` (W, H) and ``H_1_k`` (3 rows of 3 numbers) mapping
     pixels of ``1.ppm`` to pixels of ``k.ppm``. ``strength``: of the change in image 2 and in image 6 (linear
-    in between), a factor on the ranges of :func:`random_homography` and :func:`change_illumination`
-    (viewpoint images keep a mild photometric change, 0.3). Returns ``out``.
+    in between), a factor on the ranges of :func:`random_homography` and :func:`change_illumination`.
+    ``viewpoint_light``: the strength of the photometric change of the viewpoint images (0.3: mild; 1: as
+    strong as the default illumination sequences). Returns ``out``.
     """
     if sequences < 1:
         raise SilkError(f"sequences must be >= 1, got {sequences}")
     if len(strength) != 2 or not (0 < min(strength) and max(strength) <= 4):
         raise SilkError(f"strength must be two factors in (0, 4], got {strength}")
+    if not 0 <= viewpoint_light <= 4:
+        raise SilkError(f"viewpoint_light must be in [0, 4], got {viewpoint_light}")
     rng = np.random.default_rng(seed)
     out = Path(out)
     w, h = size
@@ -157,13 +164,62 @@ def make_hpatches(
             if viewpoint:
                 H = _homography_inside(size, margin, rng, s)
                 img = cv2.warpPerspective(canvas, H @ crop, size, flags=cv2.INTER_LINEAR)
-                img = change_illumination(img, rng, strength=0.3)
+                img = change_illumination(img, rng, viewpoint_light)
             else:
                 H = np.eye(3)
                 img = change_illumination(ref, rng, s)
             _write_image(seq / f"{k}.ppm", img)
             np.savetxt(seq / f"H_1_{k}", H / H[2, 2], fmt="%.12g")
     return out
+
+
+def rotation_about(size: Size, degrees: float) -> np.ndarray:
+    """3x3 homography rotating an image of ``size`` (W, H) by ``degrees`` about its centre (counter-clockwise
+    as seen on screen, y down; pixel centres at integers)."""
+    w, h = size
+    a = np.radians(degrees)
+    R = np.array([[np.cos(a), np.sin(a), 0], [-np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    c = translation((w - 1) / 2, (h - 1) / 2)
+    return c @ R @ np.linalg.inv(c)
+
+
+def make_rotations(
+    out: str | os.PathLike,
+    images: str | os.PathLike | None = None,
+    count: int = 4,
+    size: Size = (320, 240),
+    angles: Sequence[float] = (0, 15, 30, 45, 60, 90, 135, 180),
+    seed: int = 0,
+    light: float = 0.3,
+) -> list[HPatchesSequence]:
+    """In-plane rotation sequences: for each of ``count`` images, ``rot{i:02d}/1.png`` (the reference, a crop
+    of ``size`` (W, H)) and ``k.png`` for k = 2.. : the same scene rotated by ``angles[k - 2]`` degrees about the
+    image centre, from a canvas large enough for no black corner, with a mild photometric change of strength
+    ``light`` (so that the 0-degree pair is not a copy); ``H_1_k`` maps reference pixels to those of ``k.png``.
+    Returns the sequences (named ``v_rot{i:02d}``, ready for :func:`.hpatches.evaluate_hpatches`)."""
+    if count < 1 or not angles:
+        raise SilkError(f"make_rotations needs count >= 1 and at least one angle, got {count} and {list(angles)}")
+    rng = np.random.default_rng(seed)
+    out = Path(out)
+    w, h = size
+    side = int(np.ceil(np.hypot(w, h))) + 2
+    canvas_size = (side, side)
+    crop = translation(-(side - w) / 2, -(side - h) / 2)  # canvas pixels -> reference pixels
+    sequences = []
+    for i, canvas in enumerate(source_images(images, count, canvas_size, rng)):
+        folder = out / f"rot{i:02d}"
+        ref = cv2.warpPerspective(canvas, crop, size, flags=cv2.INTER_LINEAR)
+        paths, homographies = [folder / "1.png"], []
+        _write_image(paths[0], ref)
+        for k, angle in enumerate(angles, start=2):
+            H = rotation_about(size, float(angle))
+            img = change_illumination(cv2.warpPerspective(canvas, H @ crop, size, flags=cv2.INTER_LINEAR), rng, light)
+            paths.append(folder / f"{k}.png")
+            _write_image(paths[-1], img)
+            np.savetxt(folder / f"H_1_{k}", H, fmt="%.12g")
+            homographies.append(H)
+        sequences.append(HPatchesSequence(f"v_rot{i:02d}", paths, homographies))
+    return sequences
 
 
 def _homography_inside(size: Size, margin: Size, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
