@@ -16,6 +16,8 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -111,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keypoints", type=int, default=512)
     p.add_argument("--sets", nargs="+", default=["hard", "default"], choices=list(SETS))
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--cache", help="keep the pairs' features in this file and reuse them (same settings)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     extractor = SiLK.from_pretrained(a.extractor).eval()
@@ -119,12 +122,19 @@ def main(argv: list[str] | None = None) -> int:
     crops = ImageCrops(val, crop=a.crop, seed=12345)
     print(f"{len(val)} validation photos, crops {a.crop} px, {a.keypoints} keypoints, extractor {a.extractor}, "
           f"glue {a.weights} ({glue.conf})")
-    results = {}
-    for k, name in enumerate(a.sets):
-        pairs = build_pairs(extractor, crops, a.pairs, SETS[name], a.keypoints, seed=k)
-        results[name] = evaluate(pairs, glue, unrelated=False)
-    pairs = build_pairs(extractor, crops, a.unrelated, SETS["default"], a.keypoints, seed=99, unrelated=True)
-    results["unrelated"] = evaluate(pairs, glue, unrelated=True)
+    settings = [a.extractor, a.pairs, a.unrelated, a.crop, a.keypoints, a.sets]
+    cached = torch.load(a.cache, weights_only=True) if a.cache and Path(a.cache).is_file() else {}
+    if cached.get("settings") == settings:
+        sets = {name: [Pair(**p) for p in pairs] for name, pairs in cached["sets"].items()}
+    else:
+        sets = {name: build_pairs(extractor, crops, a.pairs, SETS[name], a.keypoints, seed=k)
+                for k, name in enumerate(a.sets)}
+        sets["unrelated"] = build_pairs(extractor, crops, a.unrelated, SETS["default"], a.keypoints, seed=99,
+                                        unrelated=True)
+        if a.cache:
+            plain = {name: [asdict(p) for p in pairs] for name, pairs in sets.items()}
+            torch.save({"settings": settings, "sets": plain}, a.cache)
+    results = {name: evaluate(pairs, glue, unrelated=name == "unrelated") for name, pairs in sets.items()}
     for name, res in results.items():
         n = a.unrelated if name == "unrelated" else a.pairs
         print(f"\n{name} ({n} pairs)")
