@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from silk_keypoints.geometry import estimate_homography, warp_points_torch
-from silk_keypoints.glue import SiLKGlue
+from silk_keypoints.glue import SiLKGlue, mutual_matches
 from silk_keypoints.io import list_images
 from silk_keypoints.matching import match_descriptors
 from silk_keypoints.model import SiLK
@@ -65,7 +65,8 @@ def corner_error(H_est: np.ndarray | None, H: torch.Tensor, size: tuple[int, int
     return float((a - b).norm(dim=1).mean())
 
 
-def run_matchers(pair: Pair, glue: SiLKGlue) -> dict[str, tuple[torch.Tensor, float]]:
+def run_matchers(pair: Pair, glue: SiLKGlue, thresholds: list[float]) -> dict[str, tuple[torch.Tensor, float]]:
+    """Mutual NN and SiLKGlue at each of ``thresholds`` (one network pass) -> name: (matches (K, 2), seconds)."""
     d0, d1 = pair.descriptors0.float(), pair.descriptors1.float()
     out = {}
     t = time.perf_counter()
@@ -74,16 +75,19 @@ def run_matchers(pair: Pair, glue: SiLKGlue) -> dict[str, tuple[torch.Tensor, fl
     size = torch.tensor([pair.size], dtype=torch.float32)
     t = time.perf_counter()
     with torch.no_grad():
-        m0 = glue(pair.keypoints0[None], pair.keypoints1[None], d0[None], d1[None], size, size)["matches0"][0]
-    rows = (m0 >= 0).nonzero()[:, 0]
-    out["glue"] = (torch.stack([rows, m0[rows]], 1), time.perf_counter() - t)
+        log_p = glue.log_assignment(pair.keypoints0[None], pair.keypoints1[None], d0[None], d1[None], size, size)[0]
+    secs = time.perf_counter() - t
+    for threshold in thresholds:
+        m0 = mutual_matches(log_p, threshold)[0][0]
+        rows = (m0 >= 0).nonzero()[:, 0]
+        out[f"glue P>{threshold:g}"] = (torch.stack([rows, m0[rows]], 1), secs)
     return out
 
 
-def evaluate(pairs: list[Pair], glue: SiLKGlue, unrelated: bool) -> dict[str, dict[str, float]]:
+def evaluate(pairs: list[Pair], glue: SiLKGlue, unrelated: bool, thresholds: list[float]) -> dict[str, dict[str, float]]:
     stats: dict[str, dict[str, list[float]]] = {}
     for i, pair in enumerate(pairs):
-        for name, (m, secs) in run_matchers(pair, glue).items():
+        for name, (m, secs) in run_matchers(pair, glue, thresholds).items():
             s = stats.setdefault(name, {})
             p0, p1 = pair.keypoints0[m[:, 0]].double(), pair.keypoints1[m[:, 1]].double()
             est = estimate_homography(p0.numpy(), p1.numpy(), threshold=3.0, seed=i)
@@ -112,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crop", type=int, default=256)
     p.add_argument("--keypoints", type=int, default=512)
     p.add_argument("--sets", nargs="+", default=["hard", "default"], choices=list(SETS))
+    p.add_argument("--thresholds", type=float, nargs="+", default=[0.1, 0.02], help="glue: keep P > T, each T")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--cache", help="keep the pairs' features in this file and reuse them (same settings)")
     a = p.parse_args(argv)
@@ -134,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.cache:
             plain = {name: [asdict(p) for p in pairs] for name, pairs in sets.items()}
             torch.save({"settings": settings, "sets": plain}, a.cache)
-    results = {name: evaluate(pairs, glue, unrelated=name == "unrelated") for name, pairs in sets.items()}
+    results = {name: evaluate(pairs, glue, name == "unrelated", a.thresholds) for name, pairs in sets.items()}
     for name, res in results.items():
         n = a.unrelated if name == "unrelated" else a.pairs
         print(f"\n{name} ({n} pairs)")
