@@ -24,6 +24,7 @@ may round differently in the last bit, which can only swap a decision between ca
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,6 +44,7 @@ METHODS = ("mnn", "ratio", "double-softmax")
 GATE_MIN_INLIERS = 15
 GATE_MIN_INLIER_RATIO = 0.05
 GATE_MAX_DISTANCE = 0.2
+MATCHERS = METHODS + ("glue",)  # Matcher's methods: the descriptor rules and the learned SiLKGlue
 _BLOCK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26}  # similarity entries per block (16 MB / 256 MB float32)
 
 
@@ -111,7 +113,11 @@ class Matcher(nn.Module):
     the command line's: mutual nearest neighbours, refined below the cell size.
 
     Args:
-        method: see :func:`match_descriptors`.
+        method: see :func:`match_descriptors`, or ``"glue"``: the learned :class:`~silk_keypoints.glue.SiLKGlue`,
+            which also needs ``keypoints`` and ``image_size`` of both images; ``threshold`` then keeps matches
+            with ``P > threshold`` (default: the weights' config).
+        glue_weights: ``"glue"``: the extractor name whose shipped SiLKGlue weights to use (default ``"fast"``)
+            or a ``.safetensors`` file written by :meth:`SiLKGlue.save`.
         max_distance: drop matches whose cosine distance ``1 - cos`` exceeds this (any method; None: keep
             them). :data:`GATE_MAX_DISTANCE` (0.2) is the descriptor gate against unrelated pairs measured in
             docs/ecosystem.md (for pair lists without a fitted model, e.g. COLMAP imports).
@@ -132,6 +138,7 @@ class Matcher(nn.Module):
         refine: bool = True,
         refine_subdivisions: int = DEFAULT_SUBDIVISIONS,
         max_distance: float | None = None,
+        glue_weights: str | None = None,
         **conf,
     ) -> None:
         super().__init__()
@@ -146,8 +153,15 @@ class Matcher(nn.Module):
         self.method = method
         self.descriptor_scale = float(descriptor_scale)
         self.conf = {**conf, "max_distance": max_distance}
-        _check_options(method, conf.get("ratio_threshold", 0.6), conf.get("temperature", 0.1),
-                       conf.get("threshold", 0.6), max_distance, conf.get("chunk_size"))
+        self.glue = None
+        if method == "glue":
+            self.glue = _load_glue(glue_weights or "fast", conf.get("threshold"))
+        elif glue_weights is not None:
+            raise SilkError(f"glue_weights is an option of the 'glue' matcher, not of {method!r}")
+        rule = "mnn" if method == "glue" else method  # glue checks its own threshold (P > threshold)
+        _check_options(rule, conf.get("ratio_threshold", 0.6), conf.get("temperature", 0.1),
+                       conf.get("threshold", 0.6) if rule == method else 0.6, max_distance,
+                       conf.get("chunk_size"))
 
     def forward(self, data: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         """Match ``data["image0"]`` against ``data["image1"]`` (dicts with ``descriptors`` (B, N, D) and
@@ -177,7 +191,9 @@ class Matcher(nn.Module):
             "matches": [],
             "scores": [],
         }
-        for i in range(b):
+        if self.glue is not None:
+            self._glue_matches(data, out)
+        for i in range(b if self.glue is None else 0):
             idx0, idx1 = mask0[i].nonzero()[:, 0], mask1[i].nonzero()[:, 0]
             m, s = match_descriptors(F.normalize(desc0[i, idx0], dim=1), F.normalize(desc1[i, idx1], dim=1),
                                      self.method, **conf)
@@ -194,6 +210,29 @@ class Matcher(nn.Module):
             pairs = [self.points(f0, f1, m, i) for i, m in enumerate(out["matches"])]
             out["points0"], out["points1"] = [p[0] for p in pairs], [p[1] for p in pairs]
         return out
+
+    def _glue_matches(self, data: Mapping[str, Mapping[str, torch.Tensor]], out: dict) -> None:
+        """Fill ``out`` (the dict of :meth:`forward`) with SiLKGlue's matches of ``data``."""
+        feats = []
+        for key in ("image0", "image1"):
+            if "keypoints" not in data[key]:
+                raise SilkError(f"the glue matcher needs data[{key!r}]['keypoints'] (and 'image_size')")
+            f = Features.from_mapping(data[key], key)
+            if not bool((f.image_size > 0).all()):
+                raise SilkError(f"the glue matcher needs the image_size (W, H) of {key}")
+            feats.append(f)
+        f0, f1 = feats
+        glue = self.glue.to(f0.descriptors.device)
+        with torch.no_grad():
+            pred = glue(f0.keypoints.float(), f1.keypoints.float(), F.normalize(f0.descriptors.float(), dim=-1),
+                        F.normalize(f1.descriptors.float(), dim=-1), f0.image_size, f1.image_size,
+                        f0.keypoint_mask, f1.keypoint_mask)
+        for k in ("matches0", "matches1", "matching_scores0", "matching_scores1"):
+            out[k] = pred[k]
+        for m0, s0 in zip(pred["matches0"], pred["matching_scores0"]):
+            rows = (m0 >= 0).nonzero()[:, 0]
+            out["matches"].append(torch.stack([rows, m0[rows]], dim=1))
+            out["scores"].append(s0[rows])
 
     def points(
         self, feats0: Features, feats1: Features, matches: torch.Tensor, image: int = 0
@@ -257,6 +296,19 @@ def _double_softmax(
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+def _load_glue(weights: str, threshold: float | None) -> nn.Module:
+    """SiLKGlue from a shipped extractor name or a ``.safetensors`` file; ``threshold`` overrides its own."""
+    from .glue import SiLKGlue
+
+    is_file = weights.endswith(".safetensors") or Path(weights).is_file()
+    glue = SiLKGlue.from_file(weights) if is_file else SiLKGlue.from_pretrained(weights)
+    if threshold is not None:
+        if not 0 <= threshold < 1:
+            raise SilkError(f"the glue matcher's threshold must be in [0, 1) (keep P > threshold), got {threshold}")
+        glue.conf.match_threshold = float(threshold)
+    return glue.eval()
+
+
 class _Best:
     """Running row maxima (complete per block) and column maxima (accumulated over row blocks).
 

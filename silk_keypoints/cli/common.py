@@ -14,7 +14,7 @@ import torch
 from ..devices import resolve_device
 from ..errors import SilkError
 from ..files import MAX_PIXELS
-from ..matching import GATE_MAX_DISTANCE, GATE_MIN_INLIER_RATIO, GATE_MIN_INLIERS, METHODS
+from ..matching import GATE_MAX_DISTANCE, GATE_MIN_INLIER_RATIO, GATE_MIN_INLIERS, MATCHERS
 from ..model import SiLK, SiLKConfig
 from ..model.pipeline import detection_options as checked_options
 from ..model.zoo import DEFAULT_MAX_KEYPOINTS, DEFAULT_PRETRAINED, available_pretrained, pretrained_path
@@ -140,6 +140,10 @@ def matcher_options(args: argparse.Namespace) -> dict:
     unset are left out (the matcher's defaults)."""
     opts = {"temperature": args.temperature, "max_distance": getattr(args, "max_distance", None)}
     opts["ratio_threshold" if args.matcher == "ratio" else "threshold"] = args.match_threshold
+    if args.matcher == "glue":  # the weights trained for --glue-weights, else for this command's --model
+        opts["glue_weights"] = args.glue_weights or getattr(args, "model", None) or DEFAULT_PRETRAINED
+    elif args.glue_weights:
+        raise SilkError("--glue-weights needs --matcher glue")
     if getattr(args, "no_refine", False):
         opts["refine"] = False
     return {k: v for k, v in opts.items() if v is not None}
@@ -167,12 +171,17 @@ def add_matcher_args(p: argparse.ArgumentParser, refine: bool = True, max_distan
     """The matching options of every command: ``--matcher`` (``--method``: a deprecated alias),
     ``--match-threshold``, ``--temperature``, optionally ``--max-distance``, ``--no-gate`` (the pair gate of a
     fitted model) and ``--no-refine``; read them with :func:`matcher_options` and :func:`min_inliers`."""
-    p.add_argument("--matcher", choices=METHODS, default="mnn", help="matching rule (default: mnn)")
-    p.add_argument("--method", choices=METHODS, dest="matcher", action=_DeprecatedAlias, new="--matcher",
+    p.add_argument("--matcher", choices=MATCHERS, default="mnn",
+                   help="matching rule (default: mnn); glue: the learned SiLKGlue (docs/glue.md)")
+    p.add_argument("--method", choices=MATCHERS, dest="matcher", action=_DeprecatedAlias, new="--matcher",
                    default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p.add_argument("--match-threshold", type=float, default=None, metavar="T",
                    help="ratio: keep best/second-best distance < T (default 0.6); double-softmax: keep "
-                   "1 - P < T (default 0.6; the original's examples use 0.9 and 0.99)")
+                   "1 - P < T (default 0.6; the original's examples use 0.9 and 0.99); glue: keep P > T "
+                   "(default 0.1)")
+    p.add_argument("--glue-weights", default=None, metavar="NAME|FILE",
+                   help="glue: SiLKGlue weights shipped for extractor NAME or a .safetensors file (default: "
+                   "those of --model, else of the default model)")
     p.add_argument("--temperature", type=float, default=None, metavar="T",
                    help="double-softmax temperature for descriptors of norm 1.41 (default 0.1)")
     if max_distance:

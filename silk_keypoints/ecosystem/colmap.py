@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from ..errors import SilkError
@@ -39,7 +38,7 @@ from ..files import atomic_write
 from ..image_features import extract_image
 from ..io import list_images
 from ..matching import Matcher
-from .hloc import feature_names, read_features, read_matches
+from .hloc import feature_names, matcher_input, read_features, read_matches
 from .pairs import exhaustive_pairs, read_pairs
 
 MAX_IMAGE_ID = 2**31 - 1
@@ -247,9 +246,8 @@ def build_colmap_database(
 
 
 def _match(matcher: Matcher, feats0: Mapping[str, np.ndarray], feats1: Mapping[str, np.ndarray]) -> np.ndarray:
-    """(K, 2) matches of the ``descriptors`` (N, D) of two feature dicts."""
-    d0, d1 = (torch.from_numpy(f["descriptors"]).float() for f in (feats0, feats1))
-    return matcher({"image0": {"descriptors": d0}, "image1": {"descriptors": d1}})["matches"][0].numpy()
+    """(K, 2) matches of two feature dicts (``descriptors`` (N, D), ``keypoints``, ``image_size``)."""
+    return matcher({"image0": matcher_input(feats0), "image1": matcher_input(feats1)})["matches"][0].numpy()
 
 
 def write_database(

@@ -321,6 +321,14 @@ def read_features(path: str | os.PathLike, name: str) -> dict[str, np.ndarray]:
     return out
 
 
+def matcher_input(feats: Mapping[str, np.ndarray], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """A :class:`~silk_keypoints.matching.Matcher` input of one image's :func:`read_features` dict: float
+    ``descriptors`` (N, D), and ``keypoints`` (N, 2) and ``image_size`` (2,) where the file has them."""
+    out = {k: torch.from_numpy(np.asarray(feats[k])).float().to(device)
+           for k in ("descriptors", "keypoints", "image_size") if k in feats}
+    return out
+
+
 def feature_names(path: str | os.PathLike) -> list[str]:
     """Sorted names of the images in a ``features.h5`` (groups, nested or not, with ``keypoints``)."""
     names = []
@@ -454,17 +462,17 @@ def match_into(
     advance: Any = None,
 ) -> int:
     """Match ``pairs`` of ``features`` and add each to ``store`` (``advance(1)`` after each) -> pairs matched."""
-    cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+    cache: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
 
-    def descriptors(name: str) -> torch.Tensor:
+    def feats(name: str) -> dict[str, torch.Tensor]:
         if name not in cache:
-            cache[name] = torch.from_numpy(read_features(features, name)["descriptors"]).float().to(device)
+            cache[name] = matcher_input(read_features(features, name), device)
             if len(cache) > 64:
                 cache.popitem(last=False)
         return cache[name]
 
     for name0, name1 in pairs:
-        pred = matcher({"image0": {"descriptors": descriptors(name0)}, "image1": {"descriptors": descriptors(name1)}})
+        pred = matcher({"image0": feats(name0), "image1": feats(name1)})
         m0, s0 = pred["matches0"][0].cpu().numpy(), pred["matching_scores0"][0].cpu().numpy()
         if matcher.method == "mnn":  # hloc's nearest_neighbor score
             s0 = np.where(m0 >= 0, (s0 + 1) / 2, 0).astype(np.float32)

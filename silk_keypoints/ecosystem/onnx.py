@@ -120,22 +120,23 @@ def export_onnx(
         dims = {
             "images": {0: dim("batch", min=1, max=1024), 2: dim("height", **size), 3: dim("width", **size)}
         }
+    proto = _export(network, (images,), ["images"], list(output_names(model)), dims, opset)
+    _set_metadata(proto, model)
+    return _save(proto, path)
+
+
+def _export(module: nn.Module, args: tuple, inputs: list[str], outputs: list[str], dims: Any, opset: int) -> Any:
+    """The ONNX ModelProto of ``module(*args)`` (torch's exporter), any failure as one SilkError."""
     try:
         with _quiet_exporter():
-            program = torch.onnx.export(
-                network,
-                (images,),
-                dynamo=True,
-                input_names=["images"],
-                output_names=list(output_names(model)),
-                dynamic_shapes=dims,
-                opset_version=opset,
-                verbose=False,
-            )
+            program = torch.onnx.export(module, args, dynamo=True, input_names=inputs, output_names=outputs,
+                                        dynamic_shapes=dims, opset_version=opset, verbose=False)
     except Exception as e:  # the exporter raises many types; the user needs one message
         raise SilkError(f"ONNX export failed: {type(e).__name__}: {e}") from e
-    proto = program.model_proto
-    _set_metadata(proto, model)
+    return program.model_proto
+
+
+def _save(proto: Any, path: Path) -> Path:
     onnx = _require("onnx")
     return atomic_write(path, lambda tmp: onnx.save_model(proto, str(tmp)))
 
@@ -154,6 +155,69 @@ def check_example_size(model: SiLK, size: tuple[int, int]) -> None:
             f"example size {w}x{h} ({h * w / 1e6:.1f} MP) is larger than max_pixels={model.config.max_pixels / 1e6:.1f} "
             "MP: tracing and the onnxruntime check run the network on it; use a smaller --height/--width (a "
             "dynamic graph still takes any size) or --static H W within the limit")
+
+
+GLUE_INPUTS = ("keypoints0", "keypoints1", "descriptors0", "descriptors1", "size0", "size1", "mask0", "mask1")
+GLUE_OUTPUTS = ("matches0", "matching_scores0", "matches1", "matching_scores1", "log_assignment")
+
+
+class _GlueGraph(nn.Module):
+    """SiLKGlue's forward with positional inputs and a tuple of outputs (the exported glue graph)."""
+
+    def __init__(self, glue: nn.Module) -> None:
+        super().__init__()
+        self.glue = glue
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.glue(*inputs)
+        return tuple(out[k] for k in GLUE_OUTPUTS)
+
+
+def export_glue_onnx(
+    glue: nn.Module, path: str | os.PathLike, keypoints: tuple[int, int] = (1024, 1024), opset: int = DEFAULT_OPSET
+) -> Path:
+    """Write a :class:`~silk_keypoints.glue.SiLKGlue` as an ONNX graph for one pair of fixed sizes.
+
+    Inputs (batch 1, float32 unless said): ``keypoints0`` (1, N0, 2) and ``keypoints1`` (1, N1, 2) pixels,
+    ``descriptors0`` (1, N0, D), ``descriptors1`` (1, N1, D) unit norm, ``size0``, ``size1`` (1, 2) (W, H),
+    ``mask0`` (1, N0), ``mask1`` (1, N1) bool (pad fewer keypoints to N with False). Outputs: ``matches0``
+    (1, N0) int64, ``matching_scores0``, ``matches1``, ``matching_scores1``, ``log_assignment`` (1, N0, N1),
+    as :meth:`SiLKGlue.forward`. The glue config is stored as ``silk.glue_config`` metadata.
+
+    Raises:
+        SilkError: missing onnx packages, unsupported opset, unwritable path, failed export.
+    """
+    path = Path(path)
+    if opset not in supported_opsets():
+        raise SilkError(f"unsupported ONNX opset {opset}: this exporter writes opsets {list(supported_opsets())}")
+    if min(keypoints) < 2:
+        raise SilkError(f"keypoints per side must be >= 2 for the glue export, got {keypoints}")
+    check_output_path(path)
+    _require("onnxscript")
+    args = glue_example(glue.conf.descriptor_dim, keypoints)
+    proto = _export(_GlueGraph(glue).eval(), args, list(GLUE_INPUTS), list(GLUE_OUTPUTS), None, opset)
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "silk.glue_config", glue.conf.to_json()
+    return _save(proto, path)
+
+
+def glue_example(dim: int, keypoints: tuple[int, int], seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Random inputs of the glue graph (the order of ``GLUE_INPUTS``) for a 640x480 pair, all keypoints real."""
+    g = torch.Generator().manual_seed(seed)
+    n0, n1 = keypoints
+    size = torch.tensor([[640.0, 480.0]])
+    k0, k1 = (torch.rand(1, n, 2, generator=g) * size[:, None] for n in (n0, n1))
+    d0, d1 = (torch.nn.functional.normalize(torch.randn(1, n, dim, generator=g), dim=-1) for n in (n0, n1))
+    return k0, k1, d0, d1, size, size.clone(), torch.ones(1, n0, dtype=torch.bool), torch.ones(1, n1, dtype=torch.bool)
+
+
+def run_glue_onnx(path: str | os.PathLike, inputs: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
+    """Run an exported glue graph on ``inputs`` (the order of ``GLUE_INPUTS``) with onnxruntime (CPU)."""
+    ort = _require("onnxruntime")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {name: t.numpy() for name, t in zip(GLUE_INPUTS, inputs)}
+    return dict(zip(GLUE_OUTPUTS, session.run(list(GLUE_OUTPUTS), feeds)))
 
 
 def compare_with_torch(model: SiLK, path: str | os.PathLike, size: tuple[int, int]) -> float:

@@ -223,7 +223,16 @@ def _training_weights(path: Path, obj: dict) -> tuple[dict[str, torch.Tensor], S
     return dict(state), config
 
 
-def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], SiLKConfig]:
+
+def read_safetensors(path: str | os.PathLike, fmt: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and string metadata of a ``.safetensors`` file whose metadata says ``format == fmt`` and has a
+    ``config`` (no pickle is involved).
+
+    Raises:
+        SilkError: unreadable or truncated file, or metadata of another format.
+    """
+    path = Path(path)
+    check_input_file(path, "weight file")
     try:
         from safetensors import safe_open
 
@@ -232,8 +241,20 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], SiLKConfig]:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise SilkError(f"cannot read weight file {path}: corrupt or truncated safetensors file ({e})") from None
-    if meta.get("format") != _FORMAT or "config" not in meta:
-        raise SilkError(f"weight file {path} has no silk-keypoints config in its metadata")
+    if meta.get("format") != fmt or "config" not in meta:
+        raise SilkError(f"weight file {path} is not a {fmt} file (no such config in its metadata)")
+    return state, meta
+
+
+def write_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike, fmt: str, meta: dict[str, str]) -> Path:
+    """Write tensors + string metadata (``format`` set to ``fmt``) as ``.safetensors`` atomically. Returns the path."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    meta = {"format": fmt, **meta}
+    return atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], SiLKConfig]:
+    state, meta = read_safetensors(path, _FORMAT)
     try:
         config = SiLKConfig.from_dict(json.loads(meta["config"]))
     except SilkError as e:
@@ -247,10 +268,7 @@ def save_weights(
     state: dict[str, torch.Tensor], config: SiLKConfig, path: str | os.PathLike, info: dict | None = None
 ) -> Path:
     """Write weights + config as ``.safetensors`` atomically (temp file, then rename). Returns the path."""
-    path = Path(path)
-    meta = {"format": _FORMAT, "config": config.to_json(), "info": json.dumps(info or {})}
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    return write_safetensors(state, path, _FORMAT, {"config": config.to_json(), "info": json.dumps(info or {})})
 
 
 def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

@@ -1,0 +1,331 @@
+"""Self-supervised training of :class:`~silk_keypoints.glue.SiLKGlue` on homography pairs (docs/glue.md).
+
+A *pair* is a random crop of a training photo (view 0) and its view through a random homography (view 1),
+each with the photometric augmentation, and the frozen extractor's keypoints and descriptors of both views
+(computed once per pair). The ground truth comes from the known warp: keypoint ``i`` of view 0 and ``j`` of
+view 1 match when they are mutual nearest neighbours after warping with a distance below ``match_px`` (3 px);
+a keypoint is *unmatched* when its nearest warped keypoint is farther than ``unmatched_px`` (5 px) or it falls
+outside the other view; the rest (ambiguous) are left out of the loss. The loss is the negative
+log-likelihood of that assignment: ``0.5 * mean(-log P_ij over matches) + 0.5 * mean(-log p_unmatched over
+unmatched points of both views)``.
+
+Extraction dominates the cost on a CPU, so pairs go into an in-memory cache (``cache_pairs``) and each step
+adds ``new_pairs`` fresh ones and trains on a random batch of the cache.
+
+Run: ``python -m silk_keypoints.training.glue --images DIR --out RUN`` (``--help``); ``RUN`` gets
+``log.jsonl`` (one JSON object per logged step), ``last.safetensors`` (model only) and ``state.pt``
+(optimizer and step, for ``--resume``); ``--init-from FILE`` starts from other SiLKGlue weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import SilkError
+from ..features import Features
+from ..geometry import warp_points_torch
+from ..glue import GlueConfig, SiLKGlue
+from ..io import list_images, to_batch
+from ..model import SiLK
+from .augment import augment
+from .data import ImageCrops, split_train_val
+from .homography import HomographyConfig, sample_homographies, warp_images
+
+IGNORE = -2  # ground-truth label of an ambiguous keypoint (neither matched nor surely unmatched)
+UNMATCHED = -1
+
+
+@dataclass
+class Pair:
+    """Features of the two views of one pair and the homography view 0 -> view 1 (pixels).
+
+    ``keypoints`` (N, 2) float32 pixels, ``descriptors`` (N, D) float16 (cache memory), ``size`` (W, H)."""
+
+    keypoints0: torch.Tensor
+    descriptors0: torch.Tensor
+    keypoints1: torch.Tensor
+    descriptors1: torch.Tensor
+    homography: torch.Tensor
+    size: tuple[int, int]
+
+
+@dataclass
+class GlueTrainConfig:
+    """Options of :func:`train` (see ``--help``)."""
+
+    images: str = ""
+    out: str = "runs/glue"
+    extractor: str = "fast"
+    glue: GlueConfig = field(default_factory=GlueConfig)
+    steps: int = 1000
+    batch: int = 4
+    keypoints: int = 512
+    crop: int = 256
+    lr: float = 3e-4
+    cache_pairs: int = 1024
+    new_pairs: int = 1
+    augment: str = "silk"
+    homography: HomographyConfig = field(default_factory=HomographyConfig)
+    match_px: float = 3.0
+    unmatched_px: float = 5.0
+    log_every: int = 10
+    checkpoint_every: int = 100
+    seed: int = 0
+
+
+# ---------------------------------------------------------------------------------------------- ground truth
+def ground_truth(
+    keypoints0: torch.Tensor,
+    keypoints1: torch.Tensor,
+    homography: torch.Tensor,
+    size0: torch.Tensor,
+    size1: torch.Tensor,
+    mask0: torch.Tensor | None = None,
+    mask1: torch.Tensor | None = None,
+    match_px: float = 3.0,
+    unmatched_px: float = 5.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Assignment labels from a known warp.
+
+    Args:
+        keypoints0, keypoints1: (B, N0, 2), (B, N1, 2) pixels of view 0 / view 1.
+        homography: (B, 3, 3) view 0 -> view 1 pixels.
+        size0, size1: (B, 2) (W, H) of the views; masks (B, N) True for real keypoints.
+
+    Returns:
+        labels0 (B, N0): index of the matching keypoint in view 1, :data:`UNMATCHED` or :data:`IGNORE`;
+        labels1 (B, N1) the same from view 1. Padded keypoints are :data:`IGNORE`.
+    """
+    b, n0, n1 = keypoints0.shape[0], keypoints0.shape[1], keypoints1.shape[1]
+    mask0 = torch.ones(b, n0, dtype=torch.bool) if mask0 is None else mask0.bool()
+    mask1 = torch.ones(b, n1, dtype=torch.bool) if mask1 is None else mask1.bool()
+    if n0 == 0 or n1 == 0:
+        return (torch.where(mask0, UNMATCHED, IGNORE).long(), torch.where(mask1, UNMATCHED, IGNORE).long())
+    hom = homography.double()
+    w0, front0 = warp_points_torch(keypoints0.double(), hom)
+    w1, front1 = warp_points_torch(keypoints1.double(), torch.linalg.inv(hom))
+    inside0 = front0 & _inside(w0, size1)  # view-0 keypoints seen by view 1
+    inside1 = front1 & _inside(w1, size0)
+    dist = torch.cdist(torch.nan_to_num(w0, posinf=1e9, neginf=-1e9), keypoints1.double())  # view-1 pixels
+    dist = dist.masked_fill(~(mask0[:, :, None] & mask1[:, None, :]), float("inf"))
+    best0, idx0 = dist.min(dim=2)
+    best1, idx1 = dist.min(dim=1)
+    mutual0 = idx1.gather(1, idx0) == torch.arange(n0)[None]
+    mutual1 = idx0.gather(1, idx1) == torch.arange(n1)[None]
+    match0 = mutual0 & (best0 < match_px) & inside0
+    match1 = mutual1 & (best1 < match_px) & inside1
+    match0 &= match1.gather(1, idx0)  # both sides agree
+    match1 &= match0.gather(1, idx1)
+    labels0 = torch.full((b, n0), IGNORE, dtype=torch.long)
+    labels1 = torch.full((b, n1), IGNORE, dtype=torch.long)
+    labels0[(best0 > unmatched_px) | ~inside0] = UNMATCHED
+    labels1[(best1 > unmatched_px) | ~inside1] = UNMATCHED
+    labels0 = torch.where(match0, idx0, labels0)
+    labels1 = torch.where(match1, idx1, labels1)
+    return labels0.masked_fill(~mask0, IGNORE), labels1.masked_fill(~mask1, IGNORE)
+
+
+def _inside(points: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    s = size.to(points)[:, None]
+    return (points >= -0.5).all(-1) & (points <= s - 0.5).all(-1)
+
+
+def glue_loss(
+    log_p: torch.Tensor, unmatched0: torch.Tensor, unmatched1: torch.Tensor, labels0: torch.Tensor,
+    labels1: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """Negative log-likelihood of the labelled assignment (module doc).
+
+    Args:
+        log_p (B, N0, N1), unmatched0 (B, N0), unmatched1 (B, N1): :meth:`SiLKGlue.log_assignment`.
+        labels0, labels1: :func:`ground_truth`.
+
+    Returns:
+        ``loss`` (scalar), ``positive`` and ``negative`` NLL terms and the counts ``matches``, ``unmatched``.
+    """
+    pos = labels0 >= 0
+    pos_ll = log_p.gather(2, labels0.clamp(min=0)[..., None])[..., 0][pos]
+    neg_ll = torch.cat([unmatched0[labels0 == UNMATCHED], unmatched1[labels1 == UNMATCHED]])
+    zero = log_p.sum() * 0  # keeps the graph when a term is empty
+    positive = -pos_ll.mean() if len(pos_ll) else zero
+    negative = -neg_ll.mean() if len(neg_ll) else zero
+    return {"loss": 0.5 * positive + 0.5 * negative, "positive": positive, "negative": negative,
+            "matches": torch.tensor(float(len(pos_ll))), "unmatched": torch.tensor(float(len(neg_ll)))}
+
+
+# ---------------------------------------------------------------------------------------------- pairs
+@torch.no_grad()
+def make_pairs(
+    extractor: SiLK,
+    crops: torch.Tensor,
+    keypoints: int,
+    homography: HomographyConfig,
+    recipe: str,
+    generator: torch.Generator,
+) -> list[Pair]:
+    """uint8 RGB crops (B, 3, S, S) -> B pairs: random homography view, augmentation, frozen features."""
+    images = crops.float() / 255.0
+    b, _, h, w = images.shape
+    hom = sample_homographies(b, h, w, homography, generator)
+    view0 = augment(images, recipe, generator)
+    view1 = augment(warp_images(images, hom), recipe, generator)
+    batch = to_batch(torch.stack([view0, view1], 1).flatten(0, 1), extractor.config.in_channels)
+    feats = extractor.extract(batch, max_keypoints=keypoints)
+    pairs = []
+    for i in range(b):
+        f0, f1 = feats.image(2 * i), feats.image(2 * i + 1)
+        k0, d0 = _real(f0)
+        k1, d1 = _real(f1)
+        pairs.append(Pair(k0, d0.half(), k1, d1.half(), hom[i].float(), (w, h)))
+    return pairs
+
+
+def _real(f: Features) -> tuple[torch.Tensor, torch.Tensor]:
+    m = f.keypoint_mask[0]
+    return f.keypoints[0, m].float(), f.descriptors[0, m]
+
+
+def collate(pairs: list[Pair]) -> dict[str, torch.Tensor]:
+    """Pairs -> padded batch tensors: keypoints/descriptors/masks 0 and 1, sizes (B, 2), homography (B, 3, 3)."""
+    out: dict[str, torch.Tensor] = {}
+    for side in ("0", "1"):
+        kpts = [getattr(p, "keypoints" + side) for p in pairs]
+        desc = [getattr(p, "descriptors" + side).float() for p in pairs]
+        n = max(len(k) for k in kpts)
+        k_pad = torch.zeros(len(pairs), n, 2)
+        d_pad = torch.zeros(len(pairs), n, desc[0].shape[-1])
+        mask = torch.zeros(len(pairs), n, dtype=torch.bool)
+        for i, (k, d) in enumerate(zip(kpts, desc)):
+            k_pad[i, :len(k)], d_pad[i, :len(k)], mask[i, :len(k)] = k, d, True
+        out["keypoints" + side], out["descriptors" + side], out["mask" + side] = k_pad, d_pad, mask
+        out["size" + side] = torch.tensor([p.size for p in pairs], dtype=torch.float32)
+    out["homography"] = torch.stack([p.homography for p in pairs])
+    return out
+
+
+def pair_loss(model: SiLKGlue, batch: dict[str, torch.Tensor], match_px: float = 3.0,
+              unmatched_px: float = 5.0) -> dict[str, torch.Tensor]:
+    """:func:`glue_loss` of ``model`` on a :func:`collate` batch."""
+    log_p, un0, un1 = model.log_assignment(batch["keypoints0"], batch["keypoints1"], batch["descriptors0"],
+                                           batch["descriptors1"], batch["size0"], batch["size1"],
+                                           batch["mask0"], batch["mask1"])
+    labels0, labels1 = ground_truth(batch["keypoints0"], batch["keypoints1"], batch["homography"], batch["size0"],
+                                    batch["size1"], batch["mask0"], batch["mask1"], match_px, unmatched_px)
+    return glue_loss(log_p, un0, un1, labels0, labels1)
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+def train(config: GlueTrainConfig, resume: bool = False, init_from: str | None = None) -> Path:
+    """Train (or continue) a SiLKGlue in ``config.out``; returns the path of the last weights."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    last, state_path, log_path = out / "last.safetensors", out / "state.pt", out / "log.jsonl"
+    torch.manual_seed(config.seed)
+    extractor = SiLK.from_pretrained(config.extractor).eval()
+    for p in extractor.parameters():
+        p.requires_grad_(False)
+    glue_conf = GlueConfig(**{**asdict(config.glue), "descriptor_dim": extractor.config.descriptor_dim})
+    step = 0
+    if resume and last.is_file():
+        model = SiLKGlue.from_file(last)
+    elif init_from:
+        model = SiLKGlue.from_file(init_from)
+    else:
+        model = SiLKGlue(glue_conf)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
+    if resume and state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+    paths = list_images(config.images) if Path(config.images).is_dir() else []
+    train_paths, _ = split_train_val(paths)
+    if not train_paths:
+        raise SilkError(f"no training images in {config.images!r}")
+    crops = ImageCrops(train_paths, crop=config.crop, seed=config.seed)
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + step)
+    rng = random.Random(config.seed * 7 + step)
+    cache: list[Pair] = []
+    drawn = step * config.new_pairs  # crops drawn so far: a resumed run sees new crops
+
+    def add_pairs(count: int) -> None:
+        nonlocal drawn
+        items = [crops[(drawn + k) % len(crops), (drawn + k) // len(crops)] for k in range(count)]
+        drawn += count
+        cache.extend(make_pairs(extractor, torch.stack(items), config.keypoints, config.homography,
+                                config.augment, generator))
+        del cache[:max(0, len(cache) - config.cache_pairs)]
+
+    add_pairs(max(config.batch, config.new_pairs))
+    sums: dict[str, float] = {}
+    start = time.perf_counter()
+    with log_path.open("a") as log:
+        while step < config.steps:
+            add_pairs(config.new_pairs)
+            batch = collate(rng.sample(cache, min(config.batch, len(cache))))
+            terms = pair_loss(model, batch, config.match_px, config.unmatched_px)
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            step += 1
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            sums["n"] = sums.get("n", 0) + 1
+            if step % config.log_every == 0 or step == config.steps:
+                n = sums.pop("n")
+                row = {"step": step, **{k: round(v / n, 4) for k, v in sums.items()},
+                       "s_per_step": round((time.perf_counter() - start) / n, 3), "cache": len(cache)}
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+                print(json.dumps(row), flush=True)
+                sums, start = {}, time.perf_counter()
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                model.save(last, info={"step": step, "extractor": config.extractor})
+                torch.save({"optimizer": optimizer.state_dict(), "step": step}, state_path)
+    return last
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m silk_keypoints.training.glue", description=__doc__.split("\n")[0])
+    d = GlueTrainConfig()
+    p.add_argument("--images", required=True, help="training photo folder (its training split is used)")
+    p.add_argument("--out", default=d.out, help="run folder: log.jsonl, last.safetensors, state.pt")
+    p.add_argument("--extractor", default=d.extractor, help="shipped SiLK model giving the features (frozen)")
+    for name in ("steps", "batch", "keypoints", "crop", "cache_pairs", "new_pairs", "log_every",
+                 "checkpoint_every", "seed"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--width", type=int, default=d.glue.width)
+    p.add_argument("--layers", type=int, default=d.glue.layers)
+    p.add_argument("--heads", type=int, default=d.glue.heads)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (weights, optimizer, step)")
+    p.add_argument("--init-from", metavar="FILE", help="start from these SiLKGlue weights")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    glue = GlueConfig(width=a.width, layers=a.layers, heads=a.heads)
+    config = GlueTrainConfig(
+        images=a.images, out=a.out, extractor=a.extractor, glue=glue, steps=a.steps, batch=a.batch,
+        keypoints=a.keypoints, crop=a.crop, lr=a.lr, cache_pairs=a.cache_pairs, new_pairs=a.new_pairs,
+        log_every=a.log_every, checkpoint_every=a.checkpoint_every, seed=a.seed)
+    try:
+        path = train(config, resume=a.resume, init_from=a.init_from)
+    except SilkError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"weights: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

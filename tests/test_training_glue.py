@@ -1,0 +1,92 @@
+"""SiLKGlue training: ground truth from a known warp, the NLL, one step on tiny data, a resumed run."""
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from silk_keypoints.glue import SiLKGlue
+from silk_keypoints.training.glue import (
+    IGNORE,
+    UNMATCHED,
+    Pair,
+    collate,
+    glue_loss,
+    ground_truth,
+    main,
+    pair_loss,
+)
+
+IMAGES = Path(__file__).parent / "fixtures" / "images"
+SIZE = torch.tensor([[100.0, 80.0]])
+
+
+def test_ground_truth_labels_from_a_shift():
+    H = torch.tensor([[[1.0, 0, 10], [0, 1, 0], [0, 0, 1]]])  # view 1 = view 0 moved 10 px right
+    k0 = torch.tensor([[[20.0, 20], [50, 50], [95, 10], [30, 60]]])
+    # match of 0 (1 px off), of 1 (2.5 px off), none for 2 (lands outside view 1), 4 px from point 3 (ignored)
+    k1 = torch.tensor([[[31.0, 20], [62.5, 50], [10, 70], [44, 60], [10, 10]]])
+    l0, l1 = ground_truth(k0, k1, H, SIZE, SIZE)
+    assert l0.tolist() == [[0, 1, UNMATCHED, IGNORE]]
+    # point 2 of view 1 is far from every warped point; 4 of view 1 comes from outside view 0
+    assert l1.tolist() == [[0, 1, UNMATCHED, IGNORE, UNMATCHED]]
+    mask1 = torch.tensor([[False, True, True, True, True]])
+    l0, l1 = ground_truth(k0, k1, H, SIZE, SIZE, mask1=mask1)
+    assert l1[0, 0] == IGNORE and l0[0, 0] == UNMATCHED  # a padded keypoint is no correspondence
+
+
+def test_loss_is_the_nll_of_the_labelled_assignment():
+    log_p = torch.log(torch.tensor([[[0.5, 0.1], [0.2, 0.3]]]))
+    un0, un1 = torch.log(torch.tensor([[0.4, 0.6]])), torch.log(torch.tensor([[0.7, 0.2]]))
+    terms = glue_loss(log_p, un0, un1, torch.tensor([[0, UNMATCHED]]), torch.tensor([[0, IGNORE]]))
+    expected = 0.5 * -torch.log(torch.tensor(0.5)) + 0.5 * -torch.log(torch.tensor(0.6))
+    assert torch.allclose(terms["loss"], expected) and terms["matches"] == 1 and terms["unmatched"] == 1
+
+
+def tiny_pairs(n: int = 2, k: int = 20, dim: int = 16) -> list:
+    g = torch.Generator().manual_seed(0)
+    pairs = []
+    for i in range(n):
+        k0 = torch.rand(k - i, 2, generator=g) * 90
+        H = torch.tensor([[1.0, 0, 5], [0, 1, -3], [0, 0, 1]])
+        d0 = F.normalize(torch.randn(k - i, dim, generator=g), dim=1)
+        noise = 0.1 * torch.randn(k - i, dim, generator=g)
+        pairs.append(Pair(k0, d0.half(), k0 + torch.tensor([5.0, -3.0]), F.normalize(d0 + noise, dim=1).half(),
+                          H, (100, 80)))
+    return pairs
+
+
+def test_one_training_step_is_finite_and_reaches_every_parameter():
+    torch.manual_seed(0)
+    model = SiLKGlue(descriptor_dim=16, width=16, heads=2, layers=2)
+    batch = collate(tiny_pairs())
+    assert batch["mask0"].sum(1).tolist() == [20, 19]  # unequal counts padded
+    terms = pair_loss(model, batch)
+    assert torch.isfinite(terms["loss"]) and terms["matches"] > 0
+    terms["loss"].backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = float(terms["loss"].detach())
+    for _ in range(3):
+        opt.zero_grad()
+        loss = pair_loss(model, batch)["loss"]
+        loss.backward()
+        opt.step()
+    assert float(pair_loss(model, batch)["loss"].detach()) < before
+
+
+def test_training_run_logs_checkpoints_and_resumes(tmp_path, capsys):
+    args = ["--images", str(IMAGES), "--out", str(tmp_path / "run"), "--extractor", "tiny", "--batch", "2",
+            "--keypoints", "24", "--crop", "64", "--width", "16", "--heads", "2", "--layers", "1",
+            "--log-every", "1", "--checkpoint-every", "2", "--threads", "1"]
+    assert main(args + ["--steps", "2"]) == 0
+    assert main(args + ["--steps", "3", "--resume"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(r["loss"] == r["loss"] for r in rows)
+    model = SiLKGlue.from_file(tmp_path / "run" / "last.safetensors")
+    assert model.conf.width == 16 and model.conf.descriptor_dim == 64
+    assert torch.load(tmp_path / "run" / "state.pt", weights_only=True)["step"] == 3
+    assert main(["--images", str(tmp_path / "nothing"), "--out", str(tmp_path / "r2")]) == 2
+    assert "no training images" in capsys.readouterr().err
