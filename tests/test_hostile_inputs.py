@@ -483,7 +483,7 @@ CLI_CASES = [
     err("extract-config-negative", "extract {a} --out {tmp}/f.h5 --checkpoint {dir}/neg_channels.safetensors",
         "channels must be a non-empty list of positive ints"),
     err("extract-no-metadata", "extract {a} --out {tmp}/f.h5 --checkpoint {dir}/nometa.safetensors",
-        "no silk-keypoints config"),
+        "is not a silk-keypoints-weights file"),
     err("extract-ema-without-weights", "extract {a} --out {tmp}/f.h5 --checkpoint {dir}/ema.pt",
         "'ema' (the weight average) has no 'weights'"),
     err("extract-training-config-abc", "extract {a} --out {tmp}/f.h5 --checkpoint {dir}/cfg.pt",

@@ -30,10 +30,14 @@ def tiny():
 
 
 @pytest.fixture(scope="module")
-def tiny_onnx(tiny, tmp_path_factory):
+def tiny_onnx_path(tiny, tmp_path_factory):
     path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
-    export_onnx(tiny, path, dynamic=True, example_size=(64, 80))
-    return OnnxSiLK(path, threads=2)
+    return export_onnx(tiny, path, dynamic=True, example_size=(64, 80))
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tiny_onnx_path):
+    return OnnxSiLK(tiny_onnx_path, threads=2)
 
 
 def test_dense_outputs_equal_torch_on_parity_fixture(parity_model, parity_onnx, parity_ref):
@@ -93,13 +97,6 @@ def test_trained_tiny_model(tmp_path):
     assert_same_extraction(ours, model.extract(image, max_keypoints=1000, exact=True, neighbours=True))
 
 
-def test_local_contrast_model(tmp_path):
-    model = make_model(variant_config("tiny").replace(contrast_window=15))
-    runner = OnnxSiLK(export_onnx(model, tmp_path / "lcn.onnx", dynamic=True, example_size=(64, 80)))
-    image = torch.rand(1, 1, 71, 90)
-    assert_same_extraction(runner.extract(image, max_keypoints=200), model.extract(image, max_keypoints=200))
-
-
 def test_one_file_two_sizes_and_a_batch(tiny, tiny_onnx):
     assert tiny_onnx.input_shape[2:] == ["height", "width"]
     for shape in [(1, 1, 64, 80), (2, 1, 97, 121)]:
@@ -125,18 +122,8 @@ def test_numpy_and_uint8_images(tiny, tiny_onnx):
     assert_same_extraction(tiny_onnx.extract(image, max_keypoints=60), tiny.extract(image, max_keypoints=60))
 
 
-def test_compare_with_torch_is_small_for_a_good_export(tiny, tmp_path):
-    path = export_onnx(tiny, tmp_path / "tiny.onnx", dynamic=True, example_size=(64, 80))
-    assert compare_with_torch(tiny, path, (48, 64)) < 1e-4
-
-
-def test_fixed_shape_export_rejects_other_sizes(tiny, tmp_path):
-    path = export_onnx(tiny, tmp_path / "fixed.onnx", dynamic=False, example_size=(64, 80))
-    runner = OnnxSiLK(path)
-    assert runner.input_shape == [1, 1, 64, 80]
-    assert runner.extract(torch.rand(1, 1, 64, 80), max_keypoints=10)["keypoints"].shape == (1, 10, 2)
-    with pytest.raises(SilkError, match="re-export it with --dynamic"):
-        runner.extract(torch.rand(1, 1, 64, 96))
+def test_compare_with_torch_is_small_for_a_good_export(tiny, tiny_onnx_path):
+    assert compare_with_torch(tiny, tiny_onnx_path, (48, 64)) < 1e-4
 
 
 # -------------------------------------------------------------------------------- CLI and bad input
@@ -173,16 +160,24 @@ def test_cli_export(tmp_path, tiny, tiny_weights, capsys):
     assert_same_extraction(runner.extract(x, max_keypoints=40), tiny.extract(x, max_keypoints=40))
     assert main(["export", "onnx", "--checkpoint", str(tiny_weights), "--out", str(out)]) == 2
     assert "exists: pass --overwrite" in capsys.readouterr().err
-    static = tmp_path / "static.onnx"
-    assert main(["export", "onnx", "--checkpoint", str(tiny_weights), "--out", str(static), "--static", "64", "80"]) == 0
+    static = tmp_path / "static.onnx"  # a fixed graph, with a newer opset than the default
+    assert main(["export", "onnx", "--checkpoint", str(tiny_weights), "--out", str(static), "--static", "64", "80",
+                 "--opset", "20"]) == 0
     assert "fixed 1x64x80" in capsys.readouterr().out
+    import onnx
     import onnxruntime
 
+    assert [o.version for o in onnx.load(str(static)).opset_import if o.domain == ""] == [20]
     shapes = [onnxruntime.InferenceSession(str(f), providers=["CPUExecutionProvider"]).get_inputs()[0].shape
               for f in (out, static)]
     assert shapes[1] == [1, 1, 64, 80] and all(isinstance(d, str) for d in [shapes[0][0], *shapes[0][2:]])
-    assert main(["export", "onnx", "--checkpoint", str(tiny_weights), "--out", str(out), "--dynamic",
-                 "--overwrite"]) == 0  # the old flag: the default, accepted
+    fixed = OnnxSiLK(static)
+    assert fixed.extract(torch.rand(1, 1, 64, 80), max_keypoints=10)["keypoints"].shape == (1, 10, 2)
+    with pytest.raises(SilkError, match="re-export it with --dynamic"):
+        fixed.extract(torch.rand(1, 1, 64, 96))
+    # the old flag --dynamic (now the default) is still accepted: parsed, then the overwrite rule answers
+    assert main(["export", "onnx", "--checkpoint", str(tiny_weights), "--out", str(out), "--dynamic"]) == 2
+    assert "exists: pass --overwrite" in capsys.readouterr().err
 
 
 def test_cli_errors_leave_no_file(tmp_path, tiny_weights, parity_ckpt, capsys):
@@ -279,8 +274,3 @@ def test_not_a_silk_onnx_file(tmp_path):
         OnnxSiLK(path)
 
 
-def test_export_with_a_newer_opset(tmp_path):
-    import onnx
-
-    path = export_onnx(micro_model(), tmp_path / "t.onnx", opset=20, dynamic=False, example_size=(40, 48))
-    assert [o.version for o in onnx.load(str(path)).opset_import if o.domain == ""] == [20]
