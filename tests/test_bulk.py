@@ -219,3 +219,12 @@ def test_match_pairs_resumes_and_refuses_other_settings(setup, tmp_path, capsys)
 def test_summary_line():
     s = RunSummary(done=3, skipped=2, failed=[("a", "bad")], seconds=1.5)
     assert s.line("images", "f.h5") == "wrote 3 images to f.h5 (2 already there, 1 failed: see f.h5.failed.txt) in 1.5 s, 2.00 images/s"
+
+
+def test_keep_memory_flat_sets_the_glibc_threshold():
+    import platform
+
+    from silk_keypoints.bulk import keep_memory_flat
+
+    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert keep_memory_flat() is expected

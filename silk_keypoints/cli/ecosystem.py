@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..bulk import match_to_h5
+from ..bulk import keep_memory_flat, match_to_h5
 from ..devices import setup_distributed
 from ..ecosystem.colmap import CAMERA_MODELS, build_colmap_database, image_names
 from ..ecosystem.hloc import feature_names, merge_h5, read_features
@@ -95,6 +95,7 @@ def run_match_pairs(args: argparse.Namespace) -> int:
     rank, _, device = setup_distributed(args.device)
     pairs = read_pairs(args.pairs, known=feature_names(args.features), where=args.features)
     matcher = Matcher(args.matcher, **matcher_options(args))
+    keep_memory_flat()
     summary = match_to_h5(args.features, pairs, args.out, matcher, device=device, overwrite=args.overwrite,
                           progress=not args.quiet)
     if rank == 0:

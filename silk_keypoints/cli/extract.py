@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..bulk import extract_to_h5, failed_list_path
+from ..bulk import extract_to_h5, failed_list_path, keep_memory_flat
 from ..devices import setup_distributed
 from ..errors import SilkError
 from ..io import named_images
@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args, device)
     opts = detection_options(args)
     weights = weights_path(args)
+    keep_memory_flat()
     summary = extract_to_h5(model, images, args.out, resize=args.resize, options=opts, model_name=weights.stem,
                             weights=weights, workers=args.workers, batch_size=args.batch_size, strict=args.strict,
                             overwrite=args.overwrite, progress=not args.quiet)
