@@ -63,8 +63,9 @@ def prepare_image(
     if not isinstance(image, np.ndarray):
         reduce = jpeg_reduction(image, resize)  # a JPEG much larger than ``resize``: decoded shrunk
         size = upright_size(image) if reduce > 1 else None
-        image = load_image(image, gray=gray, max_pixels=max_pixels, reduce=reduce if size else 1)
-        reduce = reduce if size else 1
+        if size is None:  # no shrunk decode without the file's size to map keypoints back to
+            reduce = 1
+        image = load_image(image, gray=gray, max_pixels=max_pixels, reduce=reduce)
     elif gray and image.ndim == 3:
         image = rgb_to_gray_uint8(image)
     h, w = image.shape[:2]
