@@ -5,7 +5,8 @@ the real command line as subprocesses and prints one table of ratios measured in
 
     python benchmarks/extract_scale.py --images 500
 
-Columns: images/s (excluding start-up: the command's own timing), ratio to the serial path (--workers 0),
+Columns: images/s (excluding start-up: the command's own timing), ratio to the serial path (--workers 0, one
+torch thread; also run with torch's default threads),
 peak RSS of the process tree. Then the kill test: SIGKILL at ~50 % of the serial run's time, rerun, the number
 of images the rerun extracted, and whether the final file equals the uninterrupted run's.
 """
@@ -87,13 +88,16 @@ def main() -> None:
             if args.resize:
                 common += ["--resize", str(args.resize)]
             serial = None
-            runs = [("serial (--workers 0)", silk, []), ("--workers 2", silk, ["--workers", "2"]),
-                    ("2 torchrun processes", torchrun, []),
-                    ("2 torchrun processes, --workers 1 each", torchrun, ["--workers", "1"])]
-            for label, launcher, extra in runs:
-                out = tmp / f"{model}-{len(extra)}-{len(launcher)}.h5"
+            default_threads = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+            runs = [("serial (--workers 0)", silk, [], env),
+                    ("serial, torch's default threads", silk, [], default_threads),
+                    ("--workers 2", silk, ["--workers", "2"], env),
+                    ("2 torchrun processes", torchrun, [], env),
+                    ("2 torchrun processes, --workers 1 each", torchrun, ["--workers", "1"], env)]
+            for i, (label, launcher, extra, run_env) in enumerate(runs):
+                out = tmp / f"{model}-{i}.h5"
                 t = time.perf_counter()
-                stdout, rss = run([*launcher, *common, "--out", str(out), *extra], env)
+                stdout, rss = run([*launcher, *common, "--out", str(out), *extra], run_env)
                 wall = time.perf_counter() - t
                 r = rate(stdout)
                 serial = serial or (r, out, wall)

@@ -60,7 +60,8 @@ def build(args: argparse.Namespace) -> list[Extractor]:
     """Every row, in table order: ours plain, ours + pair refinement, peers, OpenCV baselines."""
     k = args.max_keypoints
     models = list(args.models) + (["vgg4"] if args.vgg4 else [])
-    ours = [(name, SiLK.from_pretrained(name).eval()) for name in models]
+    ours = [(Path(name).stem, SiLK.from_checkpoint(name).eval()) if Path(name).is_file()  # a weight file
+            else (name, SiLK.from_pretrained(name).eval()) for name in models]
     out: list[Extractor] = [ModelExtractor(m, name, max_keypoints=k, neighbours=False) for name, m in ours]
     out += [ModelExtractor(m, f"{name}+pairref", max_keypoints=k, neighbours=True) for name, m in ours]
     out += peer_extractors(list(args.peers), args.peers_dir, k)
@@ -220,7 +221,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_set_args(p)
     p.set_defaults(sequences=10, strength=(0.5, 2.0), viewpoint_light=1.0)
-    p.add_argument("--models", nargs="*", default=["fast", "tiny"], help="shipped model names")
+    p.add_argument("--models", nargs="*", default=["fast", "tiny"], help="shipped model names or weight files")
     p.add_argument("--vgg4", action="store_true", help="also the (slow) vgg4 model")
     p.add_argument("--peers", nargs="*", default=list(PEERS), choices=PEERS)
     p.add_argument("--peers-dir", default="../shared/peers", help="folder of the peers' weight files")

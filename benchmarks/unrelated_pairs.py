@@ -4,8 +4,10 @@ Related pairs, all made from the *validation* split of a photo folder
 (:func:`silk_keypoints.training.data.split_train_val`, never trained on): the default and the hard
 (``--strength 0.5 2``) validation sequences (benchmarks/validation.py, pairs 1-k), a rendered 3-D scene of
 planes textured with validation photos (:func:`~silk_keypoints.evaluation.testdata.make_pose_dataset`, every
-pair of 6 views) and the shipped demo pair (box, box_in_scene: real photos). Unrelated pairs: every pair of two
-different validation photos and each demo image with each validation photo.
+pair of 6 views) and the shipped demo pair (box, box_in_scene: real photos), and with ``--pairs DIR`` six real pairs of one
+scene each (benchmarks/fetch_pairs.sh: a hand-held viewpoint change, aerial photos, a street, video frames, a
+rendered mesh). Unrelated pairs: every pair of two different validation photos, each demo image with each
+validation photo, and with ``--pairs`` one view of each real scene with one of every other.
 
 For each gate and model: the share of the related pairs' verified inliers (no gate = 100 %) it keeps, and the
 mean / max number of verified matches of the unrelated pairs. Verified = inliers of the geometry each command
@@ -14,7 +16,8 @@ fits: a USAC_MAGSAC homography at 3 px (``silk match``'s default) and COLMAP's o
 (``min_inliers``; ``min_inlier_ratio`` of the homography, ``silk match``'s default gate) zeroes a pair whose
 verification keeps fewer inliers.
 
-    python benchmarks/unrelated_pairs.py --photos ../shared/data/train-photos --models fast tiny
+    bash benchmarks/fetch_pairs.sh /tmp/real-pairs
+    python benchmarks/unrelated_pairs.py --photos ../shared/data/train-photos --models fast tiny --pairs /tmp/real-pairs
 """
 
 from __future__ import annotations
@@ -53,6 +56,9 @@ class Gate:
     double_softmax: float | None = None  # keep 1 - P < this (the double softmax's own mutual NN)
     min_inliers: int = 0
     min_inlier_ratio: float = 0.0  # of the homography (silk match's pair gate)
+    # the pair-list gate of silk match-pairs / silk colmap: COLMAP's verification only for pairs whose homography
+    # passes the gate, fitted on the matched keypoints themselves (features.h5 holds no neighbours to refine with)
+    homography_first: bool = False
 
 
 GATES = [
@@ -63,6 +69,8 @@ GATES = [
     Gate("mnn, >= 15 inliers", min_inliers=15),
     Gate("mnn, >= 15 inliers and >= 5% (default)", min_inliers=15, min_inlier_ratio=0.05),
     *(Gate(f"similarity >= {s}, >= 15 inliers", min_similarity=s, min_inliers=15) for s in (0.8, 0.82)),
+    Gate("mnn, homography on keypoints >= 15 and >= 5%, then COLMAP (match-pairs, colmap default)",
+         min_inliers=15, min_inlier_ratio=0.05, homography_first=True),
 ]
 DS_THRESHOLD = max(g.double_softmax or 0 for g in GATES)
 
@@ -81,11 +89,20 @@ def related_pairs(args: argparse.Namespace, tmp: str, val_folder: Path) -> list[
     views = sorted((scene / "images").glob("view*.jpg"))
     pairs += [("3-D scene", a, b) for a, b in itertools.combinations(views, 2)]
     pairs.append(("demo", *DEMO_PAIR))
-    return pairs
+    return pairs + [("real", a, b) for a, b in real_pairs(args.pairs)]
 
 
-def unrelated_pairs(val: list[Path]) -> list[tuple[str, Any, Any]]:
+def real_pairs(folder: str | None) -> list[tuple[Path, Path]]:
+    """The pairs of a benchmarks/fetch_pairs.sh folder (its pairs.txt), or none."""
+    if not folder:
+        return []
+    lines = (Path(folder) / "pairs.txt").read_text().split("\n")
+    return [(Path(folder) / a, Path(folder) / b) for a, b in (line.split() for line in lines if line.strip())]
+
+
+def unrelated_pairs(val: list[Path], real: list[tuple[Path, Path]]) -> list[tuple[str, Any, Any]]:
     pairs = [("photos", a, b) for a, b in itertools.combinations(val, 2)]
+    pairs += [("real", a[0], b[1]) for a, b in itertools.permutations(real, 2)]  # views of different real scenes
     return pairs + [("demo", d, p) for d in DEMO_PAIR for p in val]
 
 
@@ -98,6 +115,7 @@ class PairMatches:
         out = Matcher("mnn", max_distance=None)({"image0": f0, "image1": f1})
         self.m = out["matches"][0].numpy()
         self.points = out["points0"][0].numpy(), out["points1"][0].numpy()
+        self.keypoints = f0.keypoints[0, self.m[:, 0]].numpy(), f1.keypoints[0, self.m[:, 1]].numpy()
         d0, d1 = (F.normalize(f.descriptors[0].double(), dim=1) for f in (f0, f1))
         sim = d0 @ d1.T
         self.sim = sim[self.m[:, 0], self.m[:, 1]].numpy()
@@ -116,10 +134,13 @@ class PairMatches:
         else:
             keep = (self.sim >= gate.min_similarity) & (self.ratio < gate.max_ratio)
             m, points, key = self.m[keep], [p[keep] for p in self.points], ("mnn", keep.tobytes())
-        key = key + (colmap,)
+        if gate.homography_first:
+            points = [p[keep] for p in self.keypoints]
+        key = key + (colmap, gate.homography_first)
         if key not in self.cache:
             h = estimate_homography(*points, threshold=3.0, seed=0).num_inliers if len(m) >= 4 else 0
-            c = self.colmap_inliers(m) if colmap else -1
+            passed = h >= gate.min_inliers and h >= gate.min_inlier_ratio * len(m)
+            c = self.colmap_inliers(m) if colmap and (passed or not gate.homography_first) else 0 if colmap else -1
             self.cache[key] = (len(m), h, c)
         n, h, c = self.cache[key]
         h = h if h >= gate.min_inliers and h >= gate.min_inlier_ratio * n else 0
@@ -159,17 +180,20 @@ def main() -> None:
     p.add_argument("--resize", type=int, default=640, help="long side of the unrelated photos")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--colmap-every", type=int, default=8, help="no gate: COLMAP on every N-th unrelated pair")
+    p.add_argument("--pairs", default=None, help="real pairs of one scene (benchmarks/fetch_pairs.sh makes the folder)")
+    p.add_argument("--gates", nargs="*", default=None, metavar="TEXT",
+                   help="only the gates whose name contains one of these (default: all; 'none' is always run)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     _, val = split_train_val(sorted(Path(args.photos).glob("*.jpg")))
     with tempfile.TemporaryDirectory() as tmp:
         related = related_pairs(args, tmp, val[0].parent)
-        unrelated = unrelated_pairs(val)
+        unrelated = unrelated_pairs(val, real_pairs(args.pairs))
         print(f"{len(related)} related pairs ({len({r[0] for r in related})} kinds), {len(unrelated)} unrelated "
               f"pairs of {len(val)} validation photos + the 2 demo images, {args.max_keypoints} keypoints\n")
-        print("| model | gate | related kept, H | hard set kept, H | related kept, COLMAP | unrelated matches | "
-              "unrelated H inliers mean / max | unrelated COLMAP inliers mean / max |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        print("| model | gate | related kept, H | hard set kept, H | related kept, COLMAP | real pairs kept, COLMAP "
+              "| unrelated matches | unrelated H inliers mean / max | unrelated COLMAP inliers mean / max |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for name in args.models:
             model = SiLK.from_pretrained(name).eval()
             feats = FeatureCache(model, args.resize, args.max_keypoints)
@@ -180,10 +204,11 @@ def main() -> None:
             kinds = np.array([k for k, _, _ in related])
             print(f"{name}: features and matches done", flush=True)
             base = None
-            for gate in GATES:
+            gates = [g for g in GATES if g is GATES[0] or args.gates is None or any(t in g.name for t in args.gates)]
+            for gate in gates:
                 # a gate keeping hundreds of false matches on unrelated pairs makes COLMAP's RANSAC run its maximum
                 # number of trials (~1 s a pair): then only every --colmap-every-th unrelated pair is verified
-                many = np.mean([pm.verified(gate, False)[0] for pm in unr]) > 100
+                many = np.mean([pm.verified(gate, False)[0 if not gate.homography_first else 1] for pm in unr]) > 100
                 sub = args.colmap_every if many else 1
                 r = np.array([pm.verified(gate, True) for pm in rel])
                 u = np.array([pm.verified(gate, i % sub == 0) for i, pm in enumerate(unr)])
@@ -191,8 +216,10 @@ def main() -> None:
                     base = r
                 kept = r[:, 1:].sum(0) / base[:, 1:].sum(0)
                 hard = r[kinds == "hard", 1].sum() / base[kinds == "hard", 1].sum()
+                real = r[kinds == "real", 2].sum() / max(base[kinds == "real", 2].sum(), 1)
                 uc = u[u[:, 2] >= 0, 2]
-                print(f"| {name} | {gate.name} | {kept[0]:.1%} | {hard:.1%} | {kept[1]:.1%} | {u[:, 0].mean():.1f} | "
+                print(f"| {name} | {gate.name} | {kept[0]:.1%} | {hard:.1%} | {kept[1]:.1%} | "
+                      + (f"{real:.1%}" if args.pairs else "—") + f" | {u[:, 0].mean():.1f} | "
                       f"{u[:, 1].mean():.1f} / {u[:, 1].max()} | {uc.mean():.1f} / {uc.max()}"
                       + (f" ({len(uc)} pairs)" if sub > 1 else "") + " |", flush=True)
 

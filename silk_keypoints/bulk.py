@@ -1,8 +1,9 @@
 """Many images or pairs into one hloc file: resumable, parallel decoding, sharded across ``torchrun`` ranks.
 
 :func:`extract_to_h5` is ``silk extract``: images are decoded and resized by ``DataLoader`` worker processes
-(prefetch bounded to two images per worker, so memory stays flat), equal-size images run through the network
-in batches of up to ``batch_size``, and each image is written to ``features.h5`` as it finishes
+(prefetch bounded to two batches per worker, so memory stays flat), which on CPU also run the network (on a GPU
+the main process does), equal-size images run through the network in batches of up to ``batch_size``, and each
+image is written to ``features.h5`` as it finishes
 (:class:`~silk_keypoints.ecosystem.hloc.H5Store`): a rerun skips the images already there. An image that
 fails (corrupt, too small) is reported and skipped, listed in ``<out>.failed.txt``.
 :func:`match_to_h5` does the same for the pairs of ``silk match-pairs``.
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import cv2
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
@@ -52,23 +54,27 @@ T = TypeVar("T")
 
 @dataclass
 class RunSummary:
-    """What a run did: items ``done`` now, ``skipped`` (already in the output), ``failed`` (name, reason)."""
+    """What a run did: items ``done`` now, ``skipped`` (already in the output), ``failed`` (name, reason),
+    ``rejected`` (pairs done with no matches: the unrelated-pairs gate)."""
 
     done: int = 0
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    rejected: int = 0
 
     def add(self, other: RunSummary) -> None:
         self.done += other.done
         self.skipped += other.skipped
         self.failed += other.failed
+        self.rejected += other.rejected
 
     def line(self, what: str, out: str | os.PathLike) -> str:
         """One line: ``wrote 480 images to OUT (20 already there, 2 failed: see OUT.failed.txt) in 63 s ...``."""
         rate = f", {self.done / self.seconds:.2f} {what}/s" if self.seconds > 0 and self.done else ""
         failed = f", {len(self.failed)} failed: see {failed_list_path(out)}" if self.failed else ""
-        return (f"wrote {self.done} {what} to {out} ({self.skipped} already there{failed}) in "
+        rejected = f", {self.rejected} with no matches: unrelated-pairs gate" if self.rejected else ""
+        return (f"wrote {self.done} {what} to {out} ({self.skipped} already there{failed}{rejected}) in "
                 f"{self.seconds:.1f} s{rate}")
 
 
@@ -128,8 +134,12 @@ class ImageDataset(Dataset):
         return {"name": name, "image": torch.from_numpy(image), "scale": scale, "size": size}
 
 
-def image_loader(dataset: ImageDataset, workers: int = 0) -> Iterator[dict[str, Any]]:
-    """Items of ``dataset`` in order, decoded by ``workers`` processes (0: in this one), two ahead per worker.
+def image_loader(dataset: ImageDataset, workers: int = 0, batch_size: int = 1,
+                 network: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
+                 ) -> Iterator[list[dict[str, Any]]]:
+    """Items of ``dataset`` in order, in lists of up to ``batch_size`` consecutive ones, decoded by ``workers``
+    processes (0: in this one), two lists ahead per worker; ``network`` (if given) runs on each list where it
+    was decoded, so each worker also runs the network (on ``torch.get_num_threads() // workers`` threads).
 
     With workers, OpenCV's thread pool of this process is shut down while they run (``cv2.setNumThreads(1)``,
     restored after): forked workers that inherit a pool whose threads they do not have hang in their first
@@ -140,14 +150,62 @@ def image_loader(dataset: ImageDataset, workers: int = 0) -> Iterator[dict[str, 
     if workers:
         cv2.setNumThreads(1)
     try:
-        yield from DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_as_is,
-                              prefetch_factor=2 if workers else None)
+        yield from DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                              collate_fn=network or _as_is, prefetch_factor=2 if workers else None,
+                              worker_init_fn=_WorkerThreads(max(1, torch.get_num_threads() // max(workers, 1))))
     finally:
         cv2.setNumThreads(threads)
 
 
-def _as_is(item: Any) -> Any:
-    return item
+def _as_is(items: Any) -> Any:
+    return items
+
+
+@dataclass
+class _WorkerThreads:
+    """``worker_init_fn``: torch threads of a worker (the ``DataLoader`` sets 1)."""
+
+    threads: int
+
+    def __call__(self, worker: int) -> None:
+        torch.set_num_threads(self.threads)
+
+
+@dataclass
+class ImageNetwork:
+    """Runs the network on a list of :class:`ImageDataset` items: each run of consecutive equal-size images is
+    one batch (:func:`~silk_keypoints.image_features.batch_features`); returns the items with ``features``
+    (hloc's arrays, as tensors of their own: they leave a worker through shared memory) in place of ``image``,
+    or ``error`` for a batch that failed.
+    It is the ``collate_fn`` of :func:`image_loader`, so on CPU it runs inside the decoding workers."""
+
+    model: Any
+    options: dict[str, Any]
+
+    def __call__(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        i = 0
+        while i < len(items):
+            if "error" in items[i]:
+                out.append(items[i])
+                i += 1
+                continue
+            j = i + 1
+            while j < len(items) and "error" not in items[j] and items[j]["image"].shape == items[i]["image"].shape:
+                j += 1
+            group, i = items[i:j], j
+            try:
+                feats = batch_features(self.model, [g["image"].numpy() for g in group], [g["scale"] for g in group],
+                                       [g["size"] for g in group], **self.options)
+            except SilkError as e:
+                out += [{"name": g["name"], "error": str(e)} for g in group]
+            else:
+                out += [{"name": g["name"], "features": _tensors(f.to_numpy())} for g, f in zip(group, feats)]
+        return out
+
+
+def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
 
 
 # ------------------------------------------------------------------------------------------------ extraction
@@ -174,7 +232,8 @@ def extract_to_h5(
             ``model_name``, ``weights`` and options (:func:`~silk_keypoints.ecosystem.hloc.feature_provenance`),
             else refused; ``overwrite`` starts over.
         resize, options: long side and detection options, as :func:`~silk_keypoints.image_features.extract_image`.
-        workers: decoding processes (0: decode in this process).
+        workers: decoding processes (0: decode in this process); with the model on CPU each also runs the
+            network, on ``torch.get_num_threads() // workers`` threads (at least 1).
         batch_size: run up to this many consecutive images of equal size as one batch (results then differ
             from single images by float rounding, ~1e-6).
         strict: stop at the first image that fails (:class:`SilkError`) instead of skipping it.
@@ -188,40 +247,23 @@ def extract_to_h5(
     options = dict(options or {})
     attrs = feature_provenance(model_name, weights, {"resize": resize, **options})
 
+    network = ImageNetwork(model, options)
+    in_workers = workers > 0 and _device(model).type == "cpu"  # on a GPU the workers decode, this process infers
+
     def work(store: H5Store, todo: list[tuple[str, Path]], bar: tqdm) -> RunSummary:
-        summary, pending = RunSummary(), []
-
-        def run_batch() -> None:
-            try:
-                feats = batch_features(model, [p["image"].numpy() for p in pending], [p["scale"] for p in pending],
-                                       [p["size"] for p in pending], **options)
-            except SilkError as e:
-                fail([(p["name"], str(e)) for p in pending])
-            else:
-                for p, f in zip(pending, feats):
-                    store.add_features(p["name"], f.to_numpy())
+        summary = RunSummary()
+        dataset = ImageDataset(todo, model.config.in_channels == 1, resize, max_pixels=model.config.max_pixels)
+        for items in image_loader(dataset, workers, batch_size, network if in_workers else None):
+            for item in items if in_workers else network(items):
+                if "error" in item:
+                    if strict:
+                        raise SilkError(f"{item['error']} (--strict stops at the first failure)")
+                    tqdm.write(f"skipped {item['name']}: {item['error']}", file=sys.stderr)
+                    summary.failed.append((item["name"], item["error"]))
+                else:
+                    store.add_features(item["name"], {k: v.numpy() for k, v in item["features"].items()})
                     summary.done += 1
-            bar.update(len(pending))
-            pending.clear()
-
-        def fail(items: list[tuple[str, str]]) -> None:
-            if strict:
-                raise SilkError(f"{items[0][1]} (--strict stops at the first failure)")
-            for name, reason in items:
-                tqdm.write(f"skipped {name}: {reason}", file=sys.stderr)
-            summary.failed += items
-
-        loader = image_loader(ImageDataset(todo, model.config.in_channels == 1, resize, max_pixels=model.config.max_pixels), workers)
-        for item in loader:
-            if "error" in item:
-                fail([(item["name"], item["error"])])
                 bar.update(1)
-                continue
-            if pending and (item["image"].shape != pending[0]["image"].shape or len(pending) == batch_size):
-                run_batch()
-            pending.append(item)
-        if pending:
-            run_batch()
         return summary
 
     return run_sharded(images, out, attrs, FEATURE_KEYS, lambda done, item: item[0] in done, work,
@@ -236,15 +278,23 @@ def match_to_h5(
     device: str | torch.device = "cpu",
     overwrite: bool = False,
     progress: bool = True,
+    gate: bool = True,
+    strict: bool = False,
 ) -> RunSummary:
     """Match ``pairs`` of ``features`` into hloc's ``matches.h5``, resuming it (pairs in it, either order,
     skipped) if it was made with the same matcher settings; sharded under ``torchrun`` as
-    :func:`extract_to_h5`."""
+    :func:`extract_to_h5`. ``gate``: the unrelated-pairs gate of
+    :func:`~silk_keypoints.ecosystem.hloc.match_into`; a pair that fails (e.g. a broken image group) is
+    skipped and listed in ``<out>.failed.txt`` (``strict``: stop there)."""
     check_pair_names(features, pairs)
-    attrs = matcher_provenance(matcher)
+    attrs = matcher_provenance(matcher, gate)
 
     def work(store: H5Store, todo: list[tuple[str, str]], bar: tqdm) -> RunSummary:
-        return RunSummary(done=match_into(store, features, todo, matcher, device, bar.update))
+        try:
+            rejected, failed = match_into(store, features, todo, matcher, device, bar.update, gate, strict)
+        except SilkError as e:
+            raise SilkError(f"{e} (--strict stops at the first failure)") from None
+        return RunSummary(done=len(todo) - len(failed), failed=failed, rejected=rejected)
 
     return run_sharded(unique_pairs(pairs), out, attrs, MATCH_KEYS, pair_done, work, what="pairs", overwrite=overwrite,
                        progress=progress, flush_seconds=1.0)
@@ -335,6 +385,10 @@ def _gathered(world: int, step: Callable[[], Any], gather: bool = False) -> Any:
             result.close()
         raise SilkError("; ".join(errors))
     return [r for _, r in results] if gather else result
+
+
+def _device(model: Any) -> torch.device:
+    return next(iter(model.parameters()), torch.empty(0)).device
 
 
 def _write_failed(out: str | os.PathLike, failed: list[tuple[str, str]]) -> None:

@@ -186,6 +186,7 @@ class SiLKGlue(nn.Module):
         if unknown:
             raise SilkError(f"unknown SiLKGlue options {unknown}")
         self.conf = replace(conf, **kwargs)
+        self.source: Path | None = None  # the weight file (from_file), recorded in matches.h5
         d, h = self.conf.width, self.conf.heads
         self.input = nn.Linear(self.conf.descriptor_dim, d)
         self.rotary = _Rotary(d // h)
@@ -273,6 +274,7 @@ class SiLKGlue(nn.Module):
         model = cls(GlueConfig.from_dict(json.loads(meta["config"])))
         check_state_dict(model, state, str(path))
         model.load_state_dict(state)
+        model.source = Path(path)
         return model.eval()
 
     def save(self, path: str | os.PathLike, info: dict | None = None) -> Path:

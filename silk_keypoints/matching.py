@@ -33,6 +33,7 @@ from torch import nn
 
 from .errors import SilkError
 from .features import Features
+from .geometry import estimate_homography
 from .refinement import DEFAULT_SUBDIVISIONS, check_subdivisions, refine_matches
 
 METHODS = ("mnn", "ratio", "double-softmax")
@@ -41,9 +42,12 @@ METHODS = ("mnn", "ratio", "double-softmax")
 # of the matches is no model (match_pair's default: silk match, silk demo). GATE_MAX_DISTANCE: the optional
 # descriptor gate (Matcher(max_distance=...), --max-distance), off by default: it also drops most true matches of
 # hard real pairs.
+# Pair lists (silk match-pairs, silk colmap) have no fitted model: there the gate is a homography fitted to the
+# matches (GATE_THRESHOLD px, USAC_MAGSAC) for the relatedness test only (related_pair).
 GATE_MIN_INLIERS = 15
 GATE_MIN_INLIER_RATIO = 0.05
 GATE_MAX_DISTANCE = 0.2
+GATE_THRESHOLD = 3.0
 MATCHERS = METHODS + ("glue",)  # Matcher's methods: the descriptor rules and the learned SiLKGlue
 _BLOCK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26}  # similarity entries per block (16 MB / 256 MB float32)
 
@@ -106,6 +110,27 @@ def match_descriptors(
     return matches, scores
 
 
+def gate_passes(num_inliers: int, num_matches: int, min_inliers: int = GATE_MIN_INLIERS,
+                min_inlier_ratio: float = GATE_MIN_INLIER_RATIO) -> bool:
+    """The unrelated-pairs gate on a fitted model: at least ``min_inliers`` inliers and ``min_inlier_ratio`` of
+    the ``num_matches`` matches."""
+    return num_inliers >= min_inliers and num_inliers >= min_inlier_ratio * num_matches
+
+
+def related_pair(points0: np.ndarray | torch.Tensor, points1: np.ndarray | torch.Tensor,
+                 min_inliers: int = GATE_MIN_INLIERS, min_inlier_ratio: float = GATE_MIN_INLIER_RATIO,
+                 threshold: float = GATE_THRESHOLD) -> bool:
+    """The unrelated-pairs gate of pair lists: whether a homography fitted to the (K, 2) matched points
+    (USAC_MAGSAC at ``threshold`` px, seed 0) passes :func:`gate_passes`. A test of relatedness only: pairs
+    of one 3-D scene pass on the matches of any dominant plane or distant part (docs/ecosystem.md)."""
+    p0, p1 = (np.asarray(p.detach().cpu() if isinstance(p, torch.Tensor) else p, dtype=np.float64)
+              for p in (points0, points1))
+    if len(p0) < max(min_inliers, 4):
+        return False
+    return gate_passes(estimate_homography(p0, p1, threshold=threshold, seed=0).num_inliers, len(p0),
+                       min_inliers, min_inlier_ratio)
+
+
 class Matcher(nn.Module):
     """LightGlue-style matcher for :meth:`SiLK.extract` outputs.
 
@@ -155,6 +180,10 @@ class Matcher(nn.Module):
         self.conf = {**conf, "max_distance": max_distance}
         self.glue = None
         if method == "glue":
+            ignored = sorted(k for k, v in self.conf.items() if v is not None and k not in ("threshold", "chunk_size"))
+            if ignored:
+                raise SilkError(f"{', '.join(ignored)}: options of the descriptor rules, not of the 'glue' matcher "
+                                "(it keeps matches with P > threshold)")
             self.glue = _load_glue(glue_weights or "fast", conf.get("threshold"))
         elif glue_weights is not None:
             raise SilkError(f"glue_weights is an option of the 'glue' matcher, not of {method!r}")

@@ -7,6 +7,7 @@ benchmarks/extract_scale.py)."""
 
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import socket
 
@@ -214,6 +215,25 @@ def test_match_pairs_resumes_and_refuses_other_settings(setup, tmp_path, capsys)
     assert "other settings (matcher method: file 'mnn', this run 'ratio')" in capsys.readouterr().err
     assert main(["extract", str(images), "--out", str(root / "ref.h5"), *args, "--max-keypoints", "5"]) == 2
     assert "detection_options max_keypoints: file 30, this run 5" in capsys.readouterr().err
+
+
+def test_match_pairs_skips_and_lists_failed_pairs(setup, tmp_path, capsys):
+    root, _, _ = setup
+    feats, out, pairs = tmp_path / "f.h5", tmp_path / "m.h5", tmp_path / "pairs.txt"
+    shutil.copy(root / "ref.h5", feats)
+    with h5py.File(feats, "r+") as f:
+        del f["im0.png"]["descriptors"]  # a broken image group
+    names = feature_names(feats)
+    pairs.write_text(f"im0.png {names[1]}\n{names[1]} {names[2]}\n{names[2]} im0.png\n")
+    common = ["match-pairs", str(pairs), "--features", str(feats), "--out", str(out), "--quiet", "--no-gate"]
+    assert main(common) == 0
+    captured = capsys.readouterr()
+    assert "wrote 1 pairs" in captured.out and "2 failed: see" in captured.out
+    assert "skipped im0.png" in captured.err and "no descriptors" in captured.err
+    listed = failed_list_path(out).read_text().splitlines()
+    assert [line.split("\t")[0] for line in listed] == [f"im0.png {names[1]}", f"{names[2]} im0.png"]
+    assert main([*common, "--strict"]) == 2  # the failed pairs are retried, and --strict stops at the first
+    assert "--strict stops at the first failure" in capsys.readouterr().err
 
 
 def test_summary_line():

@@ -24,11 +24,11 @@ from silk_keypoints.files import check_overwrite
 from silk_keypoints.model.zoo import available_pretrained
 
 CLI = Path(__file__).parents[1] / "silk_keypoints" / "cli"
-MATCHING = {  # "gate": --no-gate, the unrelated-pairs gate of a fitted model; the protocols have neither option
+MATCHING = {  # "gate": --no-gate, the unrelated-pairs gate (of a fitted model, or of a pair list's homography)
     ("match", "A", "B"): {"refine": True, "max_distance": True, "gate": True},
     ("demo",): {"refine": True, "max_distance": True, "gate": True},
-    ("match-pairs", "P", "--features", "F", "--out", "O"): {"refine": False, "max_distance": True, "gate": False},
-    ("colmap", "--database", "D"): {"refine": False, "max_distance": True, "gate": False},
+    ("match-pairs", "P", "--features", "F", "--out", "O"): {"refine": False, "max_distance": True, "gate": True},
+    ("colmap", "--database", "D"): {"refine": False, "max_distance": True, "gate": True},
     ("eval", "pose", "P"): {"refine": True, "max_distance": False, "gate": False},
     ("eval", "registration", "R"): {"refine": True, "max_distance": False, "gate": False},
     ("eval", "imc2022", "T", "--submission", "S"): {"refine": True, "max_distance": False, "gate": False},

@@ -228,6 +228,11 @@ def results(generated, shipped_tiny):
         "related plain": match_pair(shipped_tiny, a, generated["warped"], **plain),
         "unrelated": match_pair(shipped_tiny, a, generated["other"]),
         "unrelated plain": match_pair(shipped_tiny, a, generated["other"], **plain),
+        "related F": match_pair(shipped_tiny, a, generated["warped"], geometry="fundamental"),
+        # at 4 px (COLMAP's threshold) chance matches fit a fundamental matrix at ~10 %
+        "unrelated F": match_pair(shipped_tiny, a, generated["other"], geometry="fundamental", ransac_threshold=4.0),
+        "unrelated F plain": match_pair(shipped_tiny, a, generated["other"], geometry="fundamental",
+                                        ransac_threshold=4.0, **plain),
         "turned": match_pair(shipped_tiny, a, generated["turned"]),
         "turned, rotations=4": match_pair(shipped_tiny, a, generated["turned"], rotations=4),
     }
@@ -241,6 +246,15 @@ def test_gate_keeps_a_related_pair_and_rejects_an_unrelated_one(results):
     assert unrelated.matcher == {"method": "mnn", "min_inliers": GATE_MIN_INLIERS,
                                  "min_inlier_ratio": GATE_MIN_INLIER_RATIO}
     assert results["unrelated plain"].geometry.success  # the gate is what rejects it
+
+
+def test_gate_of_a_fundamental_matrix_asks_for_a_homography_too(results):
+    """Chance matches of unrelated images fit an epipolar geometry at a larger share than a homography: the
+    gate rejects a fundamental matrix unless a homography also explains the matches."""
+    assert results["related F"].geometry.success and results["related F"].warning is None
+    gated, plain = results["unrelated F"], results["unrelated F plain"]
+    assert plain.geometry.success and plain.geometry.num_inliers >= 0.05 * len(plain.matches)  # passes the count rule
+    assert not gated.geometry.success and "no homography explains 15 of them" in gated.geometry.message
 
 
 def test_weak_model_warning_without_the_pair_gate(results):

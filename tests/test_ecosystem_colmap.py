@@ -388,9 +388,12 @@ def test_cli_colmap_from_h5_files(tmp_path, capsys):
 def test_build_colmap_database_extracts_and_matches(tmp_path):
     names = image_names(IMAGES)
     assert names == sorted(names) and all("/" not in n for n in names)
-    model = SiLK(variant_config("tiny")).eval()
-    counts = build_colmap_database(tmp_path / "a.db", IMAGES, model=model, extract_options={"max_keypoints": 100})
+    model = SiLK.from_pretrained("tiny")
+    counts = build_colmap_database(tmp_path / "a.db", IMAGES, model=model, extract_options={"max_keypoints": 1024})
     assert counts["images"] == len(names) and counts["pairs"] == len(names) * (len(names) - 1) // 2
+    # the unrelated-pairs gate: the box and either view of the other scene get no matches; the two views do
+    assert counts["rejected_pairs"] == 2 and counts["verified_pairs"] == 1
+    assert read_table(tmp_path / "a.db", "SELECT COUNT(*) FROM matches") == [(1,)]
     with pytest.raises(SilkError, match="a model is needed"):
         build_colmap_database(tmp_path / "b.db", IMAGES)
     with pytest.raises(SilkError, match="no images in"):
@@ -424,6 +427,7 @@ def test_cli_colmap_extracts_and_matches_shipped_images(tmp_path, capsys):
                 "256",
                 "--camera-model",
                 "PINHOLE",
+                "--no-gate",  # random weights: no pair would pass the unrelated-pairs gate
             ]
         )
         == 0

@@ -1,6 +1,7 @@
 """hloc files: features.h5 and matches.h5 read back exactly as hloc's readers do, `silk match-pairs`, and a
 tiny end-to-end hloc-layout pipeline (extract -> pairs -> matches) on the three shipped images."""
 
+import json
 from pathlib import Path
 
 import h5py
@@ -203,7 +204,7 @@ def test_match_pairs_equals_matcher(tmp_path, features_h5, method, options):
         ("b.jpg", "a.jpg"),
         ("dir/c.jpg", "a.jpg"),
     ]  # last: duplicate of the first
-    out = match_pairs(path, pairs, tmp_path / "m.h5", method=method, **options)
+    out = match_pairs(path, pairs, tmp_path / "m.h5", method=method, gate=False, **options)
     with h5py.File(out, "r") as f:
         assert sorted(f) == ["a.jpg", "b.jpg"] and list(f["b.jpg"]) == ["a.jpg"]
     matcher = Matcher(method, **options)
@@ -265,7 +266,8 @@ def test_hloc_pipeline_on_shipped_images(tmp_path, weights, capsys):
         == 0
     )
     assert main(["pairs", "exhaustive", "--features", str(feats), "--out", str(pairs)]) == 0
-    assert main(["match-pairs", str(pairs), "--features", str(feats), "--out", str(matches)]) == 0
+    # random weights: no pair would pass the unrelated-pairs gate (test_match_pairs_gate)
+    assert main(["match-pairs", str(pairs), "--features", str(feats), "--out", str(matches), "--no-gate"]) == 0
     capsys.readouterr()
 
     names = sorted(hloc_list_h5_names(feats))
@@ -286,6 +288,26 @@ def test_hloc_pipeline_on_shipped_images(tmp_path, weights, capsys):
         ref = Matcher("mnn")({"image0": {"descriptors": d0}, "image1": {"descriptors": d1}})["matches"][0]
         np.testing.assert_array_equal(m, ref.numpy())
         assert np.all(s > 0)
+
+
+def test_match_pairs_gate(tmp_path, capsys):
+    """The unrelated-pairs gate, silk match-pairs' default: the two views of one scene keep their matches, the
+    pairs of the box with them get none; --no-gate keeps every pair's matches."""
+    feats, pairs, matches = tmp_path / "features.h5", tmp_path / "pairs.txt", tmp_path / "matches.h5"
+    assert main(["extract", str(IMAGES), "--out", str(feats), "--model", "tiny", "--quiet"]) == 0
+    pairs.write_text("opencv_left.jpg opencv_right.jpg\nopencv_box.jpg opencv_left.jpg\nopencv_box.jpg opencv_right.jpg\n")
+    assert main(["match-pairs", str(pairs), "--features", str(feats), "--out", str(matches), "--quiet"]) == 0
+    assert "(0 already there, 2 with no matches: unrelated-pairs gate)" in capsys.readouterr().out
+    counts = {b: len(hloc_get_matches(matches, a, b)[0]) for a, b in (line.split() for line in pairs.read_text().splitlines())}
+    assert counts["opencv_right.jpg"] == 0 and counts["opencv_left.jpg"] == 0  # the box pairs
+    assert len(hloc_get_matches(matches, "opencv_left.jpg", "opencv_right.jpg")[0]) > 100
+    with h5py.File(matches, "r") as f:
+        assert json.loads(f.attrs["matcher"])["gate"]["min_inliers"] == 15
+    assert main(["match-pairs", str(pairs), "--features", str(feats), "--out", str(matches), "--no-gate"]) == 2
+    assert "other settings" in capsys.readouterr().err  # a gated file is not resumed without the gate
+    assert main(["match-pairs", str(pairs), "--features", str(feats), "--out", str(matches), "--no-gate",
+                 "--overwrite", "--quiet"]) == 0
+    assert len(hloc_get_matches(matches, "opencv_box.jpg", "opencv_left.jpg")[0]) > 20
 
 
 def test_cli_match_pairs_bad_input(tmp_path, features_h5, capsys):

@@ -1,5 +1,6 @@
 """SiLKGlue: shapes, padding, permutation equivariance, weights, ONNX parity, the Matcher and CLI wiring."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 
 from silk_keypoints import glue as glue_module
 from silk_keypoints.cli import main
-from silk_keypoints.ecosystem.hloc import matcher_input
+from silk_keypoints.ecosystem.hloc import matcher_input, matcher_provenance
 from silk_keypoints.errors import SilkError
 from silk_keypoints.glue import GlueConfig, SiLKGlue, available_glue, mutual_matches, normalise_keypoints
 from silk_keypoints.matching import Matcher
@@ -135,6 +136,16 @@ def test_matcher_glue_matches_like_the_module(tmp_path):
         matcher({"image0": {"keypoints": k0, "descriptors": d0}, "image1": {"keypoints": k1, "descriptors": d1}})
     with pytest.raises(SilkError, match="glue_weights is an option of the 'glue' matcher"):
         Matcher("mnn", glue_weights="fast")
+    for option in ({"max_distance": 0.2}, {"ratio_threshold": 0.8}, {"mutual": False}):  # refused, not ignored
+        with pytest.raises(SilkError, match=f"{next(iter(option))}: options of the descriptor rules"):
+            Matcher("glue", glue_weights=str(path), **option)
+    # matches.h5 provenance names the weights: other weights are another matcher
+    first = matcher_provenance(matcher)["matcher"]
+    other = small_glue(match_threshold=0.0)
+    torch.nn.init.zeros_(other.input.weight)
+    other.save(tmp_path / "h.safetensors")
+    assert matcher_provenance(Matcher("glue", glue_weights=str(tmp_path / "h.safetensors"), threshold=0.0))["matcher"] != first
+    assert json.loads(first)["glue_weights_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_matcher_input_of_an_hloc_feature_dict():

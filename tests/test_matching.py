@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from silk_keypoints import Matcher, SilkError, match_descriptors
+from silk_keypoints.matching import gate_passes, related_pair
 
 CASE = Path(__file__).parent / "fixtures" / "parity" / "silk_matching_case.npz"
 
@@ -247,3 +248,20 @@ def test_gpu_matches_cpu(method):
     gpu, scores = match_descriptors(torch.from_numpy(d0).cuda(), torch.from_numpy(d1).cuda(), method, threshold=0.9)
     assert gpu.is_cuda and scores.is_cuda
     np.testing.assert_array_equal(gpu.cpu().numpy(), cpu.numpy())
+
+
+def test_unrelated_pairs_gate_of_pair_lists():
+    """related_pair: matches a homography explains pass; chance matches, too few matches or too small a share
+    of them do not (gate_passes is the rule)."""
+    rng = np.random.default_rng(0)
+    p0 = rng.uniform(0, 640, (400, 2))
+    h = np.array([[0.9, 0.1, 20.0], [-0.05, 1.1, -10.0], [1e-4, 0.0, 1.0]])
+    q = np.c_[p0, np.ones(len(p0))] @ h.T
+    p1 = q[:, :2] / q[:, 2:]
+    wrong = rng.uniform(0, 640, (400, 2))
+    assert related_pair(p0, p1) and related_pair(torch.from_numpy(p0), torch.from_numpy(p1))
+    assert not related_pair(p0, wrong)  # unrelated: chance agreement only
+    mixed = np.where((np.arange(400) < 80)[:, None], p1, wrong)  # 80 true of 400: 20 %
+    assert related_pair(p0, mixed) and not related_pair(p0, mixed, min_inlier_ratio=0.25)
+    assert not related_pair(p0[:10], p1[:10])  # fewer matches than the 15 inliers needed
+    assert gate_passes(15, 300) and not gate_passes(14, 100) and not gate_passes(20, 1000)

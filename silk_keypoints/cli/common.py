@@ -67,10 +67,10 @@ def add_bulk_args(parser: argparse.ArgumentParser, item: str) -> None:
     """``--workers``, ``--strict``, ``--quiet``: the options of the resumable commands (:mod:`silk_keypoints.bulk`)."""
     if item == "image":
         parser.add_argument("--workers", type=int, default=0, metavar="N",
-                            help="processes that read, decode and resize images ahead of the network (default: 0, "
-                            "in the main process)")
-        parser.add_argument("--strict", action="store_true",
-                            help="stop at the first image that cannot be read (default: skip it, list it in OUT.failed.txt)")
+                            help="processes that read, decode and resize images (default: 0, in the main process); "
+                            "on CPU each one also runs the network, on its share of the torch threads")
+    parser.add_argument("--strict", action="store_true",
+                        help=f"stop at the first {item} that fails (default: skip it, list it in OUT.failed.txt)")
     parser.add_argument("--quiet", action="store_true", help=f"no progress bar (the {item}s/s and ETA)")
 
 
@@ -194,6 +194,14 @@ def add_matcher_args(p: argparse.ArgumentParser, refine: bool = True, max_distan
                        f"{100 * GATE_MIN_INLIER_RATIO:.0f}%% of the matches (default: no model: the unrelated-pairs gate)")
     if refine:
         add_refine_arg(p)
+
+
+def add_pair_list_gate_arg(p: argparse.ArgumentParser) -> None:
+    """``--no-gate`` of the commands that match pair lists (``match-pairs``, ``colmap``)."""
+    p.add_argument("--no-gate", action="store_true",
+                   help=f"keep the matches of pairs that no homography explains with {GATE_MIN_INLIERS} inliers and "
+                   f"{100 * GATE_MIN_INLIER_RATIO:.0f}%% of the matches (default: such pairs get no matches: the "
+                   "unrelated-pairs gate, docs/ecosystem.md)")
 
 
 def add_refine_arg(p: argparse.ArgumentParser) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..bulk import keep_memory_flat, match_to_h5
+from ..bulk import failed_list_path, keep_memory_flat, match_to_h5
 from ..devices import setup_distributed
 from ..ecosystem.colmap import CAMERA_MODELS, build_colmap_database, image_names
 from ..ecosystem.hloc import feature_names, merge_h5, read_features
@@ -23,6 +23,7 @@ from .common import (
     add_matcher_args,
     add_model_args,
     add_overwrite_arg,
+    add_pair_list_gate_arg,
     detection_options,
     load_model,
     matcher_options,
@@ -87,6 +88,7 @@ def _register_match_pairs(sub: argparse._SubParsersAction) -> None:
     add_overwrite_arg(p)
     p.add_argument("--device", default="cpu", help="torch device for matching (default: cpu)")
     add_matcher_args(p, refine=False)
+    add_pair_list_gate_arg(p)
     add_bulk_args(p, "pair")
     p.set_defaults(func=run_match_pairs)
 
@@ -97,9 +99,12 @@ def run_match_pairs(args: argparse.Namespace) -> int:
     matcher = Matcher(args.matcher, **matcher_options(args))
     keep_memory_flat()
     summary = match_to_h5(args.features, pairs, args.out, matcher, device=device, overwrite=args.overwrite,
-                          progress=not args.quiet)
+                          progress=not args.quiet, gate=not args.no_gate, strict=args.strict)
     if rank == 0:
         print(summary.line("pairs", args.out))
+    if summary.failed and not summary.done and not summary.skipped:
+        raise SilkError(f"no pair could be matched ({len(summary.failed)} failed, listed in "
+                        f"{failed_list_path(args.out)}; the first: {summary.failed[0][1]})")
     return 0
 
 
@@ -165,6 +170,7 @@ def _register_colmap(sub: argparse._SubParsersAction) -> None:
         help="replace keypoints (and their matches) of images the database already has keypoints for",
     )
     add_matcher_args(p, refine=False)
+    add_pair_list_gate_arg(p)
     add_model_args(p)
     add_detection_args(p)
     p.set_defaults(func=run_colmap)
@@ -178,9 +184,12 @@ def run_colmap(args: argparse.Namespace) -> int:
         matcher=None if args.matches else Matcher(args.matcher, **matcher_options(args)),
         camera_model=args.camera_model,
         single_camera=args.single_camera, verify=not args.no_verify, overwrite=args.overwrite, progress=True,
+        gate=not args.no_gate,
     )
     verified = "not verified" if args.no_verify else f"{counts['verified_pairs']} with two-view geometry"
-    print(f"wrote {counts['images']} images, matches of {counts['pairs']} pairs ({verified}) to {args.database}")
+    rejected = f", {counts['rejected_pairs']} with no matches: unrelated-pairs gate" if counts["rejected_pairs"] else ""
+    print(f"wrote {counts['images']} images, matches of {counts['pairs']} pairs ({verified}{rejected}) to "
+          f"{args.database}")
     return 0
 
 

@@ -37,7 +37,7 @@ from ..errors import SilkError
 from ..files import atomic_write
 from ..image_features import extract_image
 from ..io import list_images
-from ..matching import Matcher
+from ..matching import Matcher, related_pair
 from .hloc import feature_names, matcher_input, read_features, read_matches
 from .pairs import exhaustive_pairs, read_pairs
 
@@ -192,6 +192,7 @@ def build_colmap_database(
     matcher: Matcher | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    gate: bool = True,
     **database_options: Any,
 ) -> dict[str, int]:
     """Everything ``silk colmap`` does: features, pairs and matches of a set of images into a COLMAP database.
@@ -208,12 +209,14 @@ def build_colmap_database(
             ``max_keypoints``, ...).
         matcher: how to match descriptors (default: plain mutual nearest neighbours).
         overwrite, progress: see :func:`write_database` (``progress`` also shows the extraction).
+        gate: the unrelated-pairs gate on the pairs matched here (not on ``matches``): a pair whose matched
+            points no homography explains (:func:`~silk_keypoints.matching.related_pair`) gets no matches.
         database_options: ``camera_model``, ``single_camera``, ``verify``, ``verify_options`` of
             :func:`write_database`.
 
     Returns:
-        the counts of :func:`write_database`. Names, pairs and the database are checked before any feature
-        is extracted.
+        the counts of :func:`write_database` and ``rejected_pairs`` (by ``gate``). Names, pairs and the
+        database are checked before any feature is extracted.
     """
     if not images and not features:
         raise SilkError("give the images (--images DIR), their features (--features H5) or both")
@@ -236,18 +239,23 @@ def build_colmap_database(
             n: extract_image(model, Path(images) / n, **(extract_options or {}))
             for n in tqdm(names, desc="extract", unit="img", disable=not progress or len(names) < 2)
         }
+    rejected = [0]
+
+    def match(a: str, b: str) -> np.ndarray:
+        pred = matcher({"image0": matcher_input(feats[a]), "image1": matcher_input(feats[b])})
+        if gate and not related_pair(pred["points0"][0], pred["points1"][0]):
+            rejected[0] += 1
+            return np.zeros((0, 2), dtype=np.int64)
+        return pred["matches"][0].numpy()
+
     if matches:
         matched: Iterator = ((a, b, read_matches(matches, a, b)[0]) for a, b in pair_list)
     else:
         matcher = matcher or Matcher("mnn")
-        matched = ((a, b, _match(matcher, feats[a], feats[b])) for a, b in pair_list)
-    return write_database(database, feats, matched, overwrite=overwrite, progress=progress and len(pair_list) > 1,
-                          **database_options)
-
-
-def _match(matcher: Matcher, feats0: Mapping[str, np.ndarray], feats1: Mapping[str, np.ndarray]) -> np.ndarray:
-    """(K, 2) matches of two feature dicts (``descriptors`` (N, D), ``keypoints``, ``image_size``)."""
-    return matcher({"image0": matcher_input(feats0), "image1": matcher_input(feats1)})["matches"][0].numpy()
+        matched = ((a, b, match(a, b)) for a, b in pair_list)
+    counts = write_database(database, feats, matched, overwrite=overwrite, progress=progress and len(pair_list) > 1,
+                            **database_options)
+    return {**counts, "rejected_pairs": rejected[0]}
 
 
 def write_database(

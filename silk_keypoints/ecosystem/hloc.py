@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,7 +35,7 @@ from tqdm import tqdm
 from ..devices import resolve_device
 from ..errors import SilkError
 from ..files import OutputLock, atomic_write, check_output_path, check_overwrite, describe_os_error
-from ..matching import Matcher
+from ..matching import GATE_MIN_INLIER_RATIO, GATE_MIN_INLIERS, GATE_THRESHOLD, Matcher, related_pair
 from .pairs import Pair, unique_pairs
 
 
@@ -399,6 +400,7 @@ def match_pairs(
     overwrite: bool = False,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    gate: bool = True,
     **options: Any,
 ) -> Path:
     """Match the descriptors of image ``pairs`` of a ``features.h5`` and write hloc's ``matches.h5``.
@@ -413,6 +415,8 @@ def match_pairs(
             (module doc).
         device: torch device for the matching (:func:`silk_keypoints.devices.resolve_device`).
         progress: show a progress bar.
+        gate: the unrelated-pairs gate (``silk match-pairs``' default): a pair whose matched points no
+            homography explains (:func:`~silk_keypoints.matching.related_pair`) is stored with no matches.
 
     Raises:
         SilkError: ``out`` made with other matcher settings or being written by another process, pairs naming
@@ -421,20 +425,29 @@ def match_pairs(
     device = resolve_device(device)
     matcher = Matcher(method, **options)
     check_pair_names(features, pairs)
-    with H5Store(out, matcher_provenance(matcher), MATCH_KEYS, overwrite, flush_seconds=1.0) as store:
+    with H5Store(out, matcher_provenance(matcher, gate), MATCH_KEYS, overwrite, flush_seconds=1.0) as store:
         todo = [p for p in unique_pairs(pairs) if not pair_done(store.done, p)]
         with tqdm(total=len(todo), desc="match", unit="pair", disable=not progress) as bar:
-            match_into(store, features, todo, matcher, device, bar.update)
+            match_into(store, features, todo, matcher, device, bar.update, gate)
     return Path(out)
 
 
-def matcher_provenance(matcher: Matcher) -> dict[str, str]:
+def matcher_provenance(matcher: Matcher, gate: bool = False) -> dict[str, str]:
     """The attributes of a ``matches.h5``: ``silk_keypoints_version`` and ``matcher`` (its rule and options,
-    JSON), which a resumed file must share."""
+    JSON; for ``"glue"`` also the ``glue_weights_sha256`` of its weight file; ``gate``: the unrelated-pairs gate
+    of :func:`match_into`), which a resumed file must share."""
     from .. import __version__
 
     conf = {k: v for k, v in matcher.conf.items() if v is not None and k != "chunk_size"}  # chunks: same result
     conf.update(method=matcher.method, descriptor_scale=matcher.descriptor_scale)
+    if gate:
+        conf["gate"] = {"min_inliers": GATE_MIN_INLIERS, "min_inlier_ratio": GATE_MIN_INLIER_RATIO,
+                        "homography_threshold": GATE_THRESHOLD}
+    if matcher.glue is not None:
+        if matcher.glue.source is None:
+            raise SilkError("a matches.h5 records the SiLKGlue weight file: save the matcher (SiLKGlue.save) and "
+                            "load it with glue_weights=FILE")
+        conf["glue_weights_sha256"] = _sha256(matcher.glue.source)
     return {"silk_keypoints_version": __version__, "matcher": json.dumps(conf, sort_keys=True, default=str)}
 
 
@@ -460,8 +473,16 @@ def match_into(
     matcher: Matcher,
     device: torch.device | str = "cpu",
     advance: Any = None,
-) -> int:
-    """Match ``pairs`` of ``features`` and add each to ``store`` (``advance(1)`` after each) -> pairs matched."""
+    gate: bool = False,
+    strict: bool = True,
+) -> tuple[int, list[tuple[str, str]]]:
+    """Match ``pairs`` of ``features`` and add each to ``store`` (``advance(1)`` after each).
+
+    Returns:
+        the number of pairs that ``gate`` (the unrelated-pairs gate, :func:`~silk_keypoints.matching.related_pair`
+        on the matched points) rejected: they are stored with no matches; and the ``("name0 name1", reason)`` of
+        the pairs that failed (a :class:`SilkError`, e.g. a broken image group), not stored, unless ``strict``
+        (raise at the first)."""
     cache: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
 
     def feats(name: str) -> dict[str, torch.Tensor]:
@@ -471,15 +492,28 @@ def match_into(
                 cache.popitem(last=False)
         return cache[name]
 
+    rejected, failed = 0, []
     for name0, name1 in pairs:
-        pred = matcher({"image0": feats(name0), "image1": feats(name1)})
+        try:
+            pred = matcher({"image0": feats(name0), "image1": feats(name1)})
+        except SilkError as e:
+            if strict:
+                raise
+            tqdm.write(f"skipped {name0} {name1}: {e}", file=sys.stderr)
+            failed.append((f"{name0} {name1}", str(e)))
+            if advance is not None:
+                advance(1)
+            continue
         m0, s0 = pred["matches0"][0].cpu().numpy(), pred["matching_scores0"][0].cpu().numpy()
         if matcher.method == "mnn":  # hloc's nearest_neighbor score
             s0 = np.where(m0 >= 0, (s0 + 1) / 2, 0).astype(np.float32)
+        if gate and not related_pair(pred["points0"][0], pred["points1"][0]):
+            m0, s0 = np.full_like(m0, -1), np.zeros_like(s0)
+            rejected += 1
         store.add_matches(name0, name1, m0, s0)
         if advance is not None:
             advance(1)
-    return len(pairs)
+    return rejected, failed
 
 
 def h5_items_equal(a: str | os.PathLike, b: str | os.PathLike) -> bool:
