@@ -26,7 +26,8 @@ def parity_onnx(parity_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny():
-    return make_model(variant_config("tiny"))
+    """The shipped tiny weights (real value ranges: one export serves every tiny test), else random ones."""
+    return SiLK.from_pretrained("tiny") if "tiny" in available_pretrained() else make_model(variant_config("tiny"))
 
 
 @pytest.fixture(scope="module")
@@ -86,15 +87,13 @@ def test_extract_equals_torch_on_parity_fixture(parity_model, parity_onnx, parit
         assert_same_extraction(ours, parity_model.extract(image, max_keypoints=k), tie_tol=5e-5)
 
 
-def test_trained_tiny_model(tmp_path):
+def test_trained_tiny_model(tiny, tiny_onnx):
     if "tiny" not in available_pretrained():
         pytest.skip("no shipped tiny weights")
-    model = SiLK.from_pretrained("tiny")
-    runner = OnnxSiLK(export_onnx(model, tmp_path / "tiny.onnx", example_size=(64, 80)))
     image = load_image(FIXTURES / "images" / "opencv_left.jpg", gray=True)
-    ours = runner.extract(image, max_keypoints=1000, neighbours=True)
-    assert_same_extraction(ours, model.extract(image, max_keypoints=1000, neighbours=True))
-    assert_same_extraction(ours, model.extract(image, max_keypoints=1000, exact=True, neighbours=True))
+    ours = tiny_onnx.extract(image, max_keypoints=1000, neighbours=True)
+    assert_same_extraction(ours, tiny.extract(image, max_keypoints=1000, neighbours=True))
+    assert_same_extraction(ours, tiny.extract(image, max_keypoints=1000, exact=True, neighbours=True))
 
 
 def test_one_file_two_sizes_and_a_batch(tiny, tiny_onnx):
