@@ -8,21 +8,15 @@
 #   bash benchmarks/fetch_pairs.sh /tmp/real-pairs
 set -euo pipefail
 dest=${1:?usage: fetch_pairs.sh DEST_DIR}
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-(cd "$work" && apt-get download opencv-doc >/dev/null)
-dpkg-deb -x "$work"/opencv-doc_*.deb "$work/x"
-mkdir -p "$dest"
-src="$work/x/usr/share/doc/opencv-doc/examples/data"
+source "$(dirname "$0")/opencv_doc.sh" "$dest"
 pairs="left.jpg right.jpg
 aero1.jpg aero3.jpg
 leuvenA.jpg leuvenB.jpg
 basketball1.png basketball2.png
 rubberwhale1.png rubberwhale2.png
 Blender_Suzanne1.jpg Blender_Suzanne2.jpg"
-for f in $pairs H1to3p.xml; do
+for f in $pairs; do
   cp "$src/$f" "$dest/"
 done
 echo "$pairs" > "$dest/pairs.txt"
-cp "$work/x/usr/share/doc/opencv-doc/copyright" "$dest/COPYRIGHT.opencv-doc"
-echo "$(wc -l < "$dest/pairs.txt") pairs in $dest (opencv-doc $(dpkg-deb -f "$work"/opencv-doc_*.deb Version))"
+echo "$(wc -l < "$dest/pairs.txt") pairs in $dest (opencv-doc $version)"

@@ -7,14 +7,8 @@
 #   bash benchmarks/fetch_views.sh /tmp/views
 set -euo pipefail
 dest=${1:?usage: fetch_views.sh DEST_DIR}
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-(cd "$work" && apt-get download opencv-doc >/dev/null)
-dpkg-deb -x "$work"/opencv-doc_*.deb "$work/x"
-mkdir -p "$dest"
-src="$work/x/usr/share/doc/opencv-doc/examples/data"
+source "$(dirname "$0")/opencv_doc.sh" "$dest"
 for f in "$src"/left[0-9][0-9].jpg "$src"/right[0-9][0-9].jpg; do
   cp "$f" "$dest/"
 done
-cp "$work/x/usr/share/doc/opencv-doc/copyright" "$dest/COPYRIGHT.opencv-doc"
-echo "$(ls "$dest"/*.jpg | wc -l) views in $dest (opencv-doc $(dpkg-deb -f "$work"/opencv-doc_*.deb Version))"
+echo "$(ls "$dest"/*.jpg | wc -l) views in $dest (opencv-doc $version)"
