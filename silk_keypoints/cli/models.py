@@ -11,6 +11,7 @@ from . import add_command
 DESCRIPTIONS = {
     "vgg4": "the original SiLK VGG-4: full resolution, 1-px grid; the most accurate and the slowest",
     "fast": "local contrast normalisation, output stride 2; SuperPoint-class cost, robust to lighting",
+    "fast-rot": "fast trained with full in-plane rotation: matches pairs turned by any angle",
     "tiny": "output stride 4, 64-D descriptors; XFeat-class cost, for small CPUs",
 }
 _GMAC = re.compile(r"([\d.]+) GMAC at 480")
