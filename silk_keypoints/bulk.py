@@ -69,6 +69,13 @@ class RunSummary:
         self.failed += other.failed
         self.rejected += other.rejected
 
+    def check_some_done(self, problem: str, out: str | os.PathLike) -> None:
+        """Raise :class:`SilkError` (``problem``, the count, the list file, the first reason) if every item of
+        the run failed and none was done now or before."""
+        if self.failed and not self.done and not self.skipped:
+            raise SilkError(f"{problem} ({len(self.failed)} failed, listed in {failed_list_path(out)}; the first: "
+                            f"{self.failed[0][1]})")
+
     def line(self, what: str, out: str | os.PathLike) -> str:
         """One line: ``wrote 480 images to OUT (20 already there, 2 failed: see OUT.failed.txt) in 63 s ...``."""
         rate = f", {self.done / self.seconds:.2f} {what}/s" if self.seconds > 0 and self.done else ""

@@ -239,6 +239,9 @@ def test_match_pairs_skips_and_lists_failed_pairs(setup, tmp_path, capsys):
 def test_summary_line():
     s = RunSummary(done=3, skipped=2, failed=[("a", "bad")], seconds=1.5)
     assert s.line("images", "f.h5") == "wrote 3 images to f.h5 (2 already there, 1 failed: see f.h5.failed.txt) in 1.5 s, 2.00 images/s"
+    s.check_some_done("no image could be read", "f.h5")  # some were done: no error
+    with pytest.raises(SilkError, match=r"^no image could be read \(1 failed, listed in f.h5.failed.txt; the first: bad\)$"):
+        RunSummary(failed=[("a", "bad")]).check_some_done("no image could be read", "f.h5")
 
 
 def test_keep_memory_flat_sets_the_glibc_threshold():

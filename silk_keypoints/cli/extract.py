@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..bulk import extract_to_h5, failed_list_path, keep_memory_flat
+from ..bulk import extract_to_h5, keep_memory_flat
 from ..devices import setup_distributed
-from ..errors import SilkError
 from ..io import named_images
 from . import add_command
 from .common import (
@@ -57,7 +56,5 @@ def run(args: argparse.Namespace) -> int:
                             overwrite=args.overwrite, progress=not args.quiet)
     if rank == 0:
         print(summary.line("images", args.out))
-    if summary.failed and not summary.done and not summary.skipped:
-        raise SilkError(f"no image could be read ({len(summary.failed)} failed, listed in "
-                        f"{failed_list_path(args.out)}; the first: {summary.failed[0][1]})")
+    summary.check_some_done("no image could be read", args.out)
     return 0
