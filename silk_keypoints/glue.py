@@ -130,7 +130,9 @@ class _SelfBlock(nn.Module):
 
 
 class _CrossBlock(nn.Module):
-    """Both directions from one similarity matrix: ``a0 = softmax_j(s)``, ``a1 = softmax_i(s)``."""
+    """Both directions from one similarity matrix ``s = qk0 qk1^T / sqrt(c)``: ``a0 = softmax_j(s)``,
+    ``a1 = softmax_i(s)``; computed as two fused attention calls (``s^T`` for the second), so the (N0, N1)
+    matrix is never held in memory."""
 
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
@@ -142,13 +144,11 @@ class _CrossBlock(nn.Module):
     def forward(
         self, x0: torch.Tensor, x1: torch.Tensor, bias0: torch.Tensor, bias1: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x0 (B, N0, d), x1 (B, N1, d), bias0 (B, 1, N0, 1) and bias1 (B, 1, 1, N1) additive masks."""
+        """x0 (B, N0, d), x1 (B, N1, d), bias0 (B, 1, 1, N0) and bias1 (B, 1, 1, N1) additive key masks."""
         qk0, qk1 = (self.qk(x).unflatten(-1, (self.heads, -1)).transpose(1, 2) for x in (x0, x1))
         v0, v1 = (self.v(x).unflatten(-1, (self.heads, -1)).transpose(1, 2) for x in (x0, x1))
-        scale = qk0.shape[-1] ** -0.25
-        sim = (qk0 * scale) @ (qk1 * scale).transpose(-1, -2)  # (B, h, N0, N1)
-        m0 = torch.softmax(sim + bias1, dim=-1) @ v1
-        m1 = torch.softmax(sim + bias0, dim=-2).transpose(-1, -2) @ v0
+        m0 = F.scaled_dot_product_attention(qk0, qk1, v1, attn_mask=bias1)
+        m1 = F.scaled_dot_product_attention(qk1, qk0, v0, attn_mask=bias0)
         return self.update(x0, m0), self.update(x1, m1)
 
 
@@ -223,7 +223,7 @@ class SiLKGlue(nn.Module):
         for self_block, cross_block in zip(self.self_blocks, self.cross_blocks):
             x0 = self_block(x0, rot0, bias0[:, None, None, :])
             x1 = self_block(x1, rot1, bias1[:, None, None, :])
-            x0, x1 = cross_block(x0, x1, bias0[:, None, :, None], bias1[:, None, None, :])
+            x0, x1 = cross_block(x0, x1, bias0[:, None, None, :], bias1[:, None, None, :])
         return self.assignment(x0, x1, mask0, mask1)
 
     def forward(

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from silk_keypoints import SilkError
+from silk_keypoints import Matcher, SilkError
 from silk_keypoints.evaluation import hpatches
 from silk_keypoints.evaluation.extractors import CallableExtractor, ModelExtractor, OpenCVExtractor
 from silk_keypoints.evaluation.hpatches import (
@@ -126,6 +126,18 @@ def test_evaluate_pair_identity_and_known_offset():
     # too few matches: estimation fails, counted as an infinite error
     few = {"keypoints": f["keypoints"][:3], "descriptors": f["descriptors"][:3, :3]}
     assert evaluate_pair(few, few, np.eye(3), (120, 110), (120, 110))["corner_error"] == np.inf
+
+
+def test_evaluate_pair_with_another_matcher():
+    f0 = features()
+    # ten more points in image 1 whose descriptors nearly repeat those of points 0-9: ambiguous for a ratio test
+    d = f0["descriptors"]
+    d1 = np.concatenate([d[:10] * 0.98 + d[20:30] * 0.2, d[10:], d[:10] * 0.98 + d[10:20] * 0.2])
+    f1 = {"keypoints": np.concatenate([f0["keypoints"], f0["keypoints"][:10] + 30]), "descriptors": d1}
+    plain = evaluate_pair(f0, f1, np.eye(3), (120, 110), (120, 110))
+    ratio = evaluate_pair(f0, f1, np.eye(3), (120, 110), (120, 110), matcher=Matcher("ratio", refine=False))
+    assert plain["matches"] == 40 and ratio["matches"] == 30  # the ratio test drops the ambiguous ten
+    assert ratio["mma"][1] == 1.0 and ratio["repeatability"] == plain["repeatability"]
 
 
 def test_summarize_groups_and_failures():

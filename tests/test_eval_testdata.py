@@ -12,7 +12,11 @@ from silk_keypoints.evaluation.registration import backproject, load_depth, read
 from silk_keypoints.evaluation.testdata import (
     Plane,
     change_illumination,
+    cover_crop,
     fundamental_from_pose,
+    hpatches_margin,
+    hpatches_reference,
+    hpatches_view,
     intrinsics,
     look_at,
     make_hpatches,
@@ -64,6 +68,26 @@ def test_hpatches_ground_truth_matches_pixels(tmp_path):
         np.testing.assert_array_equal(read_homography(root / f"i_synth00/H_1_{k}"), np.eye(3))
     with pytest.raises(SilkError, match="sequences must be"):
         make_hpatches(tmp_path / "x", sequences=0)
+
+
+def test_one_hpatches_view_in_memory():
+    rng = np.random.default_rng(2)
+    size = (120, 90)
+    margin = hpatches_margin(size, 2.0)
+    assert margin == (60, 45) and hpatches_margin(size, 0.5) == (30, 22)
+    canvas = cover_crop(source_images(IMAGES, 1, (300, 100), rng)[0], (size[0] + 120, size[1] + 90), rng)
+    assert canvas.shape == (180, 240, 3)
+    ref = hpatches_reference(canvas, size, margin)
+    np.testing.assert_array_equal(ref, canvas[45:135, 60:180])
+    img, H = hpatches_view(canvas, ref, margin, rng, 1.5, viewpoint=True, viewpoint_light=0.0)
+    assert img.shape == ref.shape and not np.allclose(H, np.eye(3))
+    gray = [cv2.cvtColor(x, cv2.COLOR_RGB2GRAY).astype(float) for x in (ref, img)]
+    warped = cv2.warpPerspective(gray[0], H, size)
+    valid = cv2.warpPerspective(np.ones_like(gray[0]), H, size) > 0.99
+    assert ncc(warped[valid], gray[1][valid]) > 0.9  # the homography says where the reference went
+    img, H = hpatches_view(canvas, ref, margin, rng, 1.5, viewpoint=False)
+    np.testing.assert_array_equal(H, np.eye(3))
+    assert ncc(img.astype(float), ref.astype(float)) > 0.5 and not np.array_equal(img, ref)
 
 
 def test_hpatches_strength_ramps_the_change_and_keeps_ground_truth(tmp_path):

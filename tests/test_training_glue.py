@@ -90,3 +90,14 @@ def test_training_run_logs_checkpoints_and_resumes(tmp_path, capsys):
     assert torch.load(tmp_path / "run" / "state.pt", weights_only=True)["step"] == 3
     assert main(["--images", str(tmp_path / "nothing"), "--out", str(tmp_path / "r2")]) == 2
     assert "no training images" in capsys.readouterr().err
+
+
+def test_training_on_hard_set_views(tmp_path, capsys):
+    args = ["--images", str(IMAGES), "--out", str(tmp_path / "run"), "--extractor", "tiny", "--batch", "2",
+            "--keypoints", "24", "--width", "16", "--heads", "2", "--layers", "1", "--log-every", "1",
+            "--threads", "1", "--steps", "1", "--pairs", "hpatches", "--size", "96x64"]
+    assert main(args) == 0
+    row = json.loads((tmp_path / "run" / "log.jsonl").read_text())
+    assert row["loss"] == row["loss"] and row["matches"] > 0 and row["unmatched"] > 0
+    assert main([*args[:-1], "96"]) == 2
+    assert "--size must be WxH" in capsys.readouterr().err

@@ -215,6 +215,7 @@ def evaluate_pair(
     seed: int = 0,
     device: str = "cpu",
     refine: bool = True,
+    matcher: Matcher | None = None,
 ) -> dict:
     """Metrics of one pair.
 
@@ -228,6 +229,8 @@ def evaluate_pair(
         device: torch device for matching and the repeatability's nearest neighbours.
         refine: refine matched points below the cell size when the features have ``neighbour_descriptors``
             (:mod:`silk_keypoints.refinement`); repeatability always uses the keypoints as detected.
+        matcher: match with this :class:`~silk_keypoints.matching.Matcher` (e.g. ``Matcher("glue")``; its own
+            ``refine`` applies) instead of mutual nearest neighbours on ``device``.
 
     Returns:
         dict: ``keypoints0``, ``keypoints1``, ``matches`` (counts), ``repeatability`` and ``mma``
@@ -235,8 +238,12 @@ def evaluate_pair(
     """
     f0, f1 = Features.from_mapping(feats0, "feats0"), Features.from_mapping(feats1, "feats1")
     k0, k1 = (f.keypoints[0].double().cpu().numpy() + pixel_offset for f in (f0, f1))
-    matches = match_descriptors(f0.descriptors[0].to(device), f1.descriptors[0].to(device), "mnn")[0].cpu()
-    points = Matcher("mnn", refine=refine).points(f0, f1, matches)
+    if matcher is None:
+        matches = match_descriptors(f0.descriptors[0].to(device), f1.descriptors[0].to(device), "mnn")[0].cpu()
+        points = Matcher("mnn", refine=refine).points(f0, f1, matches)
+    else:
+        out = matcher({"image0": f0, "image1": f1})
+        matches, points = out["matches"][0].cpu(), (out["points0"][0].cpu(), out["points1"][0].cpu())
     p0, p1 = (p.double().numpy() + pixel_offset for p in points)
     matches = matches.numpy()
     # the original's estimator: plain RANSAC with OpenCV's defaults (confidence 0.995, 2000 iterations)

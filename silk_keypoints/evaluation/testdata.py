@@ -69,10 +69,11 @@ def source_images(images: str | os.PathLike | None, count: int, size: Size, rng:
     if not paths:
         raise SilkError(f"no images (by suffix) found in {images}")
     order = rng.permutation(len(paths))
-    return [_cover_crop(load_image(paths[order[i % len(paths)]]), size, rng) for i in range(count)]
+    return [cover_crop(load_image(paths[order[i % len(paths)]]), size, rng) for i in range(count)]
 
 
-def _cover_crop(img: np.ndarray, size: Size, rng: np.random.Generator) -> np.ndarray:
+def cover_crop(img: np.ndarray, size: Size, rng: np.random.Generator) -> np.ndarray:
+    """A random crop of exactly ``size`` (W, H) of ``img`` resized (aspect kept) to cover ``size``."""
     w, h = size
     s = max(w / img.shape[1], h / img.shape[0])
     if s != 1.0:
@@ -148,29 +149,47 @@ def make_hpatches(
         raise SilkError(f"viewpoint_light must be in [0, 4], got {viewpoint_light}")
     rng = np.random.default_rng(seed)
     out = Path(out)
-    w, h = size
-    grow = max(1.0, *strength)  # a larger canvas for stronger homographies (no black borders)
-    margin = (int(w * grow) // 4, int(h * grow) // 4)
-    canvases = source_images(images, sequences, (w + 2 * margin[0], h + 2 * margin[1]), rng)
+    margin = hpatches_margin(size, max(strength))
+    canvases = source_images(images, sequences, (size[0] + 2 * margin[0], size[1] + 2 * margin[1]), rng)
     for i, canvas in enumerate(canvases):
         viewpoint = i % 2 == 1
         seq = out / f"{'v' if viewpoint else 'i'}_synth{i:02d}"
         seq.mkdir(parents=True, exist_ok=True)
-        crop = translation(-margin[0], -margin[1])  # canvas pixels -> pixels of 1.ppm
-        ref = cv2.warpPerspective(canvas, crop, size, flags=cv2.INTER_LINEAR)
+        ref = hpatches_reference(canvas, size, margin)
         _write_image(seq / "1.ppm", ref)
         for k in range(2, 7):
             s = float(np.interp(k, (2, 6), strength))
-            if viewpoint:
-                H = _homography_inside(size, margin, rng, s)
-                img = cv2.warpPerspective(canvas, H @ crop, size, flags=cv2.INTER_LINEAR)
-                img = change_illumination(img, rng, viewpoint_light)
-            else:
-                H = np.eye(3)
-                img = change_illumination(ref, rng, s)
+            img, H = hpatches_view(canvas, ref, margin, rng, s, viewpoint, viewpoint_light)
             _write_image(seq / f"{k}.ppm", img)
             np.savetxt(seq / f"H_1_{k}", H / H[2, 2], fmt="%.12g")
     return out
+
+
+def hpatches_margin(size: Size, strength: float) -> Size:
+    """Margin (x, y) of the canvas around an image of ``size`` (W, H) for homographies up to ``strength``
+    (a larger canvas for stronger ones: no black borders)."""
+    grow = max(1.0, strength)
+    return int(size[0] * grow) // 4, int(size[1] * grow) // 4
+
+
+def hpatches_reference(canvas: np.ndarray, size: Size, margin: Size) -> np.ndarray:
+    """The reference image (``1.ppm``) of ``size`` (W, H): the canvas without its margin."""
+    return cv2.warpPerspective(canvas, translation(-margin[0], -margin[1]), size, flags=cv2.INTER_LINEAR)
+
+
+def hpatches_view(
+    canvas: np.ndarray, ref: np.ndarray, margin: Size, rng: np.random.Generator, strength: float,
+    viewpoint: bool, viewpoint_light: float = 0.3,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One other image of a :func:`make_hpatches` sequence and the homography from ``ref`` to it: a viewpoint
+    change of ``strength`` seen from the canvas with a photometric change of ``viewpoint_light``, or (not
+    ``viewpoint``) the reference under a photometric change of ``strength`` (identity homography)."""
+    if not viewpoint:
+        return change_illumination(ref, rng, strength), np.eye(3)
+    size = (ref.shape[1], ref.shape[0])
+    H = _homography_inside(size, margin, rng, strength)
+    img = cv2.warpPerspective(canvas, H @ translation(-margin[0], -margin[1]), size, flags=cv2.INTER_LINEAR)
+    return change_illumination(img, rng, viewpoint_light), H
 
 
 def rotation_about(size: Size, degrees: float) -> np.ndarray:

@@ -1,8 +1,11 @@
 """Self-supervised training of :class:`~silk_keypoints.glue.SiLKGlue` on homography pairs (docs/glue.md).
 
-A *pair* is a random crop of a training photo (view 0) and its view through a random homography (view 1),
-each with the photometric augmentation, and the frozen extractor's keypoints and descriptors of both views
-(computed once per pair). The ground truth comes from the known warp: keypoint ``i`` of view 0 and ``j`` of
+A *pair* is, with ``pairs="crops"``, a random crop of a training photo (view 0) and its view through a random
+homography of the extractor's training ranges (view 1), each with the photometric augmentation; with
+``pairs="hpatches"``, a training photo at ``size`` and one other image of a hard-set sequence made from it
+(:func:`~silk_keypoints.evaluation.testdata.hpatches_view`: a viewpoint change of a strength drawn from
+``strength`` with its photometric change, or only a strong photometric change). Each pair carries the frozen
+extractor's keypoints and descriptors of both views (computed once per pair). The ground truth comes from the known warp: keypoint ``i`` of view 0 and ``j`` of
 view 1 match when they are mutual nearest neighbours after warping with a distance below ``match_px`` (3 px);
 a keypoint is *unmatched* when its nearest warped keypoint is farther than ``unmatched_px`` (5 px) or it falls
 outside the other view; the rest (ambiguous) are left out of the loss. The loss is the negative
@@ -27,13 +30,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import SilkError
+from ..evaluation.testdata import cover_crop, hpatches_margin, hpatches_reference, hpatches_view
 from ..features import Features
 from ..geometry import warp_points_torch
 from ..glue import GlueConfig, SiLKGlue
-from ..io import list_images, to_batch
+from ..io import list_images, load_image, to_batch
 from ..model import SiLK
 from .augment import augment
 from .data import ImageCrops, split_train_val
@@ -74,6 +79,11 @@ class GlueTrainConfig:
     new_pairs: int = 1
     augment: str = "silk"
     homography: HomographyConfig = field(default_factory=HomographyConfig)
+    pairs: str = "crops"  # "crops" or "hpatches" (module doc)
+    size: tuple[int, int] = (480, 360)  # "hpatches": (W, H) of the views
+    strength: tuple[float, float] = (0.5, 2.0)  # "hpatches": range of the change (make_hpatches' strength)
+    viewpoint_share: float = 0.75  # "hpatches": share of viewpoint pairs (the others: photometric only)
+    viewpoint_light: float = 1.0  # "hpatches": photometric change of the viewpoint pairs
     match_px: float = 3.0
     unmatched_px: float = 5.0
     log_every: int = 10
@@ -188,6 +198,26 @@ def make_pairs(
     return pairs
 
 
+@torch.no_grad()
+def make_view_pairs(
+    extractor: SiLK, photos: list[np.ndarray], keypoints: int, config: GlueTrainConfig, rng: np.random.Generator
+) -> list[Pair]:
+    """RGB uint8 photos -> one ``pairs="hpatches"`` pair each (module doc), with the frozen features."""
+    margin = hpatches_margin(config.size, config.strength[1])
+    canvas_size = (config.size[0] + 2 * margin[0], config.size[1] + 2 * margin[1])
+    pairs = []
+    for photo in photos:
+        canvas = cover_crop(photo, canvas_size, rng)
+        ref = hpatches_reference(canvas, config.size, margin)
+        img, H = hpatches_view(canvas, ref, margin, rng, float(rng.uniform(*config.strength)),
+                               bool(rng.random() < config.viewpoint_share), config.viewpoint_light)
+        views = torch.from_numpy(np.stack([ref, img])).permute(0, 3, 1, 2).float() / 255.0
+        feats = extractor.extract(to_batch(views, extractor.config.in_channels), max_keypoints=keypoints)
+        (k0, d0), (k1, d1) = _real(feats.image(0)), _real(feats.image(1))
+        pairs.append(Pair(k0, d0.half(), k1, d1.half(), torch.from_numpy(H / H[2, 2]).float(), config.size))
+    return pairs
+
+
 def _real(f: Features) -> tuple[torch.Tensor, torch.Tensor]:
     m = f.keypoint_mask[0]
     return f.keypoints[0, m].float(), f.descriptors[0, m]
@@ -250,18 +280,25 @@ def train(config: GlueTrainConfig, resume: bool = False, init_from: str | None =
     train_paths, _ = split_train_val(paths)
     if not train_paths:
         raise SilkError(f"no training images in {config.images!r}")
+    if config.pairs not in ("crops", "hpatches"):
+        raise SilkError(f"unknown pair source {config.pairs!r}: 'crops' or 'hpatches'")
     crops = ImageCrops(train_paths, crop=config.crop, seed=config.seed)
     generator = torch.Generator().manual_seed(config.seed * 100_003 + step)
+    views_rng = np.random.default_rng(config.seed * 100_003 + step)
     rng = random.Random(config.seed * 7 + step)
     cache: list[Pair] = []
     drawn = step * config.new_pairs  # crops drawn so far: a resumed run sees new crops
 
     def add_pairs(count: int) -> None:
         nonlocal drawn
-        items = [crops[(drawn + k) % len(crops), (drawn + k) // len(crops)] for k in range(count)]
+        if config.pairs == "hpatches":
+            photos = [load_image(train_paths[int(i)]) for i in views_rng.integers(0, len(train_paths), count)]
+            cache.extend(make_view_pairs(extractor, photos, config.keypoints, config, views_rng))
+        else:
+            items = [crops[(drawn + k) % len(crops), (drawn + k) // len(crops)] for k in range(count)]
+            cache.extend(make_pairs(extractor, torch.stack(items), config.keypoints, config.homography,
+                                    config.augment, generator))
         drawn += count
-        cache.extend(make_pairs(extractor, torch.stack(items), config.keypoints, config.homography,
-                                config.augment, generator))
         del cache[:max(0, len(cache) - config.cache_pairs)]
 
     add_pairs(max(config.batch, config.new_pairs))
@@ -294,6 +331,16 @@ def train(config: GlueTrainConfig, resume: bool = False, init_from: str | None =
     return last
 
 
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SilkError(f"--size must be WxH, e.g. 480x360, got {text!r}") from None
+    if min(w, h) < 32:
+        raise SilkError(f"--size {text}: both sides must be at least 32 px")
+    return w, h
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m silk_keypoints.training.glue", description=__doc__.split("\n")[0])
     d = GlueTrainConfig()
@@ -304,6 +351,13 @@ def main(argv: list[str] | None = None) -> int:
                  "checkpoint_every", "seed"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--pairs", choices=("crops", "hpatches"), default=d.pairs,
+                   help="pair source: homography crops, or hard-set-like views of whole photos (module doc)")
+    p.add_argument("--size", default="x".join(map(str, d.size)), help="hpatches pairs: WxH of the views")
+    p.add_argument("--strength", type=float, nargs=2, default=d.strength, metavar=("LO", "HI"),
+                   help="hpatches pairs: range of the change")
+    p.add_argument("--viewpoint-share", type=float, default=d.viewpoint_share,
+                   help="hpatches pairs: share of viewpoint pairs")
     p.add_argument("--width", type=int, default=d.glue.width)
     p.add_argument("--layers", type=int, default=d.glue.layers)
     p.add_argument("--heads", type=int, default=d.glue.heads)
@@ -313,12 +367,13 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    glue = GlueConfig(width=a.width, layers=a.layers, heads=a.heads)
-    config = GlueTrainConfig(
-        images=a.images, out=a.out, extractor=a.extractor, glue=glue, steps=a.steps, batch=a.batch,
-        keypoints=a.keypoints, crop=a.crop, lr=a.lr, cache_pairs=a.cache_pairs, new_pairs=a.new_pairs,
-        log_every=a.log_every, checkpoint_every=a.checkpoint_every, seed=a.seed)
     try:
+        config = GlueTrainConfig(
+            images=a.images, out=a.out, extractor=a.extractor, glue=GlueConfig(width=a.width, layers=a.layers,
+                                                                              heads=a.heads),
+            steps=a.steps, batch=a.batch, keypoints=a.keypoints, crop=a.crop, lr=a.lr, cache_pairs=a.cache_pairs,
+            new_pairs=a.new_pairs, log_every=a.log_every, checkpoint_every=a.checkpoint_every, seed=a.seed,
+            pairs=a.pairs, size=_size(a.size), strength=tuple(a.strength), viewpoint_share=a.viewpoint_share)
         path = train(config, resume=a.resume, init_from=a.init_from)
     except SilkError as e:
         print(f"error: {e}", file=sys.stderr)
