@@ -264,7 +264,7 @@ def extract_to_h5(
             for item in items if in_workers else network(items):
                 if "error" in item:
                     if strict:
-                        raise SilkError(f"{item['error']} (--strict stops at the first failure)")
+                        raise SilkError(f"{item['error']} (strict: stopped at the first failure)")
                     tqdm.write(f"skipped {item['name']}: {item['error']}", file=sys.stderr)
                     summary.failed.append((item["name"], item["error"]))
                 else:
@@ -300,7 +300,7 @@ def match_to_h5(
         try:
             rejected, failed = match_into(store, features, todo, matcher, device, bar.update, gate, strict)
         except SilkError as e:
-            raise SilkError(f"{e} (--strict stops at the first failure)") from None
+            raise SilkError(f"{e} (strict: stopped at the first failure)") from None
         return RunSummary(done=len(todo) - len(failed), failed=failed, rejected=rejected)
 
     return run_sharded(unique_pairs(pairs), out, attrs, MATCH_KEYS, pair_done, work, what="pairs", overwrite=overwrite,

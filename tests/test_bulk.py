@@ -150,7 +150,7 @@ def test_failed_images_are_skipped_listed_and_retried(setup, tmp_path, capsys):
     assert not failed_list_path(out).exists()  # a run without failures removes the list
     assert main(["extract", str(bad), str(good[1]), "--out", str(tmp_path / "s.h5"), "--strict", *args]) == 2
     err = capsys.readouterr().err
-    assert "cannot decode image" in err and "--strict stops" in err
+    assert "cannot decode image" in err and "strict: stopped at the first failure" in err
 
 
 def test_a_second_writer_is_refused_and_a_dead_ones_lock_is_taken_over(setup, tmp_path, capsys):
@@ -206,7 +206,7 @@ def test_match_pairs_skips_and_lists_failed_pairs(setup, tmp_path, capsys):
     listed = failed_list_path(out).read_text().splitlines()
     assert [line.split("\t")[0] for line in listed] == [f"im0.png {names[1]}", f"{names[2]} im0.png"]
     assert main([*common, "--strict"]) == 2  # the failed pairs are retried, and --strict stops at the first
-    assert "--strict stops at the first failure" in capsys.readouterr().err
+    assert "strict: stopped at the first failure" in capsys.readouterr().err
 
 
 def test_summary_line():

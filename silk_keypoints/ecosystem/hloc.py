@@ -36,7 +36,7 @@ from ..devices import resolve_device
 from ..errors import SilkError
 from ..files import OutputLock, atomic_write, check_output_path, check_overwrite, describe_os_error
 from ..matching import GATE_MIN_INLIER_RATIO, GATE_MIN_INLIERS, GATE_THRESHOLD, Matcher, related_pair
-from .pairs import Pair, unique_pairs
+from .pairs import Pair
 
 
 def write_features(
@@ -422,13 +422,10 @@ def match_pairs(
         SilkError: ``out`` made with other matcher settings or being written by another process, pairs naming
         images missing from ``features``, bad matcher options, a device this machine does not have.
     """
-    device = resolve_device(device)
-    matcher = Matcher(method, **options)
-    check_pair_names(features, pairs)
-    with H5Store(out, matcher_provenance(matcher, gate), MATCH_KEYS, overwrite, flush_seconds=1.0) as store:
-        todo = [p for p in unique_pairs(pairs) if not pair_done(store.done, p)]
-        with tqdm(total=len(todo), desc="match", unit="pair", disable=not progress) as bar:
-            match_into(store, features, todo, matcher, device, bar.update, gate)
+    from ..bulk import match_to_h5  # silk match-pairs' engine (it builds on this module)
+
+    match_to_h5(features, pairs, out, Matcher(method, **options), resolve_device(device), overwrite, progress, gate,
+                strict=True)
     return Path(out)
 
 
