@@ -13,6 +13,9 @@ Columns per matcher: matches per pair, correct ones within 1 / 3 px of the groun
 MMA), homography accuracy @1/3 px (mean corner error of a 3-px RANSAC fit) and its AUC up to 1/3 px, and the
 matcher's own time per pair. Unrelated pairs: the reference images of two different sequences (two different
 photos): matches, and inliers of a USAC_MAGSAC homography at 3 px (what ``silk match`` verifies), mean and max.
+``--views DIR``: real multi-view photos (``benchmarks/fetch_views.sh``) through COLMAP's verification and
+pycolmap's incremental mapper with each matcher (the ``colmap`` set of ``honest_validation.py``), next to
+pycolmap's own SIFT: registered images, 3-D points, track length, reprojection error.
 
     PYTHONPATH=$PWD python benchmarks/glue_validation.py --weights runs/glue-fast/last.safetensors \\
         --out runs/glue-fast/validation
@@ -28,9 +31,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from honest_validation import colmap_set, colmap_table
 from validation import add_set_args, validation_set  # the validation sets of benchmarks/validation.py
 
 from silk_keypoints import Matcher, SiLK
+from silk_keypoints.evaluation.extractors import ModelExtractor
 from silk_keypoints.evaluation.hpatches import (
     evaluate_pair,
     get_protocol,
@@ -134,6 +139,8 @@ def main() -> None:
     p.add_argument("--thresholds", type=float, nargs="+", default=[0.1], help="glue: keep P > T, each T")
     p.add_argument("--extractor", default="fast", help="shipped model name or weight file")
     p.add_argument("--refine", action="store_true", help="also every matcher with the pair refinement")
+    p.add_argument("--views", default=None, help="folder of real multi-view photos (benchmarks/fetch_views.sh)")
+    p.add_argument("--max-views", type=int, default=13, help="at most this many views (evenly spaced by name)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="folder for tables.txt and results.json")
     args = p.parse_args()
@@ -152,12 +159,19 @@ def main() -> None:
     unrel = unrelated(sequences, matchers, args.seed)
     texts.append(unrelated_table(unrel, f"Unrelated pairs ({next(iter(unrel.values()))['pairs']} pairs of two "
                                         f"different photos): {what}"))
+    if args.views:
+        extractor = ModelExtractor(model, args.extractor, max_keypoints=args.max_keypoints, neighbours=args.refine)
+        with tempfile.TemporaryDirectory() as tmp:
+            views = colmap_set([extractor], Path(args.views), Path(tmp), args.threads, args.seed, args.max_views,
+                               matchers)
+        texts.append(f"Multi-view set: {args.views}\n" + colmap_table(views))
     print("\n\n".join(texts))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "tables.txt").write_text("\n\n".join(texts) + "\n")
-        write_json(out / "results.json", {"related": rel, "unrelated": unrel, "args": vars(args)})
+        write_json(out / "results.json", {"related": rel, "unrelated": unrel, "views": views if args.views else None,
+                                          "args": vars(args)})
 
 
 if __name__ == "__main__":

@@ -42,13 +42,14 @@ import torch
 from peers import PEERS, peer_extractors  # benchmarks/peers.py
 from validation import add_set_args, parse_size, validation_photos, validation_set  # the same validation set
 
-from silk_keypoints import SiLK
+from silk_keypoints import Matcher, SiLK
 from silk_keypoints.ecosystem.colmap import write_database
 from silk_keypoints.evaluation.extractors import Extractor, ModelExtractor, OpenCVExtractor
 from silk_keypoints.evaluation.hpatches import evaluate_hpatches, get_protocol, read_hpatches
 from silk_keypoints.evaluation.metrics import accuracy
 from silk_keypoints.evaluation.report import format_table, hpatches_table, write_json
 from silk_keypoints.evaluation.testdata import make_rotations
+from silk_keypoints.features import Features
 from silk_keypoints.io import list_images, load_image
 from silk_keypoints.matching import match_descriptors
 
@@ -164,10 +165,10 @@ def reconstruct(database: Path, images: Path, work: Path, threads: int, seed: in
 
 
 def colmap_set(extractors: list[Extractor], views: Path, tmp: Path, threads: int, seed: int,
-               max_views: int | None = None) -> dict:
-    """Extract, match (mutual NN), verify and map the images of ``views`` (at most ``max_views``, evenly spaced
-    in name order) with every plain extractor, and with pycolmap's own SIFT (``colmap-sift``, at most as many
-    features as the others)."""
+               max_views: int | None = None, matchers: dict[str, Matcher] | None = None) -> dict:
+    """Extract, match (mutual NN, or each of ``matchers``: rows ``<extractor>+<name>``), verify and map the
+    images of ``views`` (at most ``max_views``, evenly spaced in name order) with every plain extractor, and
+    with pycolmap's own SIFT (``colmap-sift``, at most as many features as the others)."""
     import pycolmap
 
     images = tmp / "views"
@@ -186,12 +187,13 @@ def colmap_set(extractors: list[Extractor], views: Path, tmp: Path, threads: int
         feats = {n: e(loaded[n]) for n in names}
         table = {n: {"keypoints": f.keypoints[0].double().numpy(), "image_size": f.image_size[0].numpy()}
                  for n, f in feats.items()}
-        matches = ((a, b, match_descriptors(feats[a].descriptors[0], feats[b].descriptors[0], "mnn")[0].numpy())
-                   for i, a in enumerate(names) for b in names[i + 1:])
-        db = tmp / f"{e.name}.db"
-        counts = write_database(db, table, matches, camera_model="SIMPLE_RADIAL", single_camera=True)
-        results[e.name] = {**reconstruct(db, images, tmp / e.name, threads, seed),
-                           "verified_pairs": counts["verified_pairs"], "ms_per_image": 1000 * e.seconds_per_image}
+        for label, matcher in (matchers or {"": None}).items():
+            name = f"{e.name}+{label}" if label else e.name
+            matches = [(a, b, match_pair(feats[a], feats[b], matcher)) for i, a in enumerate(names) for b in names[i + 1:]]
+            db = tmp / f"{name}.db"
+            counts = write_database(db, table, matches, camera_model="SIMPLE_RADIAL", single_camera=True)
+            results[name] = {**reconstruct(db, images, tmp / name, threads, seed),
+                             "verified_pairs": counts["verified_pairs"], "ms_per_image": 1000 * e.seconds_per_image}
     db = tmp / "colmap-sift.db"
     extraction = pycolmap.FeatureExtractionOptions()
     extraction.num_threads = threads
@@ -209,12 +211,20 @@ def colmap_set(extractors: list[Extractor], views: Path, tmp: Path, threads: int
     return {"images": len(names), "pairs": len(names) * (len(names) - 1) // 2, "methods": results}
 
 
+def match_pair(feats0: Features, feats1: Features, matcher: Matcher | None) -> np.ndarray:
+    """(K, 2) index pairs: mutual NN of the descriptors, or ``matcher``'s matches."""
+    if matcher is None:
+        return match_descriptors(feats0.descriptors[0], feats1.descriptors[0], "mnn")[0].numpy()
+    return matcher({"image0": feats0, "image1": feats1})["matches"][0].numpy()
+
+
 def colmap_table(result: dict) -> str:
     headers = ["method", "registered", "points3D", "track_len", "reproj_px", "verified_pairs", "models", "ms/img"]
     rows = [[m, r["registered"], r["points3D"], r["track_length"], r["reprojection_error"], r["verified_pairs"],
              r["models"], r["ms_per_image"]] for m, r in result["methods"].items()]
     return format_table(headers, rows, f"Real multi-view photos through pycolmap ({result['images']} images, "
-                                       f"{result['pairs']} pairs, mutual NN, COLMAP verification, largest model)")
+                                       f"{result['pairs']} pairs, mutual NN unless named, COLMAP verification, "
+                                       "largest model)")
 
 
 def main() -> None:
