@@ -31,6 +31,8 @@ def test_ground_truth_labels_from_a_shift():
     assert l0.tolist() == [[0, 1, UNMATCHED, IGNORE]]
     # point 2 of view 1 is far from every warped point; 4 of view 1 comes from outside view 0
     assert l1.tolist() == [[0, 1, UNMATCHED, IGNORE, UNMATCHED]]
+    l0, l1 = ground_truth(k0, k1, H, SIZE, SIZE, related=torch.tensor([False]))  # two different photos
+    assert l0.tolist() == [[UNMATCHED] * 4] and l1.tolist() == [[UNMATCHED] * 5]
     mask1 = torch.tensor([[False, True, True, True, True]])
     l0, l1 = ground_truth(k0, k1, H, SIZE, SIZE, mask1=mask1)
     assert l1[0, 0] == IGNORE and l0[0, 0] == UNMATCHED  # a padded keypoint is no correspondence
@@ -99,5 +101,8 @@ def test_training_on_hard_set_views(tmp_path, capsys):
     assert main(args) == 0
     row = json.loads((tmp_path / "run" / "log.jsonl").read_text())
     assert row["loss"] == row["loss"] and row["matches"] > 0 and row["unmatched"] > 0
+    assert main([*args, "--out", str(tmp_path / "other"), "--unrelated-share", "1"]) == 0  # pairs of two photos
+    row = json.loads((tmp_path / "other" / "log.jsonl").read_text())
+    assert row["matches"] == 0 and row["unmatched"] > 0
     assert main([*args[:-1], "96"]) == 2
     assert "--size must be WxH" in capsys.readouterr().err

@@ -50,7 +50,8 @@ UNMATCHED = -1
 
 @dataclass
 class Pair:
-    """Features of the two views of one pair and the homography view 0 -> view 1 (pixels).
+    """Features of the two views of one pair and the homography view 0 -> view 1 (pixels; unused when not
+    ``related``).
 
     ``keypoints`` (N, 2) float32 pixels, ``descriptors`` (N, D) float16 (cache memory), ``size`` (W, H)."""
 
@@ -60,6 +61,7 @@ class Pair:
     descriptors1: torch.Tensor
     homography: torch.Tensor
     size: tuple[int, int]
+    related: bool = True  # False: view 1 shows another photo (every keypoint unmatched)
 
 
 @dataclass
@@ -84,6 +86,7 @@ class GlueTrainConfig:
     strength: tuple[float, float] = (0.5, 2.0)  # "hpatches": range of the change (make_hpatches' strength)
     viewpoint_share: float = 0.75  # "hpatches": share of viewpoint pairs (the others: photometric only)
     viewpoint_light: float = 1.0  # "hpatches": photometric change of the viewpoint pairs
+    unrelated_share: float = 0.0  # "hpatches": share of pairs whose view 1 shows another photo (no matches)
     match_px: float = 3.0
     unmatched_px: float = 5.0
     log_every: int = 10
@@ -102,6 +105,7 @@ def ground_truth(
     mask1: torch.Tensor | None = None,
     match_px: float = 3.0,
     unmatched_px: float = 5.0,
+    related: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Assignment labels from a known warp.
 
@@ -109,6 +113,7 @@ def ground_truth(
         keypoints0, keypoints1: (B, N0, 2), (B, N1, 2) pixels of view 0 / view 1.
         homography: (B, 3, 3) view 0 -> view 1 pixels.
         size0, size1: (B, 2) (W, H) of the views; masks (B, N) True for real keypoints.
+        related: (B,) bool, False for a pair of two different photos: every real keypoint is unmatched.
 
     Returns:
         labels0 (B, N0): index of the matching keypoint in view 1, :data:`UNMATCHED` or :data:`IGNORE`;
@@ -140,6 +145,9 @@ def ground_truth(
     labels1[(best1 > unmatched_px) | ~inside1] = UNMATCHED
     labels0 = torch.where(match0, idx0, labels0)
     labels1 = torch.where(match1, idx1, labels1)
+    if related is not None:
+        labels0 = labels0.masked_fill(~related.bool()[:, None], UNMATCHED)
+        labels1 = labels1.masked_fill(~related.bool()[:, None], UNMATCHED)
     return labels0.masked_fill(~mask0, IGNORE), labels1.masked_fill(~mask1, IGNORE)
 
 
@@ -200,21 +208,27 @@ def make_pairs(
 
 @torch.no_grad()
 def make_view_pairs(
-    extractor: SiLK, photos: list[np.ndarray], keypoints: int, config: GlueTrainConfig, rng: np.random.Generator
+    extractor: SiLK, photos: list[tuple[np.ndarray, np.ndarray | None]], keypoints: int, config: GlueTrainConfig,
+    rng: np.random.Generator,
 ) -> list[Pair]:
-    """RGB uint8 photos -> one ``pairs="hpatches"`` pair each (module doc), with the frozen features."""
+    """(RGB uint8 photo, None or another photo) -> one ``pairs="hpatches"`` pair each (module doc), with the
+    frozen features; with another photo, view 1 is made from it (an unrelated pair: nothing matches)."""
     margin = hpatches_margin(config.size, config.strength[1])
     canvas_size = (config.size[0] + 2 * margin[0], config.size[1] + 2 * margin[1])
     pairs = []
-    for photo in photos:
+    for photo, another in photos:
         canvas = cover_crop(photo, canvas_size, rng)
         ref = hpatches_reference(canvas, config.size, margin)
-        img, H = hpatches_view(canvas, ref, margin, rng, float(rng.uniform(*config.strength)),
-                               bool(rng.random() < config.viewpoint_share), config.viewpoint_light)
+        related = another is None
+        other = canvas if related else cover_crop(another, canvas_size, rng)
+        img, H = hpatches_view(other, hpatches_reference(other, config.size, margin), margin, rng,
+                               float(rng.uniform(*config.strength)), bool(rng.random() < config.viewpoint_share),
+                               config.viewpoint_light)
         views = torch.from_numpy(np.stack([ref, img])).permute(0, 3, 1, 2).float() / 255.0
         feats = extractor.extract(to_batch(views, extractor.config.in_channels), max_keypoints=keypoints)
         (k0, d0), (k1, d1) = _real(feats.image(0)), _real(feats.image(1))
-        pairs.append(Pair(k0, d0.half(), k1, d1.half(), torch.from_numpy(H / H[2, 2]).float(), config.size))
+        pairs.append(Pair(k0, d0.half(), k1, d1.half(), torch.from_numpy(H / H[2, 2]).float(), config.size,
+                          related))
     return pairs
 
 
@@ -238,6 +252,7 @@ def collate(pairs: list[Pair]) -> dict[str, torch.Tensor]:
         out["keypoints" + side], out["descriptors" + side], out["mask" + side] = k_pad, d_pad, mask
         out["size" + side] = torch.tensor([p.size for p in pairs], dtype=torch.float32)
     out["homography"] = torch.stack([p.homography for p in pairs])
+    out["related"] = torch.tensor([p.related for p in pairs])
     return out
 
 
@@ -248,7 +263,8 @@ def pair_loss(model: SiLKGlue, batch: dict[str, torch.Tensor], match_px: float =
                                            batch["descriptors1"], batch["size0"], batch["size1"],
                                            batch["mask0"], batch["mask1"])
     labels0, labels1 = ground_truth(batch["keypoints0"], batch["keypoints1"], batch["homography"], batch["size0"],
-                                    batch["size1"], batch["mask0"], batch["mask1"], match_px, unmatched_px)
+                                    batch["size1"], batch["mask0"], batch["mask1"], match_px, unmatched_px,
+                                    batch.get("related"))
     return glue_loss(log_p, un0, un1, labels0, labels1)
 
 
@@ -292,7 +308,11 @@ def train(config: GlueTrainConfig, resume: bool = False, init_from: str | None =
     def add_pairs(count: int) -> None:
         nonlocal drawn
         if config.pairs == "hpatches":
-            photos = [load_image(train_paths[int(i)]) for i in views_rng.integers(0, len(train_paths), count)]
+            photos = []
+            for _ in range(count):
+                first, second = (int(i) for i in views_rng.choice(len(train_paths), 2, replace=False))
+                unrelated = views_rng.random() < config.unrelated_share
+                photos.append((load_image(train_paths[first]), load_image(train_paths[second]) if unrelated else None))
             cache.extend(make_view_pairs(extractor, photos, config.keypoints, config, views_rng))
         else:
             items = [crops[(drawn + k) % len(crops), (drawn + k) // len(crops)] for k in range(count)]
@@ -358,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="hpatches pairs: range of the change")
     p.add_argument("--viewpoint-share", type=float, default=d.viewpoint_share,
                    help="hpatches pairs: share of viewpoint pairs")
+    p.add_argument("--unrelated-share", type=float, default=d.unrelated_share,
+                   help="hpatches pairs: share of pairs of two different photos (nothing matches)")
     p.add_argument("--width", type=int, default=d.glue.width)
     p.add_argument("--layers", type=int, default=d.glue.layers)
     p.add_argument("--heads", type=int, default=d.glue.heads)
@@ -373,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                               heads=a.heads),
             steps=a.steps, batch=a.batch, keypoints=a.keypoints, crop=a.crop, lr=a.lr, cache_pairs=a.cache_pairs,
             new_pairs=a.new_pairs, log_every=a.log_every, checkpoint_every=a.checkpoint_every, seed=a.seed,
-            pairs=a.pairs, size=_size(a.size), strength=tuple(a.strength), viewpoint_share=a.viewpoint_share)
+            pairs=a.pairs, size=_size(a.size), strength=tuple(a.strength), viewpoint_share=a.viewpoint_share,
+            unrelated_share=a.unrelated_share)
         path = train(config, resume=a.resume, init_from=a.init_from)
     except SilkError as e:
         print(f"error: {e}", file=sys.stderr)
