@@ -82,14 +82,20 @@ def test_one_training_step_is_finite_and_reaches_every_parameter():
 def test_training_run_logs_checkpoints_and_resumes(tmp_path, capsys):
     args = ["--images", str(IMAGES), "--out", str(tmp_path / "run"), "--extractor", "tiny", "--batch", "2",
             "--keypoints", "24", "--crop", "64", "--width", "16", "--heads", "2", "--layers", "1",
-            "--log-every", "1", "--checkpoint-every", "2", "--threads", "1"]
+            "--log-every", "1", "--checkpoint-every", "2", "--threads", "1", "--ema", "0.5"]
     assert main(args + ["--steps", "2"]) == 0
     assert main(args + ["--steps", "3", "--resume"]) == 0
     rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3] and all(r["loss"] == r["loss"] for r in rows)
     model = SiLKGlue.from_file(tmp_path / "run" / "last.safetensors")
     assert model.conf.width == 16 and model.conf.descriptor_dim == 64
-    assert torch.load(tmp_path / "run" / "state.pt", weights_only=True)["step"] == 3
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
+    assert state["step"] == 3
+    average = SiLKGlue.from_file(tmp_path / "run" / "ema.safetensors")  # the moving average, resumed with the run
+    assert all(torch.equal(v, state["ema"][k]) for k, v in average.state_dict().items())
+    assert not torch.equal(average.input.weight, model.input.weight)
+    assert main(args + ["--steps", "4", "--resume", "--ema", "1"]) == 2
+    assert "--ema must be a decay in [0, 1)" in capsys.readouterr().err
     assert main(["--images", str(tmp_path / "nothing"), "--out", str(tmp_path / "r2")]) == 2
     assert "no training images" in capsys.readouterr().err
 

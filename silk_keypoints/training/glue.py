@@ -16,8 +16,9 @@ Extraction dominates the cost on a CPU, so pairs go into an in-memory cache (``c
 adds ``new_pairs`` fresh ones and trains on a random batch of the cache.
 
 Run: ``python -m silk_keypoints.training.glue --images DIR --out RUN`` (``--help``); ``RUN`` gets
-``log.jsonl`` (one JSON object per logged step), ``last.safetensors`` (model only) and ``state.pt``
-(optimizer and step, for ``--resume``); ``--init-from FILE`` starts from other SiLKGlue weights.
+``log.jsonl`` (one JSON object per logged step), ``last.safetensors`` (model only), with ``--ema`` also
+``ema.safetensors`` (the moving average of the weights), and ``state.pt`` (optimizer, step and average, for
+``--resume``); ``--init-from FILE`` starts from other SiLKGlue weights.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class GlueTrainConfig:
     unmatched_px: float = 5.0
     log_every: int = 10
     checkpoint_every: int = 100
+    ema: float = 0.0  # > 0: also keep an exponential moving average of the weights (ema.safetensors), this decay
     seed: int = 0
 
 
@@ -274,6 +276,8 @@ def train(config: GlueTrainConfig, resume: bool = False, init_from: str | None =
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     last, state_path, log_path = out / "last.safetensors", out / "state.pt", out / "log.jsonl"
+    if not 0 <= config.ema < 1:
+        raise SilkError(f"--ema must be a decay in [0, 1) (0: off), got {config.ema}")
     torch.manual_seed(config.seed)
     extractor = SiLK.from_pretrained(config.extractor).eval()
     for p in extractor.parameters():
@@ -292,6 +296,11 @@ def train(config: GlueTrainConfig, resume: bool = False, init_from: str | None =
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         step = int(state["step"])
+    average = None
+    if config.ema:
+        average = SiLKGlue(model.conf)
+        saved = state.get("ema") if resume and state_path.is_file() else None
+        average.load_state_dict(saved if saved is not None else model.state_dict())
     paths = list_images(config.images) if Path(config.images).is_dir() else []
     train_paths, _ = split_train_val(paths)
     if not train_paths:
@@ -333,6 +342,10 @@ def train(config: GlueTrainConfig, resume: bool = False, init_from: str | None =
             terms["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
+            if average is not None:
+                with torch.no_grad():
+                    for a, p in zip(average.parameters(), model.parameters()):
+                        a.lerp_(p, 1 - config.ema)
             step += 1
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
@@ -347,7 +360,12 @@ def train(config: GlueTrainConfig, resume: bool = False, init_from: str | None =
                 sums, start = {}, time.perf_counter()
             if step % config.checkpoint_every == 0 or step == config.steps:
                 model.save(last, info={"step": step, "extractor": config.extractor})
-                torch.save({"optimizer": optimizer.state_dict(), "step": step}, state_path)
+                saved = {"optimizer": optimizer.state_dict(), "step": step}
+                if average is not None:
+                    average.save(out / "ema.safetensors", info={"step": step, "extractor": config.extractor,
+                                                                 "ema": config.ema})
+                    saved["ema"] = average.state_dict()
+                torch.save(saved, state_path)
     return last
 
 
@@ -371,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
                  "checkpoint_every", "seed"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--ema", type=float, default=d.ema,
+                   help="also write ema.safetensors, the moving average of the weights with this decay (0: off)")
     p.add_argument("--pairs", choices=("crops", "hpatches"), default=d.pairs,
                    help="pair source: homography crops, or hard-set-like views of whole photos (module doc)")
     p.add_argument("--size", default="x".join(map(str, d.size)), help="hpatches pairs: WxH of the views")
@@ -396,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             steps=a.steps, batch=a.batch, keypoints=a.keypoints, crop=a.crop, lr=a.lr, cache_pairs=a.cache_pairs,
             new_pairs=a.new_pairs, log_every=a.log_every, checkpoint_every=a.checkpoint_every, seed=a.seed,
             pairs=a.pairs, size=_size(a.size), strength=tuple(a.strength), viewpoint_share=a.viewpoint_share,
-            unrelated_share=a.unrelated_share)
+            unrelated_share=a.unrelated_share, ema=a.ema)
         path = train(config, resume=a.resume, init_from=a.init_from)
     except SilkError as e:
         print(f"error: {e}", file=sys.stderr)
