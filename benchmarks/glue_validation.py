@@ -41,7 +41,7 @@ from silk_keypoints.evaluation.hpatches import (
     get_protocol,
     load_for_protocol,
     read_hpatches,
-    scale_matrix,
+    resized_homography,
     summarize,
 )
 from silk_keypoints.evaluation.report import format_table, write_json
@@ -69,8 +69,7 @@ def extract_sequences(model: SiLK, data: Path, max_keypoints: int, neighbours: b
         feats = [model.extract(img, max_keypoints=max_keypoints, neighbours=neighbours) for img, _ in loaded]
         sizes = [(img.shape[1], img.shape[0]) for img, _ in loaded]
         s0 = loaded[0][1]
-        Hs = [scale_matrix(*s1, o) @ H @ np.linalg.inv(scale_matrix(*s0, o))
-              for (_, s1), H in zip(loaded[1:], seq.homographies)]
+        Hs = [resized_homography(H, s0, s1, o) for (_, s1), H in zip(loaded[1:], seq.homographies)]
         out.append({"name": seq.name, "kind": seq.kind, "features": feats, "sizes": sizes, "homographies": Hs,
                     "pixel_offset": o, "ransac_threshold": protocol.ransac_threshold})
     return out

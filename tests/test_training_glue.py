@@ -111,4 +111,4 @@ def test_training_on_hard_set_views(tmp_path, capsys):
     row = json.loads((tmp_path / "other" / "log.jsonl").read_text())
     assert row["matches"] == 0 and row["unmatched"] > 0
     assert main([*args[:-1], "96"]) == 2
-    assert "--size must be WxH" in capsys.readouterr().err
+    assert "--size must look like 480x360" in capsys.readouterr().err

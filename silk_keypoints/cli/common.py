@@ -56,6 +56,17 @@ def pixel_count(text: str) -> int:
     return int(value)
 
 
+def parse_image_size(text: str, example: str = "320x240") -> tuple[int, int]:
+    """(W, H) of a ``--size WxH`` option, both sides at least 32 px; ``example`` shows the form in the error."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SilkError(f"--size must look like {example}, got {text!r}") from None
+    if min(w, h) < 32:
+        raise SilkError(f"--size {text}: images must be at least 32x32")
+    return w, h
+
+
 def add_max_pixels_arg(parser: argparse.ArgumentParser) -> None:
     """``--max-pixels``: the largest image decoded and run (the model's ``max_pixels``), see :func:`load_model`."""
     parser.add_argument("--max-pixels", type=pixel_count, default=None, metavar="N",

@@ -16,7 +16,13 @@ from ..evaluation.extractors import BASELINES, build_extractors
 from ..files import check_overwrite, make_dir
 from ..matching import Matcher
 from . import add_command
-from .common import add_matcher_args, add_overwrite_arg, check_detection_flags, matcher_options
+from .common import (
+    add_matcher_args,
+    add_overwrite_arg,
+    check_detection_flags,
+    matcher_options,
+    parse_image_size,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -220,12 +226,7 @@ def run_imc2022(args: argparse.Namespace) -> int:
 
 
 def run_make_testdata(args: argparse.Namespace) -> int:
-    try:
-        w, h = (int(v) for v in args.size.lower().split("x"))
-    except ValueError:
-        raise SilkError(f"--size must look like 320x240, got {args.size!r}") from None
-    if min(w, h) < 32:
-        raise SilkError(f"--size {args.size}: images must be at least 32x32")
+    w, h = parse_image_size(args.size)
     if args.count is not None and args.count < 1:
         raise SilkError(f"--count must be >= 1, got {args.count}")
     count = 4 if args.count is None else args.count

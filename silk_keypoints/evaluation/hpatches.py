@@ -193,6 +193,13 @@ def scale_matrix(sx: float, sy: float, pixel_offset: float = 0.0) -> np.ndarray:
     return np.array([[sx, 0, c * sx - c], [0, sy, c * sy - c], [0, 0, 1]], dtype=np.float64)
 
 
+def resized_homography(H: np.ndarray, scale0: tuple[float, float], scale1: tuple[float, float],
+                       pixel_offset: float = 0.0) -> np.ndarray:
+    """``H`` (original image 0 -> original image 1) between the two images resized by ``scale0`` / ``scale1``
+    ((sx, sy) = new / old size, :func:`load_for_protocol`)."""
+    return scale_matrix(*scale1, pixel_offset) @ H @ np.linalg.inv(scale_matrix(*scale0, pixel_offset))
+
+
 def load_for_protocol(path: Path, protocol: HPatchesProtocol) -> tuple[np.ndarray, tuple[float, float]]:
     """RGB uint8 image resized by the protocol, and its (sx, sy) = new / old size."""
     img = load_image(path)
@@ -325,8 +332,7 @@ def evaluate_hpatches(
             extract = e.dense if dense else e
             feats0 = extract(ref)
             for k, ((img, s1), H) in enumerate(zip(others, seq.homographies), start=2):
-                H_resized = scale_matrix(*s1, o) @ H @ np.linalg.inv(scale_matrix(*s0, o))
-                r = evaluate_pair(feats0, extract(img), H_resized, _size(ref), _size(img), o,
+                r = evaluate_pair(feats0, extract(img), resized_homography(H, s0, s1, o), _size(ref), _size(img), o,
                                   protocol.ransac_threshold, seed + pair_index + k - 2, device,
                                   protocol.refine)
                 results[e.name].append({"sequence": seq.name, "index": k, "kind": seq.kind, **r})

@@ -5,8 +5,8 @@ homography of the extractor's training ranges (view 1), each with the photometri
 ``pairs="hpatches"``, a training photo at ``size`` and one other image of a hard-set sequence made from it
 (:func:`~silk_keypoints.evaluation.testdata.hpatches_view`: a viewpoint change of a strength drawn from
 ``strength`` with its photometric change, or only a strong photometric change). Each pair carries the frozen
-extractor's keypoints and descriptors of both views (computed once per pair). The ground truth comes from the known warp: keypoint ``i`` of view 0 and ``j`` of
-view 1 match when they are mutual nearest neighbours after warping with a distance below ``match_px`` (3 px);
+extractor's keypoints and descriptors of both views (computed once per pair). The ground truth comes from the
+known warp: keypoint ``i`` of view 0 and ``j`` of view 1 match when they are mutual nearest neighbours after warping with a distance below ``match_px`` (3 px);
 a keypoint is *unmatched* when its nearest warped keypoint is farther than ``unmatched_px`` (5 px) or it falls
 outside the other view; the rest (ambiguous) are left out of the loss. The loss is the negative
 log-likelihood of that assignment: ``0.5 * mean(-log P_ij over matches) + 0.5 * mean(-log p_unmatched over
@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..cli.common import parse_image_size
 from ..errors import SilkError
 from ..evaluation.testdata import cover_crop, hpatches_margin, hpatches_reference, hpatches_view
 from ..features import Features
@@ -223,9 +224,9 @@ def make_view_pairs(
         ref = hpatches_reference(canvas, config.size, margin)
         related = another is None
         other = canvas if related else cover_crop(another, canvas_size, rng)
-        img, H = hpatches_view(other, hpatches_reference(other, config.size, margin), margin, rng,
-                               float(rng.uniform(*config.strength)), bool(rng.random() < config.viewpoint_share),
-                               config.viewpoint_light)
+        other_ref = ref if related else hpatches_reference(other, config.size, margin)
+        img, H = hpatches_view(other, other_ref, margin, rng, float(rng.uniform(*config.strength)),
+                               bool(rng.random() < config.viewpoint_share), config.viewpoint_light)
         views = torch.from_numpy(np.stack([ref, img])).permute(0, 3, 1, 2).float() / 255.0
         feats = extractor.extract(to_batch(views, extractor.config.in_channels), max_keypoints=keypoints)
         (k0, d0), (k1, d1) = _real(feats.image(0)), _real(feats.image(1))
@@ -299,8 +300,8 @@ def train(config: GlueTrainConfig, resume: bool = False, init_from: str | None =
     average = None
     if config.ema:
         average = SiLKGlue(model.conf)
-        saved = state.get("ema") if resume and state_path.is_file() else None
-        average.load_state_dict(saved if saved is not None else model.state_dict())
+        resumed = state.get("ema") if resume and state_path.is_file() else None
+        average.load_state_dict(resumed if resumed is not None else model.state_dict())
     paths = list_images(config.images) if Path(config.images).is_dir() else []
     train_paths, _ = split_train_val(paths)
     if not train_paths:
@@ -360,23 +361,13 @@ def train(config: GlueTrainConfig, resume: bool = False, init_from: str | None =
                 sums, start = {}, time.perf_counter()
             if step % config.checkpoint_every == 0 or step == config.steps:
                 model.save(last, info={"step": step, "extractor": config.extractor})
-                saved = {"optimizer": optimizer.state_dict(), "step": step}
+                checkpoint = {"optimizer": optimizer.state_dict(), "step": step}
                 if average is not None:
                     average.save(out / "ema.safetensors", info={"step": step, "extractor": config.extractor,
                                                                  "ema": config.ema})
-                    saved["ema"] = average.state_dict()
-                torch.save(saved, state_path)
+                    checkpoint["ema"] = average.state_dict()
+                torch.save(checkpoint, state_path)
     return last
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise SilkError(f"--size must be WxH, e.g. 480x360, got {text!r}") from None
-    if min(w, h) < 32:
-        raise SilkError(f"--size {text}: both sides must be at least 32 px")
-    return w, h
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -415,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                               heads=a.heads),
             steps=a.steps, batch=a.batch, keypoints=a.keypoints, crop=a.crop, lr=a.lr, cache_pairs=a.cache_pairs,
             new_pairs=a.new_pairs, log_every=a.log_every, checkpoint_every=a.checkpoint_every, seed=a.seed,
-            pairs=a.pairs, size=_size(a.size), strength=tuple(a.strength), viewpoint_share=a.viewpoint_share,
+            pairs=a.pairs, size=parse_image_size(a.size, "480x360"), strength=tuple(a.strength), viewpoint_share=a.viewpoint_share,
             unrelated_share=a.unrelated_share, ema=a.ema)
         path = train(config, resume=a.resume, init_from=a.init_from)
     except SilkError as e:
