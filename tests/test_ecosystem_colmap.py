@@ -12,6 +12,7 @@ from silk_keypoints import SilkError
 from silk_keypoints.cli import main
 from silk_keypoints.ecosystem.colmap import (
     CAMERA_MODELS,
+    IsolatedVerifier,
     build_colmap_database,
     check_database,
     colmap_camera,
@@ -159,6 +160,74 @@ def test_two_cameras_of_a_plane_get_colmaps_planar_label(tmp_path):
     assert config == int(CONFIG.PLANAR_OR_PANORAMIC) and rows >= 270 and len(e) == 72
 
 
+# --- verification in a child process ------------------------------------------------------------------------
+# pycolmap 4.2 can segfault inside its verification (docs/ecosystem.md). A sitecustomize on the child's path
+# makes it crash on demand: on a pair of exactly 33 matches, and on seed 5 or a random seed.
+CRASHING_PYCOLMAP = '''
+import os, signal
+import pycolmap
+_verify = pycolmap.estimate_two_view_geometry
+def estimate_two_view_geometry(camera0, p0, camera1, p1, matches, options):
+    if len(matches) == 33 and options.ransac.random_seed in (-1, 5):
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return _verify(camera0, p0, camera1, p1, matches, options)
+pycolmap.estimate_two_view_geometry = estimate_two_view_geometry
+'''
+
+
+@pytest.fixture
+def crashing_pycolmap(tmp_path, monkeypatch):
+    (tmp_path / "sitecustomize.py").write_text(CRASHING_PYCOLMAP)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+
+
+def test_isolated_verifier_gives_pycolmaps_geometry():
+    feats, matches = scene(n_views=2, outliers=60)
+    k0, k1 = feats["im0.jpg"]["keypoints"], feats["im1.jpg"]["keypoints"]
+    model, params = default_camera("SIMPLE_RADIAL", W, H)
+    cam = colmap_camera(model, W, H, params)
+    options = pycolmap.TwoViewGeometryOptions()
+    options.ransac.random_seed = 3
+    theirs = verify_matches(cam, cam, k0, k1, matches[0][2], options)
+    with IsolatedVerifier(options) as verify:
+        ours = verify(cam, cam, k0, k1, matches[0][2])
+        again = verify(cam, cam, k0, k1, matches[0][2][:10])  # the same child answers the next pair
+    assert ours.config == theirs.config and not verify.crashes
+    np.testing.assert_array_equal(ours.inlier_matches, theirs.inlier_matches)
+    np.testing.assert_allclose(ours.F, theirs.F)
+    assert len(again.inlier_matches) == 0
+
+
+def test_a_crash_in_pycolmap_costs_one_try_of_one_pair(crashing_pycolmap):
+    feats, matches = scene(n_views=2)
+    k0, k1 = feats["im0.jpg"]["keypoints"], feats["im1.jpg"]["keypoints"]
+    model, params = default_camera("SIMPLE_RADIAL", W, H)
+    cam = colmap_camera(model, W, H, params)
+    options = pycolmap.TwoViewGeometryOptions()
+    options.ransac.random_seed = 5
+    with IsolatedVerifier(options) as verify:
+        retried = verify(cam, cam, k0, k1, matches[0][2][:33], pair="(a, b)")  # seed 5 crashes, seed 6 verifies
+        assert retried is not None and len(retried.inlier_matches) == 33
+        assert verify.crashes == ["(a, b): pycolmap's verification crashed (SIGSEGV, RANSAC seed 5)"]
+        assert len(verify(cam, cam, k0, k1, matches[0][2]).inlier_matches) == 300  # a new child goes on
+    with IsolatedVerifier(retries=2) as verify:  # random seeds: this fake crashes on every one
+        assert verify(cam, cam, k0, k1, matches[0][2][:33]) is None
+        assert len(verify.crashes) == 3
+
+
+def test_write_database_survives_a_crashing_verification(tmp_path, crashing_pycolmap):
+    feats, matches = scene(n_views=3)
+    matches[1] = (matches[1][0], matches[1][1], matches[1][2][:33])
+    db = tmp_path / "db.db"
+    with pytest.warns(UserWarning, match="crashed"):
+        counts = write_database(db, feats, matches)
+    assert counts == {"images": 3, "pairs": 3, "verified_pairs": 2, "unverified_pairs": 1}
+    assert len(read_table(db, "SELECT pair_id FROM matches")) == 3  # the raw matches of all three are there
+    assert len(read_table(db, "SELECT pair_id FROM two_view_geometries")) == 2
+    assert not list(tmp_path.glob("*.tmp*")) and sorted(p.name for p in tmp_path.iterdir()) == ["db.db",
+                                                                                                "sitecustomize.py"]
+
+
 # --- write_database -----------------------------------------------------------------------------------------
 def test_new_database_read_by_pycolmap(tmp_path):
     feats, matches = scene(n_views=3, outliers=30)
@@ -169,7 +238,7 @@ def test_new_database_read_by_pycolmap(tmp_path):
     )  # given as (im1, im0): stored by id order
     db = tmp_path / "db.db"
     counts = write_database(db, feats, matches)
-    assert counts == {"images": 3, "pairs": 3, "verified_pairs": 3}
+    assert counts == {"images": 3, "pairs": 3, "verified_pairs": 3, "unverified_pairs": 0}
     tables = {r[0] for r in read_table(db, "SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"cameras", "images", "keypoints", "descriptors", "matches", "two_view_geometries"} <= tables
     rows, cols = read_table(db, "SELECT rows, cols FROM keypoints WHERE image_id = 1")[0]

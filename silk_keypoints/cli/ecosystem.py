@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 from pathlib import Path
 
 from ..bulk import keep_memory_flat, match_to_h5
@@ -175,16 +177,23 @@ def _register_colmap(sub: argparse._SubParsersAction) -> None:
 
 
 def run_colmap(args: argparse.Namespace) -> int:
-    counts = build_colmap_database(
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        counts = build_colmap_database(
         args.database, args.images, args.features, args.pairs, args.matches,
-        model=None if args.features else load_model(args),
-        extract_options={"resize": args.resize, **detection_options(args)},
-        matcher=None if args.matches else Matcher(args.matcher, **matcher_options(args)),
-        camera_model=args.camera_model,
-        single_camera=args.single_camera, verify=not args.no_verify, overwrite=args.overwrite, progress=True,
-        gate=not args.no_gate,
-    )
+            model=None if args.features else load_model(args),
+            extract_options={"resize": args.resize, **detection_options(args)},
+            matcher=None if args.matches else Matcher(args.matcher, **matcher_options(args)),
+            camera_model=args.camera_model,
+            single_camera=args.single_camera, verify=not args.no_verify, overwrite=args.overwrite, progress=True,
+            gate=not args.no_gate,
+        )
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
     verified = "not verified" if args.no_verify else f"{counts['verified_pairs']} with two-view geometry"
+    if counts["unverified_pairs"]:
+        verified += (f", {counts['unverified_pairs']} unverified: pycolmap crashed on every try, raw matches "
+                     "kept for colmap matches_importer")
     rejected = f", {counts['rejected_pairs']} with no matches: unrelated-pairs gate" if counts["rejected_pairs"] else ""
     print(f"wrote {counts['images']} images, matches of {counts['pairs']} pairs ({verified}{rejected}) to "
           f"{args.database}")

@@ -23,12 +23,18 @@ expects 8-bit SIFT descriptors there and the mapper does not need them.
 
 from __future__ import annotations
 
+import copy
 import os
+import pickle
+import signal
 import sqlite3
+import subprocess
+import sys
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from tqdm import tqdm
@@ -160,6 +166,77 @@ def verify_matches(
                                                options or pycolmap.TwoViewGeometryOptions())
 
 
+class Geometry(NamedTuple):
+    """A pair's verified geometry as the child of :class:`IsolatedVerifier` returns it (the fields of
+    ``pycolmap.TwoViewGeometry`` that the database stores)."""
+
+    config: int
+    inlier_matches: np.ndarray  # (K', 2) uint32
+    F: Any
+    E: Any
+    H: Any
+
+
+class IsolatedVerifier:
+    """COLMAP's verification (as :func:`verify_matches`) in a child process, so that a crash inside pycolmap
+    costs one pair, not the whole import.
+
+    pycolmap 4.2 can die with SIGSEGV on some pairs for some RANSAC seeds (docs/ecosystem.md). A pair whose
+    verification ends the child is retried in a new child, ``retries`` times: with the next seeds when
+    ``options.ransac.random_seed`` is fixed (>= 0), with new random draws otherwise. Use as a context manager
+    (or call :meth:`close`).
+    """
+
+    def __init__(self, options: Any = None, retries: int = 2) -> None:
+        self.options = options or _pycolmap().TwoViewGeometryOptions()
+        self.retries = retries
+        self._child: subprocess.Popen | None = None
+        self.crashes: list[str] = []  # one line per crash: the pair, seed and signal
+
+    def __enter__(self) -> IsolatedVerifier:  # noqa: PYI034 - Self needs Python 3.11
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._child is not None:
+            self._child.stdin.close()
+            self._child.wait()
+            self._child = None
+
+    def __call__(self, camera0: Any, camera1: Any, keypoints0: np.ndarray, keypoints1: np.ndarray,
+                 matches: np.ndarray, pair: str = "") -> Geometry | None:
+        """The verified geometry of one pair (arguments as :func:`verify_matches`; ``pair`` names it in
+        :attr:`crashes`), or None if pycolmap crashed on every try."""
+        matches = np.ascontiguousarray(np.asarray(matches, dtype=np.int64).reshape(-1, 2), dtype=np.uint32)
+        p0, p1 = (to_colmap_keypoints(k).astype(np.float64) for k in (keypoints0, keypoints1))
+        options = copy.deepcopy(self.options)
+        seed = options.ransac.random_seed
+        for attempt in range(self.retries + 1):
+            if seed >= 0:
+                options.ransac.random_seed = seed + attempt
+            child = self._start()
+            try:
+                pickle.dump((camera0, camera1, p0, p1, matches, options), child.stdin)
+                child.stdin.flush()
+                return Geometry(*pickle.load(child.stdout))
+            except (EOFError, BrokenPipeError, pickle.UnpicklingError):
+                code = child.wait()
+                self._child = None
+                how = signal.Signals(-code).name if code < 0 else f"exit code {code}"
+                self.crashes.append(f"{pair or 'a pair'}: pycolmap's verification crashed ({how}, "
+                                    f"RANSAC seed {options.ransac.random_seed})")
+        return None
+
+    def _start(self) -> subprocess.Popen:
+        if self._child is None:
+            worker = Path(__file__).with_name("colmap_worker.py")
+            self._child = subprocess.Popen([sys.executable, str(worker)], stdin=subprocess.PIPE,
+                                           stdout=subprocess.PIPE)
+        return self._child
+
+
 def _pycolmap() -> Any:
     try:
         import pycolmap
@@ -289,7 +366,10 @@ def write_database(
         verify_options: ``pycolmap.TwoViewGeometryOptions`` (None: COLMAP's defaults).
 
     Returns:
-        counts: ``images``, ``pairs`` (pairs given) and ``verified_pairs`` (with inliers; 0 without ``verify``).
+        counts: ``images``, ``pairs`` (pairs given), ``verified_pairs`` (with inliers; 0 without ``verify``) and
+        ``unverified_pairs``: pairs on which pycolmap's verification crashed on every try
+        (:class:`IsolatedVerifier`); their raw ``matches`` are written, for ``colmap matches_importer``, and a
+        warning names each of them.
 
     Raises:
         SilkError: an existing file that is not a COLMAP database, cameras of a different size, keypoints
@@ -312,7 +392,7 @@ def write_database(
             "single_camera (--single-camera) needs images of one size; these have "
             + ", ".join(sorted({f"{w}x{h}" for w, h in (sizes[n] for n in new)}))
         )
-    counts = {"images": len(sizes), "pairs": 0, "verified_pairs": 0}
+    counts = {"images": len(sizes), "pairs": 0, "verified_pairs": 0, "unverified_pairs": 0}
 
     def write(tmp: Path) -> None:
         conn = sqlite3.connect(tmp)
@@ -343,17 +423,24 @@ def write_database(
             cameras = _cameras(conn, features) if verify else None
             done: set[int] = set()
             for name0, name1, m in tqdm(matches, desc="colmap", unit="pair", disable=not progress):
-                verified = _insert_pair(conn, features, ids, name0, name1, m, cameras, verify_options, done)
+                verified = _insert_pair(conn, features, ids, name0, name1, m, cameras, verifier, done)
                 counts["pairs"] += 1
-                counts["verified_pairs"] += verified
+                counts["verified_pairs"] += verified is True
+                counts["unverified_pairs"] += verified is None
             conn.commit()
         finally:
             conn.close()
 
+    verifier = IsolatedVerifier(verify_options) if verify else None
     try:
         atomic_write(path, write)
     except sqlite3.Error as e:
         raise SilkError(f"cannot write COLMAP database {path}: {e}") from None
+    finally:
+        if verifier is not None:
+            verifier.close()
+            for line in verifier.crashes:
+                warnings.warn(line, stacklevel=2)
     return counts
 
 
@@ -365,10 +452,11 @@ def _insert_pair(
     name1: str,
     matches: np.ndarray,
     cameras: Mapping[str, Any] | None,
-    options: Any,
+    verifier: IsolatedVerifier | None,
     done: set[int],
-) -> bool:
-    """Insert one pair's matches and, with ``cameras``, COLMAP's verified geometry; True if it has inliers."""
+) -> bool | None:
+    """Insert one pair's matches and, with ``cameras``, COLMAP's verified geometry; True if it has inliers,
+    None if the verification crashed on every try."""
     for name in (name0, name1):
         if name not in ids:
             raise SilkError(f"matches name image {name!r}, which has no features")
@@ -392,7 +480,9 @@ def _insert_pair(
     conn.execute("INSERT INTO matches VALUES (?, ?, 2, ?)", (pair_id, len(data), data.tobytes()))
     if cameras is None:
         return False
-    geometry = verify_matches(cameras[name0], cameras[name1], k0, k1, matches, options)
+    geometry = verifier(cameras[name0], cameras[name1], k0, k1, matches, pair=f"({name0}, {name1})")
+    if geometry is None:
+        return None
     inliers = np.ascontiguousarray(geometry.inlier_matches, dtype=np.uint32).reshape(-1, 2)
     if len(inliers) == 0:
         return False

@@ -108,7 +108,7 @@ def warp_images(images: torch.Tensor, homographies: torch.Tensor) -> torch.Tenso
     return warp_perspective(images, matrices, (h, w), mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
-def _nearest_cells(points: torch.Tensor, ok: torch.Tensor, grid: GridMap, map_size: tuple[int, int]) -> torch.Tensor:
+def nearest_cells(points: torch.Tensor, ok: torch.Tensor, grid: GridMap, map_size: tuple[int, int]) -> torch.Tensor:
     """Image points (B, N, 2) -> row-major index of the nearest cell of a ``map_size`` (H, W) map, -1 outside."""
     h, w = map_size
     points = torch.where(ok[..., None], points, torch.zeros_like(points))  # no inf -> long casts
@@ -144,6 +144,6 @@ def dense_correspondences(
     b = h.shape[0]
     pts0 = grid.to_image(cell_grid(*map_size0, device=dev).double()).expand(b, -1, -1)
     pts1 = grid.to_image(cell_grid(*map_size1, device=dev).double()).expand(b, -1, -1)
-    fwd = _nearest_cells(*warp_points_torch(pts0, h), grid, map_size1)
-    bwd = _nearest_cells(*warp_points_torch(pts1, torch.linalg.inv(h)), grid, map_size0)
+    fwd = nearest_cells(*warp_points_torch(pts0, h), grid, map_size1)
+    bwd = nearest_cells(*warp_points_torch(pts1, torch.linalg.inv(h)), grid, map_size0)
     return mutual_only(fwd, bwd)

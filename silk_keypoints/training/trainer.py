@@ -56,6 +56,7 @@ from ..model.config import dataclass_from_dict
 from ..model.zoo import variant_config
 from .augment import RECIPES, augment
 from .data import EpochSampler, ImageCrops, batches_per_epoch, crop_image, scan_images, split_train_val
+from .deform import DeformConfig, deform_view, deformed_correspondences, sample_deformation
 from .homography import HomographyConfig, dense_correspondences, sample_homographies, warp_images
 from .loss import SCALARS, LossConfig, silk_loss
 from .schedule import SCHEDULES, WeightAverage, lr_factor
@@ -86,6 +87,7 @@ class TrainConfig:
     small_images: str = "pad"  # images smaller than the crop: pad | skip | error
     augment: str = "silk"  # photometric recipe: silk | hpatches | lighting | none
     homography: HomographyConfig = field(default_factory=HomographyConfig)
+    deform: DeformConfig = field(default_factory=DeformConfig)  # non-planar pairs (off by default)
     loss: LossConfig = field(default_factory=LossConfig)
     device: str = "cpu"
     threads: int | None = None  # torch CPU threads of each process while training (None: leave as is)
@@ -103,13 +105,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.homography, dict):
             self.homography = dataclass_from_dict(HomographyConfig, self.homography, "training config", "homography.")
+        if isinstance(self.deform, dict):
+            self.deform = dataclass_from_dict(DeformConfig, self.deform, "training config", "deform.")
         if isinstance(self.loss, dict):
             self.loss = dataclass_from_dict(LossConfig, self.loss, "training config", "loss.")
         if isinstance(self.model, dict):
             dataclass_from_dict(SiLKConfig, self.model, "model config in the training config", "model.")
         else:
             variant_config(self.model)
-        problems = []
+        problems = self.deform.problems()
         if self.augment not in RECIPES:
             problems.append(f"augment must be one of {RECIPES}")
         if self.lr_schedule not in SCHEDULES:
@@ -386,18 +390,26 @@ def _loss_of_batch(
     generator: torch.Generator,
     use_amp: bool,
 ) -> dict[str, torch.Tensor]:
-    """uint8 crops (B, 3, S, S) -> SiLK loss terms of the pairs (crop, random homography view of it)."""
+    """uint8 crops (B, 3, S, S) -> SiLK loss terms of the pairs (crop, random homography view of it, deformed
+    and occluded when ``config.deform`` says so)."""
     images = crops.float() / 255.0
     b, _, h, w = images.shape
     homographies = sample_homographies(b, h, w, config.homography, generator)
-    warped = warp_images(images, homographies)
+    deformation = sample_deformation(images, config.deform, generator) if config.deform.active else None
+    if deformation is None:
+        warped = warp_images(images, homographies)
+    else:
+        warped = deform_view(images, homographies, deformation, generator)
     view0 = augment(images, config.augment, generator)
     view1 = augment(warped, config.augment, generator)
     batch = to_batch(torch.stack([view0, view1], 1).flatten(0, 1), model.config.in_channels)
     with torch.autocast(device_type=images.device.type, dtype=torch.float16, enabled=use_amp):
         logits, desc = net(batch, outputs=("logits", "dense_descriptors"))
     map_size = tuple(logits.shape[-2:])
-    corr0, corr1 = dense_correspondences(homographies.to(images.device), model.grid, map_size)
+    if deformation is None:
+        corr0, corr1 = dense_correspondences(homographies.to(images.device), model.grid, map_size)
+    else:
+        corr0, corr1 = deformed_correspondences(homographies.to(images.device), deformation, model.grid, map_size)
     return silk_loss(desc[0::2], desc[1::2], logits[0::2], logits[1::2], corr0, corr1, config.loss, generator)
 
 
