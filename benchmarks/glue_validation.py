@@ -162,8 +162,9 @@ def main() -> None:
         extractor = ModelExtractor(model, args.extractor, max_keypoints=args.max_keypoints, neighbours=args.refine)
         with tempfile.TemporaryDirectory() as tmp:
             views = colmap_set([extractor], Path(args.views), Path(tmp), args.threads, args.seed, args.max_views,
-                               matchers)
-        texts.append(f"Multi-view set: {args.views}\n" + colmap_table(views))
+                               matchers, photos=args.photos)
+        texts.append(f"Multi-view set: {args.views}, views {' '.join(views['views'])} (left out as training "
+                     f"photos: {' '.join(views['left_out']) or 'none'})\n" + colmap_table(views))
     print("\n\n".join(texts))
     if args.out:
         out = Path(args.out)

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from extra_photos import phash  # benchmarks/extra_photos.py
 from peers import PEERS, peer_extractors  # benchmarks/peers.py
 from validation import add_set_args, parse_size, validation_photos, validation_set  # the same validation set
 
@@ -53,6 +54,7 @@ from silk_keypoints.evaluation.testdata import make_rotations
 from silk_keypoints.features import Features
 from silk_keypoints.io import list_images, load_image
 from silk_keypoints.matching import match_descriptors
+from silk_keypoints.training.data import split_train_val
 
 COLUMNS = ("rep@3", "mma@1", "mma@3", "h_acc@1", "h_acc@3", "h_auc@1", "h_auc@3")
 SETS = ("timing", "geometry", "hard", "rotation", "colmap")
@@ -166,15 +168,19 @@ def reconstruct(database: Path, images: Path, work: Path, threads: int, seed: in
 
 
 def colmap_set(extractors: list[Extractor], views: Path, tmp: Path, threads: int, seed: int,
-               max_views: int | None = None, matchers: dict[str, Matcher] | None = None) -> dict:
+               max_views: int | None = None, matchers: dict[str, Matcher] | None = None,
+               photos: str | None = None) -> dict:
     """Extract, match (mutual NN, or each of ``matchers``: rows ``<extractor>+<name>``), verify and map the
     images of ``views`` (at most ``max_views``, evenly spaced in name order) with every plain extractor, and
-    with pycolmap's own SIFT (``colmap-sift``, at most as many features as the others)."""
+    with pycolmap's own SIFT (``colmap-sift``, at most as many features as the others). Views that are copies
+    of a training photo of ``photos`` (:func:`training_copies`) are left out first."""
     import pycolmap
 
     images = tmp / "views"
     images.mkdir(parents=True)
     paths = sorted(list_images(views))
+    left_out = training_copies(paths, photos) if photos else []
+    paths = [p for p in paths if p not in left_out]
     if max_views and len(paths) > max_views:
         paths = paths[:: -(-len(paths) // max_views)]
     for path in paths:
@@ -210,7 +216,17 @@ def colmap_set(extractors: list[Extractor], views: Path, tmp: Path, threads: int
     database.close()
     results["colmap-sift"] = {**reconstruct(db, images, tmp / "colmap-sift", threads, seed),
                               "verified_pairs": verified, "ms_per_image": ms}
-    return {"images": len(names), "pairs": len(names) * (len(names) - 1) // 2, "methods": results}
+    return {"images": len(names), "pairs": len(names) * (len(names) - 1) // 2, "methods": results,
+            "views": names, "left_out": [p.name for p in left_out]}
+
+
+def training_copies(paths: list[Path], photos: str, max_bits: int = 2) -> list[Path]:
+    """The images of ``paths`` that are copies (resized, re-encoded) of a photo of the training split of
+    ``photos``: 64-bit DCT pHash within ``max_bits`` bits (other views of the same scene differ by >= 6)."""
+    import cv2
+
+    codes = [phash(cv2.imread(str(p))) for p in split_train_val(list_images(photos))[0]]
+    return [p for p in paths if min((phash(cv2.imread(str(p))) ^ c).bit_count() for c in codes) <= max_bits]
 
 
 def seeded_verification(seed: int):
@@ -306,8 +322,9 @@ def main() -> None:
             reset_timers(extractors, (640, 480))
             start = time.perf_counter()
             result = colmap_set(extractors, Path(args.views), Path(tmp) / "colmap", args.threads, args.seed,
-                                args.max_views)
-            head = f"Multi-view set: {args.views}; {time.perf_counter() - start:.0f} s\n"
+                                args.max_views, photos=args.photos)
+            head = (f"Multi-view set: {args.views}, views {' '.join(result['views'])} (left out as training "
+                    f"photos: {' '.join(result['left_out']) or 'none'}); {time.perf_counter() - start:.0f} s\n")
             emit("colmap", head + colmap_table(result), result)
     if out:
         (out / "tables.txt").write_text("\n\n".join(texts) + "\n")

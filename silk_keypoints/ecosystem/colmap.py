@@ -33,8 +33,9 @@ import sys
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -166,9 +167,10 @@ def verify_matches(
                                                options or pycolmap.TwoViewGeometryOptions())
 
 
-class Geometry(NamedTuple):
+@dataclass(frozen=True)
+class Geometry:
     """A pair's verified geometry as the child of :class:`IsolatedVerifier` returns it (the fields of
-    ``pycolmap.TwoViewGeometry`` that the database stores)."""
+    ``pycolmap.TwoViewGeometry`` that the database stores; matrices in COLMAP's pixels)."""
 
     config: int
     inlier_matches: np.ndarray  # (K', 2) uint32

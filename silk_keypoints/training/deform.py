@@ -65,8 +65,8 @@ class Deformation:
 def sample_deformation(
     images: torch.Tensor, config: DeformConfig, generator: torch.Generator | None = None
 ) -> Deformation:
-    """Random field and occluder masks for a batch of view-0 ``images`` (B, C, S, S) (masks only: see
-    :func:`deform_view`, which also paints the occluders)."""
+    """A random elastic field and occluder rectangles (as masks) for a batch of view-0 ``images`` (B, C, S, S);
+    :func:`deform_view` makes the view-1 images from them."""
     b, _, h, w = images.shape
     field = occluded = None
     if config.elastic > 0:
@@ -89,15 +89,18 @@ def sample_deformation(
     return Deformation(field, occluded)
 
 
-def backward_points(points: torch.Tensor, homographies: torch.Tensor, field: torch.Tensor | None):
+def backward_points(
+    points: torch.Tensor, homographies: torch.Tensor, field: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """View-1 points (B, N, 2) -> view-0 points ``H^-1 (q + D(q))`` and their ``in_front`` mask (B, N)."""
     if field is not None:
         points = points + _sample(field, points)
     return warp_points_torch(points, torch.linalg.inv(homographies))
 
 
-def forward_points(points: torch.Tensor, homographies: torch.Tensor, field: torch.Tensor | None,
-                   iterations: int = 16):
+def forward_points(
+    points: torch.Tensor, homographies: torch.Tensor, field: torch.Tensor | None, iterations: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
     """View-0 points (B, N, 2) -> view-1 points q with ``q + D(q) = H p`` and their ``in_front`` mask (B, N)."""
     target, ok = warp_points_torch(points, homographies)
     if field is None:
