@@ -226,7 +226,8 @@ def training_copies(paths: list[Path], photos: str, max_bits: int = 2) -> list[P
     import cv2
 
     codes = [phash(cv2.imread(str(p))) for p in split_train_val(list_images(photos))[0]]
-    return [p for p in paths if min((phash(cv2.imread(str(p))) ^ c).bit_count() for c in codes) <= max_bits]
+    views = {p: phash(cv2.imread(str(p))) for p in paths}
+    return [p for p, code in views.items() if min((code ^ c).bit_count() for c in codes) <= max_bits]
 
 
 def seeded_verification(seed: int):

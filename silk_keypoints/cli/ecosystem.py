@@ -180,7 +180,7 @@ def run_colmap(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         counts = build_colmap_database(
-        args.database, args.images, args.features, args.pairs, args.matches,
+            args.database, args.images, args.features, args.pairs, args.matches,
             model=None if args.features else load_model(args),
             extract_options={"resize": args.resize, **detection_options(args)},
             matcher=None if args.matches else Matcher(args.matcher, **matcher_options(args)),

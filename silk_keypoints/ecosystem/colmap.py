@@ -161,10 +161,19 @@ def verify_matches(
         (K', 2) (empty if none), ``F`` / ``E`` / ``H`` (3, 3) in COLMAP's pixels (ours + 0.5).
     """
     pycolmap = _pycolmap()
-    matches = np.ascontiguousarray(np.asarray(matches, dtype=np.int64).reshape(-1, 2), dtype=np.uint32)
-    p0, p1 = (to_colmap_keypoints(k).astype(np.float64) for k in (keypoints0, keypoints1))
+    p0, p1, matches = _verification_inputs(keypoints0, keypoints1, matches)
     return pycolmap.estimate_two_view_geometry(camera0, p0, camera1, p1, matches,
                                                options or pycolmap.TwoViewGeometryOptions())
+
+
+def _verification_inputs(
+    keypoints0: np.ndarray, keypoints1: np.ndarray, matches: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keypoints (ours) and (K, 2) matches as ``pycolmap.estimate_two_view_geometry`` takes them: float64
+    COLMAP pixels and contiguous uint32 index pairs."""
+    p0, p1 = (to_colmap_keypoints(k).astype(np.float64) for k in (keypoints0, keypoints1))
+    matches = np.ascontiguousarray(np.asarray(matches, dtype=np.int64).reshape(-1, 2), dtype=np.uint32)
+    return p0, p1, matches
 
 
 @dataclass(frozen=True)
@@ -211,8 +220,7 @@ class IsolatedVerifier:
                  matches: np.ndarray, pair: str = "") -> Geometry | None:
         """The verified geometry of one pair (arguments as :func:`verify_matches`; ``pair`` names it in
         :attr:`crashes`), or None if pycolmap crashed on every try."""
-        matches = np.ascontiguousarray(np.asarray(matches, dtype=np.int64).reshape(-1, 2), dtype=np.uint32)
-        p0, p1 = (to_colmap_keypoints(k).astype(np.float64) for k in (keypoints0, keypoints1))
+        p0, p1, matches = _verification_inputs(keypoints0, keypoints1, matches)
         options = copy.deepcopy(self.options)
         seed = options.ransac.random_seed
         for attempt in range(self.retries + 1):
