@@ -269,7 +269,7 @@ def colmap_table(result: dict) -> str:
     headers = ["method", "registered", "points3D", "track_len", "reproj_px", "verified_pairs", "inliers/pair",
                "models", "ms/img"]
     rows = [[m, r["registered"], r["points3D"], r["track_length"], r["reprojection_error"], r["verified_pairs"],
-             r.get("inliers_per_pair"), r["models"], r["ms_per_image"]] for m, r in result["methods"].items()]
+             r["inliers_per_pair"], r["models"], r["ms_per_image"]] for m, r in result["methods"].items()]
     return format_table(headers, rows, f"Real multi-view photos through pycolmap ({result['images']} images, "
                                        f"{result['pairs']} pairs, mutual NN unless named, COLMAP verification, "
                                        "largest model)")
