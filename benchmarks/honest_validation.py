@@ -24,7 +24,9 @@ centres at integers). Three sets:
     per pair (the mapper-free count of geometrically consistent matches), next to pycolmap's own SIFT
     pipeline on the same images. No ground truth exists for these images: this set says whether the features
     build a consistent model of a real 3-D scene, and how precisely. ``+pairref`` rows cannot feed COLMAP
-    (refined positions differ per pair) and are left out.
+    (refined positions differ per pair); in their place, ``<model>+adjust`` rows: the keypoints adjusted
+    over the tracks of COLMAP's verified inliers (``silk colmap --adjust-keypoints``), one position per
+    keypoint and image.
 
     bash benchmarks/fetch_views.sh /tmp/views
     nice -n 10 env OMP_NUM_THREADS=2 python benchmarks/honest_validation.py --views /tmp/views \\
@@ -46,7 +48,7 @@ from peers import PEERS, peer_extractors  # benchmarks/peers.py
 from validation import add_set_args, parse_size, validation_photos, validation_set  # the same validation set
 
 from silk_keypoints import Matcher, SiLK
-from silk_keypoints.ecosystem.colmap import write_database
+from silk_keypoints.ecosystem.colmap import read_inlier_matches, write_database
 from silk_keypoints.evaluation.extractors import Extractor, ModelExtractor, OpenCVExtractor
 from silk_keypoints.evaluation.hpatches import evaluate_hpatches, get_protocol, read_hpatches
 from silk_keypoints.evaluation.metrics import accuracy
@@ -55,6 +57,7 @@ from silk_keypoints.evaluation.testdata import make_rotations
 from silk_keypoints.features import Features
 from silk_keypoints.io import list_images, load_image
 from silk_keypoints.matching import match_descriptors
+from silk_keypoints.refinement import adjust_keypoints
 from silk_keypoints.training.data import split_train_val
 
 COLUMNS = ("rep@3", "mma@1", "mma@3", "h_acc@1", "h_acc@3", "h_auc@1", "h_auc@3")
@@ -192,6 +195,7 @@ def colmap_set(extractors: list[Extractor], views: Path, tmp: Path, threads: int
     results = {}
     for e in extractors:
         if e.name.endswith("+pairref"):
+            results.update(adjusted_row(e, names, loaded, images, tmp, threads, seed, pairs))
             continue
         feats = {n: e(loaded[n]) for n in names}
         table = {n: {"keypoints": f.keypoints[0].double().numpy(), "image_size": f.image_size[0].numpy()}
@@ -223,6 +227,32 @@ def colmap_set(extractors: list[Extractor], views: Path, tmp: Path, threads: int
                               "ms_per_image": ms}
     return {"images": len(names), "pairs": pairs, "methods": results,
             "views": names, "left_out": [p.name for p in left_out]}
+
+
+def adjusted_row(e: Extractor, names: list[str], loaded: dict, images: Path, tmp: Path, threads: int, seed: int,
+                 pairs: int) -> dict:
+    """The ``<model>+adjust`` row of the colmap set from a ``+pairref`` extractor (features with neighbour
+    descriptors): mutual NN, COLMAP's verification, the keypoints adjusted on its inliers
+    (:func:`~silk_keypoints.refinement.adjust_keypoints`, what ``silk colmap --adjust-keypoints`` does),
+    verified again and mapped."""
+    feats = {n: e(loaded[n]) for n in names}
+    matches = [(a, b, match_pair(feats[a], feats[b], None)) for i, a in enumerate(names) for b in names[i + 1:]]
+    options = {"camera_model": "SIMPLE_RADIAL", "single_camera": True, "verify_options": seeded_verification(seed)}
+    first = tmp / f"{e.name}-first.db"
+    plain = {n: {"keypoints": f.keypoints[0].double().numpy(), "image_size": f.image_size[0].numpy()}
+             for n, f in feats.items()}
+    write_database(first, plain, matches, **options)
+    index = {n: i for i, n in enumerate(names)}
+    edges = [(index[a], index[b], torch.from_numpy(m.astype(np.int64)))
+             for (a, b), m in read_inlier_matches(first).items()]
+    moved = adjust_keypoints([feats[n] for n in names], edges)
+    name = e.name.replace("+pairref", "+adjust")
+    table = {n: {"keypoints": moved[i].double().numpy(), "image_size": feats[n].image_size[0].numpy()}
+             for i, n in enumerate(names)}
+    db = tmp / f"{name}.db"
+    counts = write_database(db, table, matches, **options)
+    return {name: {**reconstruct(db, images, tmp / name, threads, seed), "verified_pairs": counts["verified_pairs"],
+                   "inliers_per_pair": inliers_per_pair(db, pairs), "ms_per_image": 1000 * e.seconds_per_image}}
 
 
 def training_copies(paths: list[Path], photos: str, max_bits: int = 2) -> list[Path]:

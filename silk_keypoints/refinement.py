@@ -18,6 +18,8 @@ What it gains and how the defaults were chosen is measured in docs/conventions.m
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -103,3 +105,62 @@ def refine_matches(
         step = share * float(feats0.neighbour_spacing[image])
         p0 += step * subcell_offsets(d1[i1], n0[image][i0], subdivisions).to(p0.dtype)
     return p0, p1
+
+
+def adjust_keypoints(
+    features: Sequence[Features],
+    matches: Sequence[tuple[int, int, torch.Tensor]],
+    subdivisions: int = DEFAULT_SUBDIVISIONS,
+) -> list[torch.Tensor]:
+    """Keypoints of several images moved below the cell size towards the mean of their tracks (multi-view).
+
+    For every match (a, b), :func:`subcell_offsets` gives the offset ``o_a(b)`` (within one cell) where the
+    descriptor map around ``a`` fits ``b``'s descriptor best: where ``b``'s point lies in ``a``'s image. Each
+    keypoint then moves by ``sum_b o_a(b) / (degree + 1)``, the mean of its own position and its matches'
+    positions seen from its image: the keypoints of a track whose members all match each other move to one
+    common point, and a keypoint with one match moves halfway, as :func:`refine_matches` moves both ends.
+    Unlike the pair refinement, the result is one position per keypoint and image, shared by all its pairs:
+    what COLMAP and hloc files store. Pass geometrically verified matches: a wrong match pulls its keypoints.
+
+    Args:
+        features: one :class:`~silk_keypoints.features.Features` (batch of one) per image, with
+            ``neighbour_descriptors`` (``extract(..., neighbours=True)``).
+        matches: ``(image a, image b, (K, 2) int64 [index in a, index in b])`` items.
+        subdivisions: offsets tried per cell and axis.
+
+    Returns:
+        keypoints (N_i, 2) per image, in pixels (x, y), the keypoints' dtype; unmatched keypoints unchanged.
+    """
+    check_subdivisions(subdivisions)
+    for i, f in enumerate(features):
+        if f.batch_size != 1:
+            raise SilkError(f"features of image {i} hold a batch of {f.batch_size}; pass one image each")
+        if f.neighbour_descriptors is None:
+            raise SilkError(f"features of image {i} have no neighbour_descriptors: extract with neighbours=True")
+    counts = [f.keypoints.shape[1] for f in features]
+    start = [0]
+    for c in counts:
+        start.append(start[-1] + c)
+    total = start[-1]
+    edges = []
+    for a, b, m in matches:
+        if not (0 <= a < len(features) and 0 <= b < len(features)) or a == b:
+            raise SilkError(f"matches name images {a} and {b}; there are {len(features)} (two different ones)")
+        m = torch.as_tensor(m, dtype=torch.long).reshape(-1, 2)
+        if len(m) and (m.min() < 0 or m[:, 0].max() >= counts[a] or m[:, 1].max() >= counts[b]):
+            raise SilkError(f"matches of images {a} and {b} name keypoints outside their {counts[a]} / {counts[b]}")
+        edges.append(torch.stack([m[:, 0] + start[a], m[:, 1] + start[b]], dim=1))
+    offsets = torch.zeros(total, 2)
+    edges = torch.cat(edges) if edges else torch.zeros(0, 2, dtype=torch.long)
+    if len(edges):
+        neigh = torch.cat([f.neighbour_descriptors[0].float() for f in features])
+        desc = torch.cat([f.descriptors[0].float() for f in features])
+        u, v = torch.cat([edges[:, 0], edges[:, 1]]), torch.cat([edges[:, 1], edges[:, 0]])  # both directions
+        seen = subcell_offsets(desc[v], neigh[u], subdivisions)  # where v's point lies around u, in cells
+        degree = torch.zeros(total).index_add_(0, u, torch.ones(len(u)))
+        offsets = torch.zeros(total, 2).index_add_(0, u, seen) / (degree[:, None] + 1)
+    out = []
+    for i, f in enumerate(features):
+        step = float(f.neighbour_spacing[0]) if f.neighbour_spacing is not None else 1.0
+        out.append(f.keypoints[0] + step * offsets[start[i] : start[i + 1]].to(f.keypoints.dtype))
+    return out

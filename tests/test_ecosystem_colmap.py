@@ -20,6 +20,7 @@ from silk_keypoints.ecosystem.colmap import (
     image_ids_to_pair_id,
     image_names,
     pair_id_to_image_ids,
+    read_inlier_matches,
     to_colmap_keypoints,
     verify_matches,
     write_database,
@@ -468,6 +469,31 @@ def test_build_colmap_database_extracts_and_matches(tmp_path):
     with pytest.raises(SilkError, match="no images in"):
         image_names(tmp_path)
     assert not (tmp_path / "b.db").exists()
+
+
+def _keypoints(db):
+    return {name: np.frombuffer(data, dtype=np.float32).reshape(rows, 2) for name, rows, data in read_table(
+        db, "SELECT images.name, rows, data FROM keypoints JOIN images ON images.image_id = keypoints.image_id")}
+
+
+def test_build_colmap_database_adjusts_keypoints_on_verified_tracks(tmp_path):
+    model = SiLK.from_pretrained("fast")
+    options = {"max_keypoints": 512}
+    build_colmap_database(tmp_path / "plain.db", IMAGES, model=model, extract_options=options)
+    build_colmap_database(tmp_path / "adjusted.db", IMAGES, model=model, extract_options=options, adjust=True)
+    plain, adjusted = _keypoints(tmp_path / "plain.db"), _keypoints(tmp_path / "adjusted.db")
+    assert set(read_inlier_matches(tmp_path / "adjusted.db")) == {("opencv_left.jpg", "opencv_right.jpg")}
+    (pair, inliers), = read_inlier_matches(tmp_path / "plain.db").items()
+    for k, name in enumerate(pair):
+        shift = np.abs(adjusted[name] - plain[name]).max(axis=1)
+        matched = np.zeros(len(shift), dtype=bool)
+        matched[inliers[:, k]] = True
+        assert shift.max() <= 2.0 + 1e-5  # at most one cell of fast
+        assert (shift[~matched] == 0).all() and (shift[matched] > 0).mean() > 0.3
+    assert (adjusted["opencv_box.jpg"] == plain["opencv_box.jpg"]).all()  # no verified pair: unchanged
+    with pytest.raises(SilkError, match="leave out --no-verify"):
+        build_colmap_database(tmp_path / "c.db", IMAGES, model=model, adjust=True, verify=False)
+    assert not (tmp_path / "c.db").exists()
 
 
 def _matches0(m, n0):

@@ -14,7 +14,13 @@ from silk_keypoints.features import Features
 from silk_keypoints.matching import Matcher
 from silk_keypoints.model.sparse import NEIGHBOUR_OFFSETS, neighbour_cells, neighbour_descriptors
 from silk_keypoints.model.zoo import variant_config
-from silk_keypoints.refinement import check_subdivisions, refine_matches, subcell_grid, subcell_offsets
+from silk_keypoints.refinement import (
+    adjust_keypoints,
+    check_subdivisions,
+    refine_matches,
+    subcell_grid,
+    subcell_offsets,
+)
 
 
 def gather_neighbours(raw: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -118,6 +124,73 @@ def test_refinement_recovers_a_sub_cell_shift():
     q0, q1 = refine_matches(feats[0].without_neighbours(), feats[1], matches)
     torch.testing.assert_close(q0, feats[0]["keypoints"][0, matches[:, 0]])
     assert (q0 - shift - q1).norm(dim=1).median() < 0.5 * truth_before.median()
+
+
+def _shifted_grids(shifts: list[torch.Tensor], stride: float = 2.0, size: int = 24) -> list[Features]:
+    """One stride-``stride`` grid of :func:`_field` per shift: image i at position q shows the content at
+    q + shifts[i]; the inner cells are the keypoints (with their neighbour descriptors)."""
+    rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    pos = torch.stack([cols.reshape(-1), rows.reshape(-1)], 1).float() * stride + 0.5
+    inner = ((rows > 0) & (rows < size - 1) & (cols > 0) & (cols < size - 1)).reshape(-1).nonzero()[:, 0]
+    feats = []
+    for shift in shifts:
+        desc = _field(pos + shift)
+        raw = desc.T.reshape(-1, size, size)
+        feats.append(Features.from_mapping({"keypoints": pos[inner], "descriptors": desc[inner],
+                                            "keypoint_scores": torch.rand(len(inner)),
+                                            "neighbour_descriptors": gather_neighbours(raw, inner),
+                                            "neighbour_spacing": stride}))
+    return feats
+
+
+def _mutual(d0: torch.Tensor, d1: torch.Tensor) -> torch.Tensor:
+    sim = d0 @ d1.T
+    a, b = sim.argmax(1), sim.argmax(0)
+    keep = b[a] == torch.arange(len(d0))
+    return torch.stack([torch.arange(len(d0))[keep], a[keep]], 1)
+
+
+def test_adjust_keypoints_makes_every_track_agree():
+    """Three sub-cell shifted grids (pairwise shifts under half a cell, so that the matches form closed
+    tracks), matches between every pair: after the adjustment the keypoints of a match are the same content
+    point in all three pairs (one position per keypoint and image, unlike refine_matches)."""
+    shifts = [torch.zeros(2), torch.tensor([0.6, -0.4]), torch.tensor([0.3, 0.5])]
+    feats = _shifted_grids(shifts)
+    pairs = [(0, 1), (0, 2), (1, 2)]
+    matches = [(a, b, _mutual(feats[a]["descriptors"][0], feats[b]["descriptors"][0])) for a, b in pairs]
+    moved = adjust_keypoints(feats, matches)
+    for a, b, m in matches:
+        def error(points: list[torch.Tensor], a=a, b=b, m=m) -> torch.Tensor:
+            return ((points[a][m[:, 0]] + shifts[a]) - (points[b][m[:, 1]] + shifts[b])).norm(dim=1)
+
+        before = error([f["keypoints"][0] for f in feats])
+        after = error(moved)
+        assert before.median() > 0.5
+        assert after.median() < 0.4 * before.median()
+    for f, k in zip(feats, moved):  # at most one cell per axis
+        assert (k - f["keypoints"][0]).abs().max() <= 2.0 + 1e-6
+
+
+def test_adjust_keypoints_leaves_unmatched_keypoints_and_checks_inputs():
+    feats = _shifted_grids([torch.zeros(2), torch.tensor([0.7, -0.6])], size=8)
+    m = torch.tensor([[0, 0], [5, 5]])
+    moved = adjust_keypoints(feats, [(0, 1, m)])
+    others = torch.ones(len(moved[0]), dtype=torch.bool)
+    others[m[:, 0]] = False
+    torch.testing.assert_close(moved[0][others], feats[0]["keypoints"][0][others])
+    p0, p1 = refine_matches(feats[0], feats[1], m)  # one match per keypoint: both ends move halfway
+    torch.testing.assert_close(moved[0][m[:, 0]], p0)
+    torch.testing.assert_close(moved[1][m[:, 1]], p1)
+    assert (p1 - feats[1]["keypoints"][0][m[:, 1]]).abs().max() > 0
+    assert adjust_keypoints(feats, [])[1].equal(feats[1]["keypoints"][0])
+    with pytest.raises(SilkError, match="neighbour_descriptors"):
+        adjust_keypoints([feats[0].without_neighbours(), feats[1]], [(0, 1, m)])
+    with pytest.raises(SilkError, match="outside"):
+        adjust_keypoints(feats, [(0, 1, torch.tensor([[0, 999]]))])
+    with pytest.raises(SilkError, match="images 0 and 2"):
+        adjust_keypoints(feats, [(0, 2, m)])
+    with pytest.raises(SilkError, match="subdivisions"):
+        adjust_keypoints(feats, [(0, 1, m)], subdivisions=0)
 
 
 def test_refine_needs_the_spacing():

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("models", "list the shipped models: size, cost, description"),
     "pairs": ("ecosystem", "write an hloc pairs.txt (exhaustive or sequential)"),
     "match-pairs": ("ecosystem", "match the pairs of a pairs.txt, write hloc's matches.h5"),
+    "adjust-keypoints": ("ecosystem", "move keypoints below the cell size so that tracks of verified matches agree"),
     "merge-features": ("ecosystem", "merge the part files of a sharded (torchrun) silk extract into features.h5"),
     "merge-matches": ("ecosystem", "merge the part files of a sharded (torchrun) silk match-pairs into matches.h5"),
     "colmap": ("ecosystem", "import keypoints and verified matches into a COLMAP database"),

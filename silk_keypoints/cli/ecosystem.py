@@ -1,4 +1,4 @@
-"""``silk pairs``, ``match-pairs``, ``colmap``, ``export-npz``: files for hloc, COLMAP, other tools."""
+"""``silk pairs``, ``match-pairs``, ``adjust-keypoints``, ``colmap``, ``export-npz``: files for hloc, COLMAP, other tools."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from ..bulk import keep_memory_flat, match_to_h5
 from ..devices import setup_distributed
 from ..ecosystem.colmap import CAMERA_MODELS, build_colmap_database, image_names
-from ..ecosystem.hloc import feature_names, merge_h5, read_features
+from ..ecosystem.hloc import adjust_features, feature_names, merge_h5, read_features
 from ..ecosystem.npz import export_npz
 from ..ecosystem.pairs import exhaustive_pairs, read_pairs, sequential_pairs, write_pairs
 from ..errors import SilkError
@@ -35,6 +35,7 @@ from .common import (
 def register(sub: argparse._SubParsersAction) -> None:
     _register_pairs(sub)
     _register_match_pairs(sub)
+    _register_adjust(sub)
     _register_merge(sub)
     _register_colmap(sub)
     _register_export_npz(sub)
@@ -108,6 +109,39 @@ def run_match_pairs(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ adjust-keypoints
+def _register_adjust(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub,
+        "adjust-keypoints",
+        description="Move the keypoints of a features.h5 below the cell size so that every track of verified "
+        "matches agrees: each pair of PAIRS is verified by a fundamental matrix on its matches.h5 matches, and "
+        "each matched keypoint moves to the mean of its own position and its matches' positions seen from its "
+        "image (found in the descriptor map around it). Writes a new features.h5 (same descriptors, for hloc's "
+        "triangulation or silk colmap --features). The features must come from silk extract --neighbours. "
+        "See docs/subpixel.md.",
+    )
+    p.add_argument("pairs", metavar="PAIRS", help="pairs file, 'name0 name1' per line (the matched pairs)")
+    p.add_argument("--features", required=True, metavar="H5", help="features.h5 from silk extract --neighbours")
+    p.add_argument("--matches", required=True, metavar="H5", help="matches.h5 of the pairs (silk match-pairs)")
+    p.add_argument("--out", required=True, metavar="H5", help="output features.h5 with the adjusted keypoints")
+    p.add_argument("--min-inliers", type=int, default=15, metavar="N",
+                   help="use only pairs with at least N verified matches (default: 15, COLMAP's)")
+    add_overwrite_arg(p)
+    p.set_defaults(func=run_adjust)
+
+
+def run_adjust(args: argparse.Namespace) -> int:
+    if args.min_inliers < 8:
+        raise SilkError(f"--min-inliers must be >= 8 (a fundamental matrix needs 8 matches), got {args.min_inliers}")
+    pairs = read_pairs(args.pairs, known=feature_names(args.features), where=args.features)
+    counts = adjust_features(args.features, args.matches, pairs, args.out, overwrite=args.overwrite,
+                             min_inliers=args.min_inliers, progress=True)
+    print(f"wrote {counts['images']} images to {args.out}: {counts['moved']} keypoints adjusted on the tracks of "
+          f"{counts['verified_pairs']} of {counts['pairs']} pairs")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ merge
 def _register_merge(sub: argparse._SubParsersAction) -> None:
     for kind in ("features", "matches"):
@@ -169,6 +203,13 @@ def _register_colmap(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="replace keypoints (and their matches) of images the database already has keypoints for",
     )
+    p.add_argument(
+        "--adjust-keypoints",
+        action="store_true",
+        help="move keypoints below the cell size so that every track of verified matches agrees, before "
+        "writing them (verifies twice; a --features file must come from silk extract --neighbours; "
+        "docs/subpixel.md)",
+    )
     add_matcher_args(p, refine=False)
     add_pair_list_gate_arg(p)
     add_model_args(p)
@@ -186,7 +227,7 @@ def run_colmap(args: argparse.Namespace) -> int:
             matcher=None if args.matches else Matcher(args.matcher, **matcher_options(args)),
             camera_model=args.camera_model,
             single_camera=args.single_camera, verify=not args.no_verify, overwrite=args.overwrite, progress=True,
-            gate=not args.no_gate,
+            gate=not args.no_gate, adjust=args.adjust_keypoints,
         )
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)

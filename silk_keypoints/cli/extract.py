@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     add_detection_args(p)
     add_bulk_args(p, "image")
+    p.add_argument("--neighbours", action="store_true",
+                   help="also store the descriptors of the 3x3 cells around each keypoint (neighbour_descriptors, "
+                   "float16, ~9x the descriptors' size), which silk adjust-keypoints needs")
     p.add_argument("--batch-size", type=int, default=1, metavar="B",
                    help="run up to B consecutive images of equal size as one batch (default: 1)")
     p.set_defaults(func=run)
@@ -49,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     rank, _, device = setup_distributed(args.device)
     model = load_model(args, device)
     opts = detection_options(args)
+    if args.neighbours:
+        opts["neighbours"] = True
     weights = weights_path(args)
     keep_memory_flat()
     summary = extract_to_h5(model, images, args.out, resize=args.resize, options=opts, model_name=weights.stem,

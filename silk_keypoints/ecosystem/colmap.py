@@ -26,10 +26,12 @@ from __future__ import annotations
 import copy
 import os
 import pickle
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import closing
@@ -38,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from ..errors import SilkError
@@ -280,6 +283,7 @@ def build_colmap_database(
     overwrite: bool = False,
     progress: bool = False,
     gate: bool = True,
+    adjust: bool = False,
     **database_options: Any,
 ) -> dict[str, int]:
     """Everything ``silk colmap`` does: features, pairs and matches of a set of images into a COLMAP database.
@@ -298,6 +302,11 @@ def build_colmap_database(
         overwrite, progress: see :func:`write_database` (``progress`` also shows the extraction).
         gate: the unrelated-pairs gate on the pairs matched here (not on ``matches``): a pair whose matched
             points no homography explains (:func:`~silk_keypoints.matching.related_pair`) gets no matches.
+        adjust: move the keypoints below the cell size so that every track of verified matches agrees
+            (:func:`~silk_keypoints.refinement.adjust_keypoints`) before they are written: the matches are
+            verified once, the keypoints adjusted with the inliers, and the adjusted keypoints verified again
+            into ``database``. Needs verification and, with ``features``, a file with neighbour descriptors
+            (``silk extract --neighbours``).
         database_options: ``camera_model``, ``single_camera``, ``verify``, ``verify_options`` of
             :func:`write_database`.
 
@@ -309,6 +318,8 @@ def build_colmap_database(
         raise SilkError("give the images (--images DIR), their features (--features H5) or both")
     if matches and not features:
         raise SilkError("--matches needs the --features its keypoint indices refer to")
+    if adjust and not database_options.get("verify", True):
+        raise SilkError("--adjust-keypoints needs verified matches: leave out --no-verify")
     names = image_names(images) if images else feature_names(features)
     check_database(database, dict.fromkeys(names), overwrite=overwrite)
     if database_options.get("verify", True):
@@ -319,11 +330,15 @@ def build_colmap_database(
         if missing:
             raise SilkError(f"{len(missing)} image(s) are not in {features}, e.g. {missing[0]}")
         feats = {n: read_features(features, n) for n in names}
+        bare = [n for n in names if "neighbour_descriptors" not in feats[n]]
+        if adjust and bare:
+            raise SilkError(f"--adjust-keypoints needs neighbour descriptors: {features} has none for "
+                            f"{len(bare)} image(s), e.g. {bare[0]} (extract with silk extract --neighbours)")
     else:
         if model is None:
             raise SilkError("a model is needed to extract the features of the images (or give --features H5)")
         feats = {
-            n: extract_image(model, Path(images) / n, **(extract_options or {}))
+            n: extract_image(model, Path(images) / n, neighbours=adjust, **(extract_options or {}))
             for n in tqdm(names, desc="extract", unit="img", disable=not progress or len(names) < 2)
         }
     rejected = [0]
@@ -340,9 +355,50 @@ def build_colmap_database(
     else:
         matcher = matcher or Matcher("mnn")
         matched = ((a, b, match(a, b)) for a, b in pair_list)
+    if adjust:
+        matched = list(matched)
+        feats = _adjusted(database, feats, matched, progress, database_options)
     counts = write_database(database, feats, matched, overwrite=overwrite, progress=progress and len(pair_list) > 1,
                             **database_options)
     return {**counts, "rejected_pairs": rejected[0]}
+
+
+def _adjusted(
+    database: str | os.PathLike,
+    feats: dict[str, dict[str, np.ndarray]],
+    matched: list[tuple[str, str, np.ndarray]],
+    progress: bool,
+    database_options: Mapping[str, Any],
+) -> dict[str, dict[str, np.ndarray]]:
+    """``feats`` with keypoints adjusted on the inliers of a first verification (in a copy of ``database``)."""
+    from ..features import Features
+    from ..refinement import adjust_keypoints
+
+    with tempfile.TemporaryDirectory() as tmp:
+        first = Path(tmp) / "first.db"
+        if Path(database).exists():
+            shutil.copyfile(database, first)
+        write_database(first, feats, matched, overwrite=True, progress=progress, **database_options)
+        inliers = read_inlier_matches(first)
+    names = list(feats)
+    index = {n: i for i, n in enumerate(names)}
+    edges = [(index[a], index[b], torch.from_numpy(m.astype(np.int64))) for (a, b), m in inliers.items()
+             if a in index and b in index]
+    moved = adjust_keypoints([Features.from_mapping(feats[n], n) for n in names], edges)
+    return {n: {**feats[n], "keypoints": moved[i].numpy().astype(np.float32)} for i, n in enumerate(names)}
+
+
+def read_inlier_matches(path: str | os.PathLike) -> dict[tuple[str, str], np.ndarray]:
+    """The verified inlier matches of a COLMAP database: ``(name0, name1) -> (K, 2) uint32`` for every pair
+    with inliers, ``name0`` the image with the smaller id (COLMAP's order)."""
+    with closing(sqlite3.connect(path)) as conn:
+        names = dict(conn.execute("SELECT image_id, name FROM images"))
+        out = {}
+        for pair_id, rows, data in conn.execute("SELECT pair_id, rows, data FROM two_view_geometries"):
+            if rows and data:
+                a, b = pair_id_to_image_ids(pair_id)
+                out[(names[a], names[b])] = np.frombuffer(data, dtype=np.uint32).reshape(rows, 2).copy()
+    return out
 
 
 def write_database(

@@ -90,7 +90,10 @@ def _write_feature_group(f: h5py.File, name: str, pred: Mapping[str, np.ndarray]
     grp.create_dataset("keypoints", data=pred["keypoints"].astype(np.float32))
     grp.create_dataset("scores", data=pred["scores"].astype(np.float32))
     grp.create_dataset("descriptors", data=pred["descriptors"].T.astype(np.float32))
-    grp.create_dataset("image_size", data=np.asarray(pred["image_size"], dtype=np.int64))
+    if pred.get("neighbour_descriptors") is not None:  # silk extract --neighbours (for silk adjust-keypoints)
+        grp.create_dataset("neighbour_descriptors", data=np.asarray(pred["neighbour_descriptors"], dtype=np.float16))
+        grp.create_dataset("neighbour_spacing", data=np.float32(np.asarray(pred["neighbour_spacing"]).reshape(-1)[0]))
+    grp.create_dataset("image_size", data=np.asarray(pred["image_size"], dtype=np.int64))  # last: marks it complete
 
 
 def _write_match_group(f: h5py.File, key: str, m0: np.ndarray, s0: np.ndarray) -> None:
@@ -535,3 +538,72 @@ def _open(path: str | os.PathLike) -> h5py.File:
         return h5py.File(path, "r")
     except OSError as e:
         raise SilkError(f"cannot read {path}: not an HDF5 file or corrupt ({e})") from None
+
+
+def adjust_features(
+    features: str | os.PathLike,
+    matches: str | os.PathLike,
+    pairs: Sequence[Pair],
+    out: str | os.PathLike,
+    overwrite: bool = False,
+    min_inliers: int = 15,
+    progress: bool = False,
+) -> dict[str, int]:
+    """A ``features.h5`` whose keypoints are adjusted below the cell size over the tracks of the verified
+    matches of ``pairs`` (:func:`~silk_keypoints.refinement.adjust_keypoints`): what ``silk adjust-keypoints``
+    writes, for hloc's triangulation and COLMAP imports from files.
+
+    Each pair's matches (``matches.h5``) are verified by a fundamental matrix (USAC-MAGSAC, 3 px); pairs with
+    fewer than ``min_inliers`` inliers are left out. ``features`` must hold neighbour descriptors
+    (``silk extract --neighbours``). The output has every image of ``features`` with the same scores,
+    descriptors and sizes, the adjusted keypoints, no neighbour descriptors (they describe the cells around
+    the old positions) and the attributes of ``features`` plus ``keypoint_adjustment`` (JSON: the matches
+    file's SHA-256, pairs used, ``min_inliers``).
+
+    Returns:
+        ``images``, ``pairs`` (given), ``verified_pairs`` (used), ``moved`` (keypoints that moved).
+    """
+    from ..features import Features
+    from ..geometry import estimate_fundamental
+    from ..refinement import adjust_keypoints
+
+    out = check_overwrite(out, overwrite)
+    if Path(out).resolve() == Path(features).resolve():
+        raise SilkError(f"--out {out} is the input features file: write the adjusted features to a new file")
+    names = feature_names(features)
+    feats = {}
+    for name in names:
+        f = read_features(features, name)
+        if "neighbour_descriptors" not in f:
+            raise SilkError(f"{features}, image {name!r}: no neighbour descriptors: extract with "
+                            "silk extract --neighbours (Python: options neighbours=True)")
+        feats[name] = f
+    index = {n: i for i, n in enumerate(names)}
+    edges = []
+    for a, b in tqdm(pairs, desc="verify", unit="pair", disable=not progress):
+        m, _ = read_matches(matches, a, b)
+        if len(m) < min_inliers:
+            continue
+        fit = estimate_fundamental(feats[a]["keypoints"][m[:, 0]], feats[b]["keypoints"][m[:, 1]], 3.0)
+        inliers = np.asarray(fit.inliers, dtype=bool)
+        if fit.success and inliers.sum() >= min_inliers:
+            edges.append((index[a], index[b], torch.from_numpy(m[inliers].astype(np.int64))))
+    moved = adjust_keypoints([Features.from_mapping(feats[n], f"{features}, image {n!r}") for n in names], edges)
+    with _open(features) as f:
+        attrs = dict(f.attrs)
+    attrs["keypoint_adjustment"] = json.dumps({"matches_sha256": _sha256(matches), "pairs": len(edges),
+                                               "min_inliers": min_inliers}, sort_keys=True)
+    count = 0
+
+    def write(tmp: Path) -> None:
+        nonlocal count
+        with h5py.File(tmp, "w") as f:
+            f.attrs.update(attrs)
+            for name, k in zip(names, moved):
+                kpts = k.numpy().astype(np.float32)
+                count += int((kpts != feats[name]["keypoints"].astype(np.float32)).any(axis=1).sum())
+                pred = {key: v for key, v in feats[name].items() if not key.startswith("neighbour")}
+                _write_feature_group(f, name, {**pred, "keypoints": kpts})
+
+    atomic_write(out, write)
+    return {"images": len(names), "pairs": len(pairs), "verified_pairs": len(edges), "moved": count}
