@@ -12,7 +12,8 @@ for three rows per model:
 * ``<m>+adjust``: the adjusted keypoints (same descriptors, so the same matches);
 * ``<m>+pairref``: the pair refinement of ``Matcher`` (positions per pair; COLMAP / hloc files cannot hold it).
 
-    python benchmarks/keypoint_adjustment.py --models fast tiny --threads 1 --out runs/keypoint-adjustment/hard
+    for s in 0 1 2; do python benchmarks/keypoint_adjustment.py --models fast tiny --threads 1 --seed $s \\
+        --out runs/keypoint-adjustment/hard-seed$s; done
 """
 
 from __future__ import annotations
