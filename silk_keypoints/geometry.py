@@ -92,13 +92,16 @@ def estimate_homography(
 
 
 def estimate_fundamental(
-    pts0, pts1, threshold: float = 1.0, confidence: float = 0.999, max_iters: int = 10_000
+    pts0, pts1, threshold: float = 1.0, confidence: float = 0.999, max_iters: int = 10_000, seed: int | None = None
 ) -> Estimate:
-    """Fundamental matrix ``F`` (p1^T F p0 = 0) by USAC_MAGSAC; ``threshold``: epipolar distance in pixels."""
+    """Fundamental matrix ``F`` (p1^T F p0 = 0) by USAC_MAGSAC; ``threshold``: epipolar distance in pixels.
+    ``seed``: seeds OpenCV's RNG first (None: leave it as it is)."""
     _check_threshold(threshold)
     p0, p1 = _pair(pts0, pts1)
     if (fail := _too_few("fundamental", len(p0))) is not None:
         return fail
+    if seed is not None:
+        cv2.setRNGSeed(int(seed))
     F, mask = cv2.findFundamentalMat(p0, p1, cv2.USAC_MAGSAC, threshold, confidence, max_iters)
     return _result("fundamental", F if F is None else F[:3], mask, len(p0))
 

@@ -138,29 +138,54 @@ def adjust_keypoints(
         if f.neighbour_descriptors is None:
             raise SilkError(f"features of image {i} have no neighbour_descriptors: extract with neighbours=True")
     counts = [f.keypoints.shape[1] for f in features]
-    start = [0]
-    for c in counts:
-        start.append(start[-1] + c)
-    total = start[-1]
-    edges = []
+    tracks = TrackOffsets(counts, subdivisions)
     for a, b, m in matches:
-        if not (0 <= a < len(features) and 0 <= b < len(features)) or a == b:
-            raise SilkError(f"matches name images {a} and {b}; there are {len(features)} (two different ones)")
-        m = torch.as_tensor(m, dtype=torch.long).reshape(-1, 2)
-        if len(m) and (m.min() < 0 or m[:, 0].max() >= counts[a] or m[:, 1].max() >= counts[b]):
-            raise SilkError(f"matches of images {a} and {b} name keypoints outside their {counts[a]} / {counts[b]}")
-        edges.append(torch.stack([m[:, 0] + start[a], m[:, 1] + start[b]], dim=1))
-    offsets = torch.zeros(total, 2)
-    edges = torch.cat(edges) if edges else torch.zeros(0, 2, dtype=torch.long)
-    if len(edges):
-        neigh = torch.cat([f.neighbour_descriptors[0].float() for f in features])
-        desc = torch.cat([f.descriptors[0].float() for f in features])
-        u, v = torch.cat([edges[:, 0], edges[:, 1]]), torch.cat([edges[:, 1], edges[:, 0]])  # both directions
-        seen = subcell_offsets(desc[v], neigh[u], subdivisions)  # where v's point lies around u, in cells
-        degree = torch.zeros(total).index_add_(0, u, torch.ones(len(u)))
-        offsets = torch.zeros(total, 2).index_add_(0, u, seen) / (degree[:, None] + 1)
+        m = tracks.check(a, b, m)
+        fa, fb = features[a], features[b]
+        tracks.add(a, m[:, 0], fa.neighbour_descriptors[0][m[:, 0]], fb.descriptors[0][m[:, 1]])
+        tracks.add(b, m[:, 1], fb.neighbour_descriptors[0][m[:, 1]], fa.descriptors[0][m[:, 0]])
     out = []
     for i, f in enumerate(features):
         step = float(f.neighbour_spacing[0]) if f.neighbour_spacing is not None else 1.0
-        out.append(f.keypoints[0] + step * offsets[start[i] : start[i + 1]].to(f.keypoints.dtype))
+        out.append(f.keypoints[0] + step * tracks.offsets(i).to(f.keypoints.dtype))
     return out
+
+
+class TrackOffsets:
+    """The running sums of :func:`adjust_keypoints`, fed one pair at a time, so that only the rows of one
+    pair's matched keypoints need to be in memory (``silk adjust-keypoints`` reads them from the file).
+
+    Args:
+        counts: keypoints per image.
+        subdivisions: offsets tried per cell and axis.
+    """
+
+    def __init__(self, counts: Sequence[int], subdivisions: int = DEFAULT_SUBDIVISIONS) -> None:
+        check_subdivisions(subdivisions)
+        self.counts = list(counts)
+        self.subdivisions = subdivisions
+        self.sums = [torch.zeros(n, 2) for n in self.counts]
+        self.degree = [torch.zeros(n) for n in self.counts]
+
+    def check(self, a: int, b: int, matches: torch.Tensor) -> torch.Tensor:
+        """``matches`` as (K, 2) int64, or :class:`SilkError` if images ``a``, ``b`` or an index are wrong."""
+        n = len(self.counts)
+        if not (0 <= a < n and 0 <= b < n) or a == b:
+            raise SilkError(f"matches name images {a} and {b}; there are {n} (two different ones)")
+        m = torch.as_tensor(matches, dtype=torch.long).reshape(-1, 2)
+        if len(m) and (m.min() < 0 or m[:, 0].max() >= self.counts[a] or m[:, 1].max() >= self.counts[b]):
+            raise SilkError(f"matches of images {a} and {b} name keypoints outside their {self.counts[a]} / "
+                            f"{self.counts[b]}")
+        return m
+
+    def add(self, image: int, index: torch.Tensor, neighbours: torch.Tensor, others: torch.Tensor) -> None:
+        """One direction of a pair's matches: keypoints ``index`` (K,) of ``image``, their neighbour
+        descriptors (K, 9, D) and the descriptors (K, D) of their matches in the other image."""
+        if len(index):
+            seen = subcell_offsets(others.float(), neighbours.float(), self.subdivisions)  # cells
+            self.sums[image].index_add_(0, index, seen)
+            self.degree[image].index_add_(0, index, torch.ones(len(index)))
+
+    def offsets(self, image: int) -> torch.Tensor:
+        """(N, 2) offsets in cells of the keypoints of ``image``: the sum over its matches / (matches + 1)."""
+        return self.sums[image] / (self.degree[image][:, None] + 1)

@@ -13,7 +13,7 @@ import pytest
 
 from silk_keypoints import SilkError
 from silk_keypoints.cli import main
-from silk_keypoints.ecosystem.hloc import adjust_features, read_features
+from silk_keypoints.ecosystem.hloc import adjust_features, read_features, read_matches
 from silk_keypoints.ecosystem.pairs import read_pairs
 
 IMAGES = Path(__file__).parent / "fixtures" / "images"
@@ -98,3 +98,30 @@ def test_adjust_features_bad_input(files, capsys):
     assert main(["adjust-keypoints", str(files / "pairs.txt"), "--features", str(files / "n.h5"), "--matches",
                  str(files / "m.h5"), "--out", str(files / "y.h5"), "--min-inliers", "3"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_adjust_features_equals_adjust_keypoints_in_memory(files):
+    """The file path reads one pair's rows at a time; it gives what adjust_keypoints gives on the same
+    verified matches."""
+    import torch
+
+    from silk_keypoints.features import Features
+    from silk_keypoints.geometry import estimate_fundamental
+    from silk_keypoints.refinement import adjust_keypoints
+
+    pairs = read_pairs(files / "pairs.txt")
+    adjust_features(files / "n.h5", files / "m.h5", pairs, files / "same.h5")
+    names = sorted({n for p in pairs for n in p})
+    feats = {n: read_features(files / "n.h5", n) for n in names}
+    edges = []
+    for a, b in pairs:
+        m, _ = read_matches(files / "m.h5", a, b)
+        if len(m) < 15:
+            continue
+        fit = estimate_fundamental(feats[a]["keypoints"][m[:, 0]], feats[b]["keypoints"][m[:, 1]], 3.0, seed=0)
+        if fit.success and fit.inliers.sum() >= 15:
+            edges.append((names.index(a), names.index(b), torch.from_numpy(m[fit.inliers])))
+    assert len(edges) == 1
+    moved = adjust_keypoints([Features.from_mapping(feats[n]) for n in names], edges)
+    for n, k in zip(names, moved):
+        np.testing.assert_allclose(read_features(files / "same.h5", n)["keypoints"], k.numpy(), atol=1e-5)

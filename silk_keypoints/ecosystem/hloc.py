@@ -553,8 +553,9 @@ def adjust_features(
     matches of ``pairs`` (:func:`~silk_keypoints.refinement.adjust_keypoints`): what ``silk adjust-keypoints``
     writes, for hloc's triangulation and COLMAP imports from files.
 
-    Each pair's matches (``matches.h5``) are verified by a fundamental matrix (USAC-MAGSAC, 3 px); pairs with
-    fewer than ``min_inliers`` inliers are left out. ``features`` must hold neighbour descriptors
+    Each pair's matches (``matches.h5``) are verified by a fundamental matrix (USAC-MAGSAC, 3 px, RANSAC seed
+    0: the same files give the same output); pairs with fewer than ``min_inliers`` inliers are left out. Only
+    the keypoints of all images and one pair's matched rows are in memory at a time. ``features`` must hold neighbour descriptors
     (``silk extract --neighbours``). The output has every image of ``features`` with the same scores,
     descriptors and sizes, the adjusted keypoints, no neighbour descriptors (they describe the cells around
     the old positions) and the attributes of ``features`` plus ``keypoint_adjustment`` (JSON: the matches
@@ -563,47 +564,63 @@ def adjust_features(
     Returns:
         ``images``, ``pairs`` (given), ``verified_pairs`` (used), ``moved`` (keypoints that moved).
     """
-    from ..features import Features
     from ..geometry import estimate_fundamental
-    from ..refinement import adjust_keypoints
+    from ..refinement import TrackOffsets
 
     out = check_overwrite(out, overwrite)
     if Path(out).resolve() == Path(features).resolve():
         raise SilkError(f"--out {out} is the input features file: write the adjusted features to a new file")
     names = feature_names(features)
-    feats = {}
-    for name in names:
+    keypoints, spacing = {}, {}
+    for name in names:  # one image at a time: only the keypoints stay in memory
         f = read_features(features, name)
-        if "neighbour_descriptors" not in f:
+        around = f.get("neighbour_descriptors")
+        if around is None or "neighbour_spacing" not in f:
             raise SilkError(f"{features}, image {name!r}: no neighbour descriptors: extract with "
                             "silk extract --neighbours (Python: options neighbours=True)")
-        feats[name] = f
+        if around.shape != (len(f["keypoints"]), 9, f["descriptors"].shape[1]):
+            raise SilkError(f"{features}, image {name!r}: neighbour_descriptors must be (N, 9, D), got {around.shape}")
+        keypoints[name], spacing[name] = f["keypoints"], float(np.asarray(f["neighbour_spacing"]).reshape(-1)[0])
     index = {n: i for i, n in enumerate(names)}
-    edges = []
-    for a, b in tqdm(pairs, desc="verify", unit="pair", disable=not progress):
-        m, _ = read_matches(matches, a, b)
-        if len(m) < min_inliers:
-            continue
-        fit = estimate_fundamental(feats[a]["keypoints"][m[:, 0]], feats[b]["keypoints"][m[:, 1]], 3.0)
-        inliers = np.asarray(fit.inliers, dtype=bool)
-        if fit.success and inliers.sum() >= min_inliers:
-            edges.append((index[a], index[b], torch.from_numpy(m[inliers].astype(np.int64))))
-    moved = adjust_keypoints([Features.from_mapping(feats[n], f"{features}, image {n!r}") for n in names], edges)
+    tracks = TrackOffsets([len(keypoints[n]) for n in names])
+    used = 0
+    with _open(features) as f:
+        for a, b in tqdm(pairs, desc="adjust", unit="pair", disable=not progress):
+            m, _ = read_matches(matches, a, b)
+            if len(m) < min_inliers:
+                continue
+            fit = estimate_fundamental(keypoints[a][m[:, 0]], keypoints[b][m[:, 1]], 3.0, seed=0)
+            inliers = np.asarray(fit.inliers, dtype=bool)
+            if not fit.success or inliers.sum() < min_inliers:
+                continue
+            m = tracks.check(index[a], index[b], m[inliers])
+            used += 1
+            for (x, ix), (y, iy) in (((a, m[:, 0]), (b, m[:, 1])), ((b, m[:, 1]), (a, m[:, 0]))):
+                tracks.add(index[x], ix, torch.from_numpy(_rows(f[x]["neighbour_descriptors"], ix.numpy())),
+                           torch.from_numpy(_rows(f[y]["descriptors"], iy.numpy(), axis=1).T))
     with _open(features) as f:
         attrs = dict(f.attrs)
-    attrs["keypoint_adjustment"] = json.dumps({"matches_sha256": _sha256(matches), "pairs": len(edges),
+    attrs["keypoint_adjustment"] = json.dumps({"matches_sha256": _sha256(matches), "pairs": used,
                                                "min_inliers": min_inliers}, sort_keys=True)
-    count = 0
+    moved = 0
 
     def write(tmp: Path) -> None:
-        nonlocal count
-        with h5py.File(tmp, "w") as f:
-            f.attrs.update(attrs)
-            for name, k in zip(names, moved):
-                kpts = k.numpy().astype(np.float32)
-                count += int((kpts != feats[name]["keypoints"].astype(np.float32)).any(axis=1).sum())
-                pred = {key: v for key, v in feats[name].items() if not key.startswith("neighbour")}
-                _write_feature_group(f, name, {**pred, "keypoints": kpts})
+        nonlocal moved
+        with h5py.File(tmp, "w") as g:
+            g.attrs.update(attrs)
+            for name in names:
+                pred = {k: v for k, v in read_features(features, name).items() if not k.startswith("neighbour")}
+                kpts = (keypoints[name] + spacing[name] * tracks.offsets(index[name]).numpy()).astype(np.float32)
+                moved += int((kpts != keypoints[name].astype(np.float32)).any(axis=1).sum())
+                _write_feature_group(g, name, {**pred, "keypoints": kpts})
 
     atomic_write(out, write)
-    return {"images": len(names), "pairs": len(pairs), "verified_pairs": len(edges), "moved": count}
+    return {"images": len(names), "pairs": len(pairs), "verified_pairs": used, "moved": moved}
+
+
+def _rows(dataset: h5py.Dataset, index: np.ndarray, axis: int = 0) -> np.ndarray:
+    """``dataset`` at ``index`` (any order, repeats allowed) along ``axis``, as float32, reading only those
+    rows (h5py needs increasing indices)."""
+    unique, inverse = np.unique(index, return_inverse=True)
+    rows = dataset[unique] if axis == 0 else dataset[:, unique]
+    return np.take(np.asarray(rows, dtype=np.float32), inverse, axis=axis)
