@@ -90,6 +90,8 @@ def test_adjust_features_bad_input(files, capsys):
     pairs = read_pairs(files / "pairs.txt")
     with pytest.raises(SilkError, match="no neighbour descriptors: extract with silk extract --neighbours"):
         adjust_features(files / "plain.h5", files / "m.h5", pairs, files / "x.h5")
+    with pytest.raises(SilkError, match="not in .*n.h5, e.g. 'nowhere.jpg'"):
+        adjust_features(files / "n.h5", files / "m.h5", [(LEFT, "nowhere.jpg")], files / "x.h5")
     with pytest.raises(SilkError, match="is the input features file"):
         adjust_features(files / "n.h5", files / "m.h5", pairs, files / "n.h5", overwrite=True)
     with pytest.raises(SilkError, match="exists"):

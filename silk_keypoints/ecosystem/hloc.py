@@ -555,8 +555,8 @@ def adjust_features(
 
     Each pair's matches (``matches.h5``) are verified by a fundamental matrix (USAC-MAGSAC, 3 px, RANSAC seed
     0: the same files give the same output); pairs with fewer than ``min_inliers`` inliers are left out. Only
-    the keypoints of all images and one pair's matched rows are in memory at a time. ``features`` must hold neighbour descriptors
-    (``silk extract --neighbours``). The output has every image of ``features`` with the same scores,
+    the keypoints of all images and one pair's matched rows are in memory at a time. ``features`` must hold
+    neighbour descriptors (``silk extract --neighbours``). The output has every image of ``features`` with the same scores,
     descriptors and sizes, the adjusted keypoints, no neighbour descriptors (they describe the cells around
     the old positions) and the attributes of ``features`` plus ``keypoint_adjustment`` (JSON: the matches
     file's SHA-256, pairs used, ``min_inliers``).
@@ -581,6 +581,9 @@ def adjust_features(
         if around.shape != (len(f["keypoints"]), 9, f["descriptors"].shape[1]):
             raise SilkError(f"{features}, image {name!r}: neighbour_descriptors must be (N, 9, D), got {around.shape}")
         keypoints[name], spacing[name] = f["keypoints"], float(np.asarray(f["neighbour_spacing"]).reshape(-1)[0])
+    unknown = sorted({n for pair in pairs for n in pair} - set(names))
+    if unknown:
+        raise SilkError(f"{len(unknown)} image(s) of the pairs are not in {features}, e.g. {unknown[0]!r}")
     index = {n: i for i, n in enumerate(names)}
     tracks = TrackOffsets([len(keypoints[n]) for n in names])
     used = 0
