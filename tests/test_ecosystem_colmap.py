@@ -478,7 +478,7 @@ def _keypoints(db):
 
 def test_build_colmap_database_adjusts_keypoints_on_verified_tracks(tmp_path):
     model = SiLK.from_pretrained("fast")
-    options = {"max_keypoints": 512}
+    options = {"max_keypoints": 512, "resize": 400}
     build_colmap_database(tmp_path / "plain.db", IMAGES, model=model, extract_options=options)
     build_colmap_database(tmp_path / "adjusted.db", IMAGES, model=model, extract_options=options, adjust=True)
     plain, adjusted = _keypoints(tmp_path / "plain.db"), _keypoints(tmp_path / "adjusted.db")
@@ -488,7 +488,7 @@ def test_build_colmap_database_adjusts_keypoints_on_verified_tracks(tmp_path):
         shift = np.abs(adjusted[name] - plain[name]).max(axis=1)
         matched = np.zeros(len(shift), dtype=bool)
         matched[inliers[:, k]] = True
-        assert shift.max() <= 2.0 + 1e-5  # at most one cell of fast
+        assert shift.max() <= 3.1  # at most one cell of fast (3.06 px at the resize)
         assert (shift[~matched] == 0).all() and (shift[matched] > 0).mean() > 0.3
     assert (adjusted["opencv_box.jpg"] == plain["opencv_box.jpg"]).all()  # no verified pair: unchanged
     with pytest.raises(SilkError, match="leave out --no-verify"):
