@@ -10,7 +10,9 @@ for three rows per model:
 
 * ``<m>``: the keypoints of ``extract()`` (cell centres);
 * ``<m>+adjust``: the adjusted keypoints (same descriptors, so the same matches);
-* ``<m>+pairref``: the pair refinement of ``Matcher`` (positions per pair; COLMAP / hloc files cannot hold it).
+* ``<m>+pairref``: the pair refinement of ``Matcher`` (positions per pair; COLMAP / hloc files cannot hold it);
+* ``<m>+adjust+pairref``: the pair refinement on top of the adjusted keypoints (their neighbour descriptors
+  sampled one cell apart around the moved positions from the model's descriptor map): what it still adds.
 
     for s in 0 1 2; do python benchmarks/keypoint_adjustment.py --models fast tiny --threads 1 --seed $s \\
         --out runs/keypoint-adjustment/hard-seed$s; done
@@ -34,8 +36,9 @@ from silk_keypoints.evaluation.hpatches import evaluate_pair, get_protocol, read
 from silk_keypoints.evaluation.report import format_table, hpatches_table, write_json
 from silk_keypoints.features import Features
 from silk_keypoints.geometry import estimate_homography
-from silk_keypoints.io import load_image
+from silk_keypoints.io import load_image, to_batch
 from silk_keypoints.matching import match_descriptors
+from silk_keypoints.model.sparse import gather_descriptors, interpolated_neighbours
 from silk_keypoints.refinement import adjust_keypoints
 
 
@@ -52,6 +55,15 @@ def verified_matches(feats: list[Features], seed: int) -> tuple[list[tuple[int, 
                 out.append((a, b, kept))
                 total += len(kept)
     return out, total
+
+
+def neighbours_at(model: SiLK, image, keypoints: torch.Tensor) -> torch.Tensor:
+    """Unit descriptors (N, 9, D) one cell apart around ``keypoints`` (N, 2) of ``image``, bilinear in the
+    model's descriptor map (as ``extract(neighbours=True)`` samples them around moved keypoints)."""
+    with torch.no_grad():
+        raw = model(to_batch(image, model.config.in_channels), outputs="raw_descriptors")[0]
+    hf, wf = raw.shape[-2:]
+    return interpolated_neighbours(lambda c: gather_descriptors(raw, c), model.grid.to_cells(keypoints.float()), hf, wf)
 
 
 def main() -> None:
@@ -74,27 +86,31 @@ def main() -> None:
             model = (SiLK.from_checkpoint(name) if Path(name).is_file() else SiLK.from_pretrained(name)).eval()
             label = Path(name).stem
             extractor = ModelExtractor(model, label, max_keypoints=args.max_keypoints, neighbours=True)
-            for key in (label, f"{label}+adjust", f"{label}+pairref"):
+            keys = (label, f"{label}+adjust", f"{label}+pairref", f"{label}+adjust+pairref")
+            for key in keys:
                 rows[key] = []
             shifts, matched = [], 0
             for s, seq in enumerate(sequences):
-                feats = [extractor(load_image(path)) for path in seq.images]
+                images = [load_image(path) for path in seq.images]
+                feats = [extractor(image) for image in images]
                 edges, count = verified_matches(feats, args.seed + s)
                 matched += count
                 adjusted = adjust_keypoints(feats, edges)
                 shifts += [(k - f.keypoints[0]).norm(dim=1) for f, k in zip(feats, adjusted)]
                 plain = [f.without_neighbours() for f in feats]
                 moved = [replace(f, keypoints=k[None]) for f, k in zip(plain, adjusted)]
+                both = [replace(f, keypoints=k[None], neighbour_descriptors=neighbours_at(model, image, k)[None])
+                        for f, k, image in zip(feats, adjusted, images)]
                 size0 = tuple(int(v) for v in feats[0].image_size[0])
                 for k in range(1, len(feats)):
                     size1 = tuple(int(v) for v in feats[k].image_size[0])
                     H = seq.homographies[k - 1]
                     pair_seed = args.seed + s * 5 + k - 1
-                    for key, f0, f1 in ((label, plain[0], plain[k]), (f"{label}+adjust", moved[0], moved[k]),
-                                        (f"{label}+pairref", feats[0], feats[k])):
+                    for key, f0, f1 in zip(keys, (plain[0], moved[0], feats[0], both[0]),
+                                           (plain[k], moved[k], feats[k], both[k])):
                         r = evaluate_pair(f0, f1, H, size0, size1, 0.0, protocol.ransac_threshold, pair_seed)
                         rows[key].append({"sequence": seq.name, "index": k + 1, "kind": seq.kind, **r})
-            for key in (label, f"{label}+adjust", f"{label}+pairref"):
+            for key in keys:
                 seconds[key] = extractor.seconds_per_image
             shift = torch.cat(shifts)
             moved_rows.append([label, matched / len(sequences), float((shift > 0).double().mean()),
