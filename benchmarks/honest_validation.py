@@ -48,7 +48,7 @@ from peers import PEERS, peer_extractors  # benchmarks/peers.py
 from validation import add_set_args, parse_size, validation_photos, validation_set  # the same validation set
 
 from silk_keypoints import Matcher, SiLK
-from silk_keypoints.ecosystem.colmap import read_inlier_matches, write_database
+from silk_keypoints.ecosystem.colmap import adjusted_for_import, write_database
 from silk_keypoints.evaluation.extractors import Extractor, ModelExtractor, OpenCVExtractor
 from silk_keypoints.evaluation.hpatches import evaluate_hpatches, get_protocol, read_hpatches
 from silk_keypoints.evaluation.metrics import accuracy
@@ -57,7 +57,6 @@ from silk_keypoints.evaluation.testdata import make_rotations
 from silk_keypoints.features import Features
 from silk_keypoints.io import list_images, load_image
 from silk_keypoints.matching import match_descriptors
-from silk_keypoints.refinement import adjust_keypoints
 from silk_keypoints.training.data import split_train_val
 
 COLUMNS = ("rep@3", "mma@1", "mma@3", "h_acc@1", "h_acc@3", "h_auc@1", "h_auc@3")
@@ -238,17 +237,8 @@ def adjusted_row(e: Extractor, names: list[str], loaded: dict, images: Path, tmp
     feats = {n: e(loaded[n]) for n in names}
     matches = [(a, b, match_pair(feats[a], feats[b], None)) for i, a in enumerate(names) for b in names[i + 1:]]
     options = {"camera_model": "SIMPLE_RADIAL", "single_camera": True, "verify_options": seeded_verification(seed)}
-    first = tmp / f"{e.name}-first.db"
-    plain = {n: {"keypoints": f.keypoints[0].double().numpy(), "image_size": f.image_size[0].numpy()}
-             for n, f in feats.items()}
-    write_database(first, plain, matches, **options)
-    index = {n: i for i, n in enumerate(names)}
-    edges = [(index[a], index[b], torch.from_numpy(m.astype(np.int64)))
-             for (a, b), m in read_inlier_matches(first).items()]
-    moved = adjust_keypoints([feats[n] for n in names], edges)
+    table = adjusted_for_import({n: f.to_numpy() for n, f in feats.items()}, matches, **options)
     name = e.name.replace("+pairref", "+adjust")
-    table = {n: {"keypoints": moved[i].double().numpy(), "image_size": feats[n].image_size[0].numpy()}
-             for i, n in enumerate(names)}
     db = tmp / f"{name}.db"
     counts = write_database(db, table, matches, **options)
     return {name: {**reconstruct(db, images, tmp / name, threads, seed), "verified_pairs": counts["verified_pairs"],

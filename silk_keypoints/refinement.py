@@ -146,7 +146,7 @@ def adjust_keypoints(
         tracks.add(b, m[:, 1], fb.neighbour_descriptors[0][m[:, 1]], fa.descriptors[0][m[:, 0]])
     out = []
     for i, f in enumerate(features):
-        step = float(f.neighbour_spacing[0]) if f.neighbour_spacing is not None else 1.0
+        step = float(f.neighbour_spacing[0])  # Features with neighbour descriptors always have it
         out.append(f.keypoints[0] + step * tracks.offsets(i).to(f.keypoints.dtype))
     return out
 

@@ -129,3 +129,21 @@ def test_adjust_features_equals_adjust_keypoints_in_memory(files):
     moved = adjust_keypoints([Features.from_mapping(feats[n]) for n in names], edges)
     for n, k in zip(names, moved):
         np.testing.assert_allclose(read_features(files / "same.h5", n)["keypoints"], k.numpy(), atol=1e-5)
+
+
+def test_adjusted_for_import_moves_only_verified_tracks_and_leaves_the_database(files):
+    from silk_keypoints.ecosystem.colmap import adjusted_for_import
+
+    feats = {n: read_features(files / "n.h5", n) for n in (LEFT, RIGHT, "opencv_box.jpg")}
+    pairs = read_pairs(files / "pairs.txt")
+    matched = [(a, b, read_matches(files / "m.h5", a, b)[0]) for a, b in pairs]
+    db = files / "untouched.db"
+    assert main(["colmap", "--images", str(IMAGES), "--features", str(files / "n.h5"), "--matches",
+                 str(files / "m.h5"), "--database", str(db)]) == 0
+    before = db.read_bytes()
+    out = adjusted_for_import(feats, matched, db)
+    assert db.read_bytes() == before
+    shift = np.abs(out[LEFT]["keypoints"] - feats[LEFT]["keypoints"]).max(axis=1)
+    assert 0 < shift.max() <= 3.1 and (shift > 0).sum() > 50  # within one cell of fast at the resize
+    np.testing.assert_array_equal(out["opencv_box.jpg"]["keypoints"], feats["opencv_box.jpg"]["keypoints"])
+    np.testing.assert_array_equal(out[LEFT]["descriptors"], feats[LEFT]["descriptors"])

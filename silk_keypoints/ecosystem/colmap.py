@@ -359,7 +359,7 @@ def build_colmap_database(
         matched = ((a, b, match(a, b)) for a, b in pair_list)
     if adjust:
         matched = list(matched)
-        feats = _adjusted(database, feats, matched, progress, database_options)
+        feats = adjusted_for_import(feats, matched, database, progress, **database_options)
     counts = write_database(database, feats, matched, overwrite=overwrite, progress=progress and len(pair_list) > 1,
                             **database_options)
     return {**counts, "rejected_pairs": rejected[0]}
@@ -373,20 +373,23 @@ def _float16_neighbours(feats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return feats
 
 
-def _adjusted(
-    database: str | os.PathLike,
-    feats: dict[str, dict[str, np.ndarray]],
+def adjusted_for_import(
+    feats: Mapping[str, Mapping[str, np.ndarray]],
     matched: list[tuple[str, str, np.ndarray]],
-    progress: bool,
-    database_options: Mapping[str, Any],
+    database: str | os.PathLike | None = None,
+    progress: bool = False,
+    **database_options: Any,
 ) -> dict[str, dict[str, np.ndarray]]:
-    """``feats`` with keypoints adjusted on the inliers of a first verification (in a copy of ``database``)."""
+    """``feats`` (name -> :func:`extract_image` dict with neighbour descriptors) with their keypoints adjusted
+    (:func:`~silk_keypoints.refinement.adjust_keypoints`) on the inliers of COLMAP's verification of
+    ``matched``, run in a temporary copy of ``database`` (a new one if None or missing; ``database_options``
+    of :func:`write_database`): what ``silk colmap --adjust-keypoints`` writes."""
     from ..features import Features
     from ..refinement import adjust_keypoints
 
     with tempfile.TemporaryDirectory() as tmp:
         first = Path(tmp) / "first.db"
-        if Path(database).exists():
+        if database is not None and Path(database).exists():
             shutil.copyfile(database, first)
         write_database(first, feats, matched, overwrite=True, progress=progress, **database_options)
         inliers = read_inlier_matches(first)
