@@ -57,6 +57,7 @@ from silk_keypoints.evaluation.testdata import make_rotations
 from silk_keypoints.features import Features
 from silk_keypoints.io import list_images, load_image
 from silk_keypoints.matching import match_descriptors
+from silk_keypoints.model.config import POSITIONS
 from silk_keypoints.training.data import split_train_val
 
 COLUMNS = ("rep@3", "mma@1", "mma@3", "h_acc@1", "h_acc@3", "h_auc@1", "h_auc@3")
@@ -69,8 +70,13 @@ def build(args: argparse.Namespace) -> list[Extractor]:
     models = list(args.models) + (["vgg4"] if args.vgg4 else [])
     ours = [(Path(name).stem, SiLK.from_checkpoint(name).eval()) if Path(name).is_file()  # a weight file
             else (name, SiLK.from_pretrained(name).eval()) for name in models]
-    out: list[Extractor] = [ModelExtractor(m, name, max_keypoints=k, neighbours=False) for name, m in ours]
-    out += [ModelExtractor(m, f"{name}+pairref", max_keypoints=k, neighbours=True) for name, m in ours]
+    # one row per model and --positions choice; a choice other than the model's default is named in the row
+    ours = [(name if pos in (None, m.config.positions) else f"{name}:{pos}", m, pos)
+            for name, m in ours for pos in (args.positions or [None])]
+    out: list[Extractor] = [ModelExtractor(m, name, max_keypoints=k, neighbours=False, positions=pos)
+                            for name, m, pos in ours]
+    out += [ModelExtractor(m, f"{name}+pairref", max_keypoints=k, neighbours=True, positions=pos)
+            for name, m, pos in ours]
     out += peer_extractors(list(args.peers), args.peers_dir, k)
     out += [OpenCVExtractor(b, k) for b in args.baselines]
     return out
@@ -300,6 +306,8 @@ def main() -> None:
     add_set_args(p)
     p.set_defaults(sequences=10, strength=(0.5, 2.0), viewpoint_light=1.0)
     p.add_argument("--models", nargs="*", default=["fast", "tiny"], help="shipped model names or weight files")
+    p.add_argument("--positions", nargs="*", choices=POSITIONS, default=None,
+                   help="rows per model for these keypoint placements (default: the model's own)")
     p.add_argument("--vgg4", action="store_true", help="also the (slow) vgg4 model")
     p.add_argument("--peers", nargs="*", default=list(PEERS), choices=PEERS)
     p.add_argument("--peers-dir", default="../shared/peers", help="folder of the peers' weight files")

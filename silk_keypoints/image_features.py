@@ -40,7 +40,7 @@ def image_features(
             ``max_pixels`` applies to the shrunk decode and the full-size pixels never exist.
         upscale: also enlarge images whose long side is below ``resize`` (default: only shrink).
         neighbours: also return the neighbour descriptors for match refinement (spacing in original pixels).
-        options: ``max_keypoints``, ``detection_threshold``, ``nms_radius``, ``remove_borders``.
+        options: ``max_keypoints``, ``detection_threshold``, ``nms_radius``, ``remove_borders``, ``positions``.
     """
     small, scale, size = prepare_image(image, model.config.in_channels == 1, resize, upscale, model.config.max_pixels)
     return batch_features(model, [small], [scale], [size], neighbours, **options)[0]

@@ -168,7 +168,8 @@ def match_pair(
         min_inliers, min_inlier_ratio: a fitted model with fewer inliers, or a smaller share of the matches,
             is rejected: ``geometry`` failed, no inliers (the unrelated-pairs gate, docs/ecosystem.md; 15, COLMAP's
             minimum, and 5 %; 0 turns each off).
-        **detection: ``max_keypoints``, ``detection_threshold``, ``nms_radius``, ``remove_borders``.
+        **detection: ``max_keypoints``, ``detection_threshold``, ``nms_radius``, ``remove_borders``,
+            ``positions``.
     """
     if geometry not in GEOMETRIES:
         raise SilkError(f"unknown geometry {geometry!r}; choose one of {list(GEOMETRIES)}")

@@ -36,7 +36,7 @@ class Toy:
         return None if self.offsets is None else self.offsets.expand(len(cells), 2)
 
 
-OPTS = {"max_keypoints": 5, "detection_threshold": 0.0, "nms_radius": 0, "remove_borders": 0}
+OPTS = {"max_keypoints": 5, "detection_threshold": 0.0, "nms_radius": 0, "remove_borders": 0, "positions": "cells"}
 
 
 def test_keypoints_on_cell_centres_without_offsets():

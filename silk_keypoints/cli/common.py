@@ -16,6 +16,7 @@ from ..errors import SilkError
 from ..files import MAX_PIXELS
 from ..matching import GATE_MAX_DISTANCE, GATE_MIN_INLIER_RATIO, GATE_MIN_INLIERS, MATCHERS
 from ..model import SiLK, SiLKConfig
+from ..model.config import POSITIONS
 from ..model.pipeline import detection_options as checked_options
 from ..model.zoo import DEFAULT_MAX_KEYPOINTS, DEFAULT_PRETRAINED, available_pretrained, pretrained_path
 
@@ -40,6 +41,10 @@ def add_detection_args(parser: argparse.ArgumentParser) -> None:
                         help="keep keypoints with probability > P (default: the model's, 0)")
     parser.add_argument("--nms", type=int, default=None, metavar="R",
                         help="non-maximum suppression radius in output cells (default: the model's)")
+    parser.add_argument("--positions", choices=POSITIONS, default=None,
+                        help="where keypoints are placed: 'cells', the best cells of the model's grid, or "
+                        "'extrema', the sub-pixel difference-of-Gaussians extrema of the image where the model's "
+                        "keypoint probability is highest (default: the model's)")
     parser.add_argument("--resize", type=int, default=None, metavar="PX",
                         help="downscale images so their long side is at most PX (keypoints are mapped back)")
     add_max_pixels_arg(parser)
@@ -93,7 +98,8 @@ def add_overwrite_arg(parser: argparse.ArgumentParser) -> None:
 def detection_options(args: argparse.Namespace) -> dict:
     """The detection options of ``--max-keypoints``, ``--threshold``, ``--nms``, checked here (before the model
     is loaded) by :func:`~silk_keypoints.model.pipeline.detection_options`, with the CLI's names in errors."""
-    opts = {"max_keypoints": args.max_keypoints, "detection_threshold": args.threshold, "nms_radius": args.nms}
+    opts = {"max_keypoints": args.max_keypoints, "detection_threshold": args.threshold, "nms_radius": args.nms,
+            "positions": args.positions}
     check_detection_flags(opts)
     if getattr(args, "resize", None) is not None and args.resize < 1:
         raise SilkError(f"--resize must be a long side in pixels >= 1, got {args.resize}")

@@ -30,7 +30,8 @@ class SiLKFeature(nn.Module):
         model: a :class:`SiLK` model; None: the default shipped weights.
         max_keypoints: keep at most this many keypoints per image (None: the model's default).
         laf_scale: half-size in pixels of the (upright, square) LAFs.
-        **detection: ``detection_threshold``, ``nms_radius``, ``remove_borders`` (see :meth:`SiLK.extract`).
+        **detection: ``detection_threshold``, ``nms_radius``, ``remove_borders``, ``positions`` (see
+            :meth:`SiLK.extract`).
     """
 
     def __init__(
@@ -46,7 +47,7 @@ class SiLKFeature(nn.Module):
         self.model = model or SiLK.from_pretrained()
         self.max_keypoints = max_keypoints
         self.laf_scale = float(laf_scale)
-        unknown = sorted(set(detection) - {"detection_threshold", "nms_radius", "remove_borders"})
+        unknown = sorted(set(detection) - {"detection_threshold", "nms_radius", "remove_borders", "positions"})
         if unknown:
             raise SilkError(f"unknown SiLKFeature options {unknown}")
         self.detection = detection

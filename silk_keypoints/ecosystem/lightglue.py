@@ -34,7 +34,8 @@ class SiLKExtractor(nn.Module):
         **conf: keys of :attr:`default_conf`: ``weights`` (shipped weights name, a weight file path, or None
             for the default shipped model), ``max_num_keypoints`` (None: the model's default),
             ``detection_threshold`` (keypoint probability), ``nms_radius`` (pixels, as LightGlue's; rounded
-            to output cells), ``remove_borders`` (None: the model's defaults). Options of other LightGlue
+            to output cells), ``remove_borders``, ``positions`` (``"cells"`` or ``"extrema"``, see
+            :meth:`SiLK.extract`) (None: the model's defaults). Options of other LightGlue
             extractors that SiLK has no use for (:attr:`ignored_conf`) are accepted and ignored; any other
             key is refused.
 
@@ -52,6 +53,7 @@ class SiLKExtractor(nn.Module):
         "detection_threshold": None,
         "nms_radius": None,
         "remove_borders": None,
+        "positions": None,
     }
     preprocess_conf: ClassVar[dict[str, Any]] = {
         "resize": 1024,  # target length of the `side`, None for no resizing
@@ -90,6 +92,7 @@ class SiLKExtractor(nn.Module):
             detection_threshold=self.conf.detection_threshold,
             nms_radius=None if radius is None else round(radius / self.model.grid.stride),
             remove_borders=self.conf.remove_borders,
+            positions=self.conf.positions,
         )
 
     @torch.no_grad()

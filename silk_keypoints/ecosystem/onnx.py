@@ -336,6 +336,7 @@ class OnnxSiLK:
         nms_radius: int | None = None,
         remove_borders: int | None = None,
         neighbours: bool = False,
+        positions: str | None = None,
     ) -> Features:
         """Same arguments and result as :meth:`SiLK.extract` (CPU torch tensors), through the same pipeline.
 
@@ -345,7 +346,7 @@ class OnnxSiLK:
         self._check(x.numpy())  # once for the batch; the passes run the session directly
         opts = detection_options(self.config, {
             "max_keypoints": max_keypoints, "detection_threshold": detection_threshold,
-            "nms_radius": nms_radius, "remove_borders": remove_borders})
+            "nms_radius": nms_radius, "remove_borders": remove_borders, "positions": positions})
         return extract_features(self, x, opts, neighbours)
 
     # the pipeline's DenseNetwork interface: a pass is one onnxruntime run

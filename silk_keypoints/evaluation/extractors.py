@@ -83,7 +83,7 @@ class Extractor:
 
 class ModelExtractor(Extractor):
     """A SiLK model. ``options``: detection overrides (``max_keypoints``, ``detection_threshold``,
-    ``nms_radius``, ``remove_borders``); None keeps the model's defaults. Features include the neighbour
+    ``nms_radius``, ``remove_borders``, ``positions``); None keeps the model's defaults. Features include the neighbour
     descriptors for sub-cell match refinement (``neighbours=False`` to leave them out)."""
 
     has_dense = True

@@ -14,6 +14,10 @@ from ..errors import SilkError
 from ..files import MAX_PIXELS
 
 BLOCK_ORDERS = ("conv-relu-bn", "conv-bn-relu")
+#: Where keypoints are placed: on the best cells of the probability map ("cells"), or at the sub-pixel
+#: difference-of-Gaussians extrema of the image where the probability is highest ("extrema",
+#: :mod:`silk_keypoints.model.extrema`).
+POSITIONS = ("cells", "extrema")
 
 
 @dataclass
@@ -46,6 +50,7 @@ class SiLKConfig:
     max_keypoints: int | None = 10000  # None: every cell above the threshold
     nms_radius: int = 0  # 0: no non-maximum suppression; r: keep local maxima of a (2r+1)^2 window
     remove_borders: int = 0  # drop keypoints closer than this many pixels to the image border
+    positions: str = "cells"  # "cells": keypoints on the cells (moved by an offset head); "extrema": see below
     max_pixels: int = MAX_PIXELS  # refuse larger images (decoded or run) with a clear message
 
     def __post_init__(self) -> None:
@@ -80,6 +85,8 @@ class SiLKConfig:
             problems.append(f"max_keypoints must be >= 1 or None, got {self.max_keypoints}")
         if self.nms_radius < 0 or self.remove_borders < 0:
             problems.append("nms_radius and remove_borders must be >= 0")
+        if self.positions not in POSITIONS:
+            problems.append(f"positions must be one of {POSITIONS}, got {self.positions!r}")
         if self.max_pixels < 1:
             problems.append(f"max_pixels must be >= 1, got {self.max_pixels}")
         if problems:
@@ -186,4 +193,4 @@ def _describe(kind: Any, plural: bool = False) -> str:
     return names[plural] if names else getattr(kind, "__name__", str(kind))
 
 
-DETECTION_KEYS = ("detection_threshold", "max_keypoints", "nms_radius", "remove_borders")
+DETECTION_KEYS = ("detection_threshold", "max_keypoints", "nms_radius", "remove_borders", "positions")

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import functools
 import numbers
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 import torch
 
 from ..errors import SilkError
 from ..features import Features
-from .config import DETECTION_KEYS, SiLKConfig
+from .config import DETECTION_KEYS, POSITIONS, SiLKConfig
 from .coords import GridMap
+from .extrema import select_extrema
 from .sparse import interpolated_descriptors, interpolated_neighbours, neighbour_descriptors, select_keypoints
 
 
@@ -60,6 +61,8 @@ def detection_options(config: SiLKConfig, overrides: Mapping[str, Any]) -> dict[
         lowest = 1 if key == "max_keypoints" else 0
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lowest:
             raise SilkError(f"{key} must be an integer >= {lowest}, got {value!r}")
+    if opts["positions"] not in POSITIONS:
+        raise SilkError(f"positions must be one of {list(POSITIONS)}, got {opts['positions']!r}")
     t = opts["detection_threshold"]
     if isinstance(t, bool) or not isinstance(t, numbers.Real) or not 0 <= t < 1:
         raise SilkError(f"detection_threshold must be a number in [0, 1) (a probability), got {t!r}")
@@ -96,17 +99,18 @@ def images_per_pass(images: torch.Tensor, pixels: int) -> int:
     return max(1, pixels // (images.shape[-1] * images.shape[-2]))
 
 
-def selector(grid: GridMap, image_size: tuple[int, int], options: Mapping[str, Any]):
-    """:func:`~silk_keypoints.model.sparse.select_keypoints` for (W, H) images with ``options`` bound."""
-    return functools.partial(
-        select_keypoints,
-        grid=grid,
-        image_size=image_size,
-        max_keypoints=options["max_keypoints"],
-        threshold=options["detection_threshold"],
-        nms_radius=options["nms_radius"],
-        remove_borders=options["remove_borders"],
-    )
+def selector(grid: GridMap, image_size: tuple[int, int], options: Mapping[str, Any]) -> Callable[
+        [torch.Tensor, torch.Tensor], tuple[list[torch.Tensor], list[torch.Tensor] | None]]:
+    """Keypoint selection for (W, H) images with ``options`` bound: ``select(probability (B, 1, Hf, Wf), images
+    (B, C, H, W)) -> (positions, cells)``, B tensors (N_i, 3) ``(x, y, score)`` best first and, for keypoints on
+    cells, their flat cell indices (N_i,) (:func:`~silk_keypoints.model.sparse.select_keypoints`); ``cells`` is
+    None for keypoints at the image's extrema (:func:`~silk_keypoints.model.extrema.select_extrema`)."""
+    common = {"max_keypoints": options["max_keypoints"], "threshold": options["detection_threshold"],
+              "nms_radius": options["nms_radius"], "remove_borders": options["remove_borders"]}
+    if options["positions"] == "extrema":
+        return lambda probability, images: (select_extrema(probability, images, grid, **common), None)
+    on_cells = functools.partial(select_keypoints, grid=grid, image_size=image_size, **common)
+    return lambda probability, images: on_cells(probability)
 
 
 def extract_features(
@@ -114,9 +118,10 @@ def extract_features(
 ) -> Features:
     """Sparse keypoints of checked (B, C, H, W) images.
 
-    Keypoints are the selected cells' centres moved by the network's offsets (if it has an offset head), and
-    their descriptors (and the neighbour descriptors, one cell apart around them) are sampled there (bilinear on
-    the unit descriptor map).
+    Keypoints are the selected cells' centres, moved by the network's offsets if it has an offset head, or the
+    image's extrema (``options["positions"] == "extrema"``). Descriptors (and the neighbour descriptors, one
+    cell apart around them) are sampled at them: bilinear on the unit descriptor map, or the cells' own for
+    keypoints on cell centres.
 
     Args:
         network: runs the dense part (see :class:`DenseNetwork`).
@@ -127,24 +132,28 @@ def extract_features(
     size = (images.shape[-1], images.shape[-2])
     select = selector(network.grid, size, options)
     keypoints, scores, descriptors, around = [], [], [], []
+    first = 0
     for state in network.passes(images):
         probability = network.probability(state)
-        positions, cells = select(probability)
+        positions, cells = select(probability, images[first:first + len(probability)])
+        first += len(probability)
         hf, wf = probability.shape[-2:]
-        for i, (p, c) in enumerate(zip(positions, cells)):
+        for i, p in enumerate(positions):
             describe = functools.partial(network.descriptors_at, state, i)
-            offsets = network.offsets_at(state, i, c)
             scores.append(p[:, 2])
-            if offsets is None:
-                keypoints.append(p[:, :2])
-                descriptors.append(describe(c))
-                if neighbours:
-                    around.append(neighbour_descriptors(describe, c, hf, wf))
-                continue
-            xy = p[:, :2] + offsets.to(p.dtype)
+            xy = p[:, :2]
+            if cells is not None:
+                offsets = network.offsets_at(state, i, cells[i])
+                if offsets is None:  # on the cell centres: the cells' own descriptors
+                    keypoints.append(xy)
+                    descriptors.append(describe(cells[i]))
+                    if neighbours:
+                        around.append(neighbour_descriptors(describe, cells[i], hf, wf))
+                    continue
+                xy = xy + offsets.to(p.dtype)
             keypoints.append(xy)
             descriptors.append(interpolated_descriptors(describe, network.grid.to_cells(xy), hf, wf))
-            if neighbours:  # around the moved keypoint, so that match refinement starts from it
+            if neighbours:  # around the keypoint itself, so that match refinement starts from it
                 around.append(interpolated_neighbours(describe, network.grid.to_cells(xy), hf, wf))
     return Features.from_lists(keypoints, scores, descriptors, size, around if neighbours else None,
                                network.grid.stride)

@@ -174,7 +174,8 @@ class SiLK(nn.Module):
 
         ``exact=False`` uses the path of :meth:`set_inference` (only in eval mode with gradients off);
         ``fast=True`` is its deprecated spelling. ``detection`` overrides the sparse-selection defaults of the
-        config for this call (``detection_threshold``, ``max_keypoints``, ``nms_radius``, ``remove_borders``).
+        config for this call (``detection_threshold``, ``max_keypoints``, ``nms_radius``, ``remove_borders``,
+        ``positions``).
         A single name (str) returns that output alone; a sequence returns a tuple in that order.
         """
         if fast is not None:
@@ -225,7 +226,7 @@ class SiLK(nn.Module):
 
         def sparse_positions() -> list[torch.Tensor]:
             positions, index = get("_sparse")
-            if self.offset_head is None:
+            if index is None or self.offset_head is None:
                 return positions
             feats = get("features")
             moved = [self.offset_head.at_cells(feats[i], images[i], c) for i, c in enumerate(index)]
@@ -234,7 +235,7 @@ class SiLK(nn.Module):
         def sparse_descriptors() -> list[torch.Tensor]:
             raw = get("raw_descriptors")
             _, index = get("_sparse")
-            if self.offset_head is None:
+            if index is not None and self.offset_head is None:
                 return [gather_descriptors(raw[i], index[i], scale()) for i in range(raw.shape[0])]
             hf, wf = raw.shape[-2:]
             return [interpolated_descriptors(functools.partial(gather_descriptors, raw[i]), self.grid.to_cells(p[:, :2]),
@@ -247,7 +248,7 @@ class SiLK(nn.Module):
             "logits": lambda: get("_heads")[0],
             "probability": lambda: torch.sigmoid(get("logits")),
             "raw_descriptors": lambda: get("_heads")[1],
-            "_sparse": lambda: selector(self.grid, (images.shape[-1], images.shape[-2]), opts)(get("probability")),
+            "_sparse": lambda: selector(self.grid, images.shape[:-3:-1], opts)(get("probability"), images),
             "sparse_positions": sparse_positions,
             "sparse_descriptors": sparse_descriptors,
             "keypoint_offsets": keypoint_offsets,
@@ -272,12 +273,17 @@ class SiLK(nn.Module):
         remove_borders: int | None = None,
         exact: bool = False,
         neighbours: bool = False,
+        positions: str | None = None,
     ) -> Features:
         """Detect and describe keypoints, LightGlue/glue-factory style.
 
         Args:
             image: torch (B, C, H, W) / (C, H, W) float in [0, 1], or numpy (H, W) / (H, W, 3) uint8.
             max_keypoints, detection_threshold, nms_radius, remove_borders: override the config's defaults.
+            positions: where keypoints are placed (None: the config's): ``"cells"``, the best cells of the
+                probability map (on the cell centres, moved by an offset head if the model has one), or
+                ``"extrema"``, the sub-pixel difference-of-Gaussians extrema of the image with the highest
+                probability (bilinear at the extremum; :mod:`silk_keypoints.model.extrema`).
             exact: use the exact path instead of the one chosen by :meth:`set_inference` (default: fused).
             neighbours: also return the descriptors of the 3x3 cells around each keypoint, which
                 :class:`~silk_keypoints.matching.Matcher` uses to refine matches below the cell size
@@ -296,7 +302,7 @@ class SiLK(nn.Module):
         check_images(x, self.config, self.min_size)
         opts = detection_options(self.config, {
             "max_keypoints": max_keypoints, "detection_threshold": detection_threshold,
-            "nms_radius": nms_radius, "remove_borders": remove_borders})
+            "nms_radius": nms_radius, "remove_borders": remove_borders, "positions": positions})
         return extract_features(self.network(exact), x, opts, neighbours)
 
     # ------------------------------------------------------------------ loading / saving
