@@ -7,7 +7,8 @@ perspective, strong photometric change), with the extractor's 2048 keypoints com
 by every matcher. Matchers: mutual nearest neighbours (``mnn``), the ratio test (``ratio``) and the double
 softmax (``double-softmax``) with :class:`~silk_keypoints.matching.Matcher`'s defaults, and SiLKGlue (each
 ``--weights`` file at each ``--thresholds`` P). Points are not refined (the positions hloc and COLMAP get);
-``--refine`` adds every matcher once more with the pair refinement.
+``--refine`` adds every matcher once more with the pair refinement; ``--positions extrema`` takes the keypoints at
+the image's sub-pixel extrema instead of the cell centres (``SiLK.extract(positions=...)``).
 
 Columns per matcher: matches per pair, correct ones within 1 / 3 px of the ground truth (count and share:
 MMA), homography accuracy @1/3 px (mean corner error of a 3-px RANSAC fit) and its AUC up to 1/3 px, and the
@@ -46,6 +47,7 @@ from silk_keypoints.evaluation.hpatches import (
 )
 from silk_keypoints.evaluation.report import format_table, write_json
 from silk_keypoints.geometry import estimate_homography
+from silk_keypoints.model.config import POSITIONS
 
 
 def build_matchers(weights: list[str], thresholds: list[float], refine: bool) -> dict[str, Matcher]:
@@ -59,14 +61,16 @@ def build_matchers(weights: list[str], thresholds: list[float], refine: bool) ->
     return out
 
 
-def extract_sequences(model: SiLK, data: Path, max_keypoints: int, neighbours: bool) -> list[dict]:
+def extract_sequences(model: SiLK, data: Path, max_keypoints: int, neighbours: bool,
+                      positions: str | None = None) -> list[dict]:
     """Features of every image of every sequence (computed once) with the ground truth of each pair (1, k)."""
     protocol = get_protocol("d2net", max_keypoints=max_keypoints)
     o = protocol.pixel_offset
     out = []
     for seq in read_hpatches(data, protocol.exclude):
         loaded = [load_for_protocol(p, protocol) for p in seq.images]
-        feats = [model.extract(img, max_keypoints=max_keypoints, neighbours=neighbours) for img, _ in loaded]
+        feats = [model.extract(img, max_keypoints=max_keypoints, neighbours=neighbours, positions=positions)
+                 for img, _ in loaded]
         sizes = [(img.shape[1], img.shape[0]) for img, _ in loaded]
         s0 = loaded[0][1]
         Hs = [resized_homography(H, s0, s1, o) for (_, s1), H in zip(loaded[1:], seq.homographies)]
@@ -138,6 +142,7 @@ def main() -> None:
     p.add_argument("--thresholds", type=float, nargs="+", default=[0.1], help="glue: keep P > T, each T")
     p.add_argument("--extractor", default="fast", help="shipped model name or weight file")
     p.add_argument("--refine", action="store_true", help="also every matcher with the pair refinement")
+    p.add_argument("--positions", choices=POSITIONS, default=None, help="keypoint placement (default: the model's)")
     p.add_argument("--views", default=None, help="folder of real multi-view photos (benchmarks/fetch_views.sh)")
     p.add_argument("--max-views", type=int, default=13, help="at most this many views (evenly spaced by name)")
     p.add_argument("--threads", type=int, default=1)
@@ -149,8 +154,8 @@ def main() -> None:
     matchers = build_matchers(args.weights, args.thresholds, args.refine)
     with tempfile.TemporaryDirectory() as tmp:
         data, photos = validation_set(args, tmp)
-        sequences = extract_sequences(model, data, args.max_keypoints, args.refine)
-    what = (f"{args.extractor}, {args.max_keypoints} keypoints, {photos} validation photos -> {args.sequences} "
+        sequences = extract_sequences(model, data, args.max_keypoints, args.refine, args.positions)
+    what = (f"{args.extractor}, {args.max_keypoints} keypoints at {args.positions or model.config.positions}, {photos} validation photos -> {args.sequences} "
             f"sequences of {args.size}, strength {args.strength[0]:g}-{args.strength[1]:g}, viewpoint light "
             f"{args.viewpoint_light:g}, seed {args.seed}, {args.threads} thread(s)")
     rel = related(sequences, matchers, args.seed)
@@ -159,7 +164,8 @@ def main() -> None:
     texts.append(unrelated_table(unrel, f"Unrelated pairs ({next(iter(unrel.values()))['pairs']} pairs of two "
                                         f"different photos): {what}"))
     if args.views:
-        extractor = ModelExtractor(model, args.extractor, max_keypoints=args.max_keypoints, neighbours=args.refine)
+        extractor = ModelExtractor(model, args.extractor, max_keypoints=args.max_keypoints, neighbours=args.refine,
+                                    positions=args.positions)
         with tempfile.TemporaryDirectory() as tmp:
             views = colmap_set([extractor], Path(args.views), Path(tmp), args.threads, args.seed, args.max_views,
                                matchers, photos=args.photos)

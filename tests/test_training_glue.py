@@ -6,7 +6,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from silk_keypoints import SiLK
 from silk_keypoints.glue import SiLKGlue
+from silk_keypoints.io import load_image
 from silk_keypoints.training.glue import (
     IGNORE,
     UNMATCHED,
@@ -15,8 +17,10 @@ from silk_keypoints.training.glue import (
     glue_loss,
     ground_truth,
     main,
+    make_pairs,
     pair_loss,
 )
+from silk_keypoints.training.homography import HomographyConfig
 
 IMAGES = Path(__file__).parent / "fixtures" / "images"
 SIZE = torch.tensor([[100.0, 80.0]])
@@ -106,9 +110,25 @@ def test_training_on_hard_set_views(tmp_path, capsys):
             "--threads", "1", "--steps", "1", "--pairs", "hpatches", "--size", "96x64"]
     assert main(args) == 0
     row = json.loads((tmp_path / "run" / "log.jsonl").read_text())
-    assert row["loss"] == row["loss"] and row["matches"] > 0 and row["unmatched"] > 0
+    assert row["loss"] == row["loss"] and row["matches"] > 0
+    extractor = SiLK.from_pretrained("tiny").eval()
+    crops = torch.from_numpy(load_image(next(IMAGES.glob("*.jpg")))[:96, :96].copy()).permute(2, 0, 1)[None]
+    for positions in ("cells", "extrema"):
+        (pair,) = make_pairs(extractor, crops, 64, HomographyConfig(), "silk", torch.Generator().manual_seed(0),
+                             positions)
+        on_grid = ((pair.keypoints0 - 1.5) / 4).remainder(1).eq(0).all(-1)  # tiny: 4-px cell centres
+        assert on_grid.all() if positions == "cells" else on_grid.float().mean() < 0.1 and row["unmatched"] > 0
     assert main([*args, "--out", str(tmp_path / "other"), "--unrelated-share", "1"]) == 0  # pairs of two photos
     row = json.loads((tmp_path / "other" / "log.jsonl").read_text())
     assert row["matches"] == 0 and row["unmatched"] > 0
     assert main([*args[:-1], "96"]) == 2
     assert "--size must look like 480x360" in capsys.readouterr().err
+
+
+def test_training_on_extrema_keypoints(tmp_path):
+    args = ["--images", str(IMAGES), "--out", str(tmp_path / "run"), "--extractor", "tiny", "--batch", "2",
+            "--keypoints", "24", "--width", "16", "--heads", "2", "--layers", "1", "--log-every", "1",
+            "--threads", "1", "--steps", "1", "--positions", "extrema"]
+    assert main(args) == 0
+    row = json.loads((tmp_path / "run" / "log.jsonl").read_text())
+    assert row["loss"] == row["loss"] and row["matches"] > 0

@@ -5,7 +5,8 @@ homography of the extractor's training ranges (view 1), each with the photometri
 ``pairs="hpatches"``, a training photo at ``size`` and one other image of a hard-set sequence made from it
 (:func:`~silk_keypoints.evaluation.testdata.hpatches_view`: a viewpoint change of a strength drawn from
 ``strength`` with its photometric change, or only a strong photometric change). Each pair carries the frozen
-extractor's keypoints and descriptors of both views (computed once per pair). The ground truth comes from the
+extractor's keypoints (``positions``: on cells or at the image's extrema) and descriptors of both views
+(computed once per pair). The ground truth comes from the
 known warp: keypoint ``i`` of view 0 and ``j`` of view 1 match when they are mutual nearest neighbours after warping with a distance below ``match_px`` (3 px);
 a keypoint is *unmatched* when its nearest warped keypoint is farther than ``unmatched_px`` (5 px) or it falls
 outside the other view; the rest (ambiguous) are left out of the loss. The loss is the negative
@@ -42,6 +43,7 @@ from ..geometry import warp_points_torch
 from ..glue import GlueConfig, SiLKGlue
 from ..io import list_images, load_image, to_batch
 from ..model import SiLK
+from ..model.config import POSITIONS
 from .augment import augment
 from .data import ImageCrops, split_train_val
 from .homography import HomographyConfig, sample_homographies, warp_images
@@ -73,6 +75,7 @@ class GlueTrainConfig:
     images: str = ""
     out: str = "runs/glue"
     extractor: str = "fast"
+    positions: str = "cells"  # keypoint placement of the frozen extractor ("cells" or "extrema")
     glue: GlueConfig = field(default_factory=GlueConfig)
     steps: int = 1000
     batch: int = 4
@@ -191,6 +194,7 @@ def make_pairs(
     homography: HomographyConfig,
     recipe: str,
     generator: torch.Generator,
+    positions: str = "cells",
 ) -> list[Pair]:
     """uint8 RGB crops (B, 3, S, S) -> B pairs: random homography view, augmentation, frozen features."""
     images = crops.float() / 255.0
@@ -199,7 +203,7 @@ def make_pairs(
     view0 = augment(images, recipe, generator)
     view1 = augment(warp_images(images, hom), recipe, generator)
     batch = to_batch(torch.stack([view0, view1], 1).flatten(0, 1), extractor.config.in_channels)
-    feats = extractor.extract(batch, max_keypoints=keypoints)
+    feats = extractor.extract(batch, max_keypoints=keypoints, positions=positions)
     pairs = []
     for i in range(b):
         f0, f1 = feats.image(2 * i), feats.image(2 * i + 1)
@@ -228,7 +232,8 @@ def make_view_pairs(
         img, H = hpatches_view(other, other_ref, margin, rng, float(rng.uniform(*config.strength)),
                                bool(rng.random() < config.viewpoint_share), config.viewpoint_light)
         views = torch.from_numpy(np.stack([ref, img])).permute(0, 3, 1, 2).float() / 255.0
-        feats = extractor.extract(to_batch(views, extractor.config.in_channels), max_keypoints=keypoints)
+        feats = extractor.extract(to_batch(views, extractor.config.in_channels), max_keypoints=keypoints,
+                                  positions=config.positions)
         (k0, d0), (k1, d1) = _real(feats.image(0)), _real(feats.image(1))
         pairs.append(Pair(k0, d0.half(), k1, d1.half(), torch.from_numpy(H / H[2, 2]).float(), config.size,
                           related))
@@ -327,7 +332,7 @@ def train(config: GlueTrainConfig, resume: bool = False, init_from: str | None =
         else:
             items = [crops[(drawn + k) % len(crops), (drawn + k) // len(crops)] for k in range(count)]
             cache.extend(make_pairs(extractor, torch.stack(items), config.keypoints, config.homography,
-                                    config.augment, generator))
+                                    config.augment, generator, config.positions))
         drawn += count
         del cache[:max(0, len(cache) - config.cache_pairs)]
 
@@ -376,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", required=True, help="training photo folder (its training split is used)")
     p.add_argument("--out", default=d.out, help="run folder: log.jsonl, last.safetensors, state.pt")
     p.add_argument("--extractor", default=d.extractor, help="shipped SiLK model giving the features (frozen)")
+    p.add_argument("--positions", choices=POSITIONS, default=d.positions,
+                   help="where the extractor places keypoints (SiLK.extract(positions=...))")
     for name in ("steps", "batch", "keypoints", "crop", "cache_pairs", "new_pairs", "log_every",
                  "checkpoint_every", "seed"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
@@ -402,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     try:
         config = GlueTrainConfig(
-            images=a.images, out=a.out, extractor=a.extractor, glue=GlueConfig(width=a.width, layers=a.layers,
+            images=a.images, out=a.out, extractor=a.extractor, positions=a.positions, glue=GlueConfig(width=a.width, layers=a.layers,
                                                                               heads=a.heads),
             steps=a.steps, batch=a.batch, keypoints=a.keypoints, crop=a.crop, lr=a.lr, cache_pairs=a.cache_pairs,
             new_pairs=a.new_pairs, log_every=a.log_every, checkpoint_every=a.checkpoint_every, seed=a.seed,
