@@ -9,6 +9,8 @@ Backends, all returning ``max_keypoints`` keypoints with descriptors (random wei
 * ``fused``  ``SiLK.extract()``: BatchNorm folded, channels-last, fused heads, batched top-k (the default).
 * ``fused+nb`` ``SiLK.extract(neighbours=True)``: the fused path plus the 3x3 neighbour descriptors that
              sub-cell match refinement needs (what ``silk match`` and the evaluations use).
+* ``fused+extrema`` ``SiLK.extract(positions="extrema")``: the fused path with keypoints at the image's
+             sub-pixel DoG extrema (``silk_keypoints.model.extrema``) instead of the cell centres.
 * ``bf16``   ``SiLK.set_inference("bf16").extract()``: the fused network in bfloat16 (an option).
 * ``ort``    ``OnnxSiLK.extract()``: the exported ONNX file on onnxruntime (CPU), the same extraction pipeline.
 * ``sift`` / ``orb``: OpenCV ``SIFT_create`` / ``ORB_create(nfeatures=max_keypoints)`` on the uint8 image.
@@ -43,7 +45,7 @@ from silk_keypoints import SiLK
 from silk_keypoints.model.backbone import CONTRAST_FLOOR, CONTRAST_GAIN, CONTRAST_MEAN
 from silk_keypoints.model.zoo import VARIANTS, variant_config
 
-BACKENDS = ("naive", "exact", "fused", "fused+nb", "bf16", "ort", "sift", "orb")
+BACKENDS = ("naive", "exact", "fused", "fused+nb", "fused+extrema", "bf16", "ort", "sift", "orb")
 
 
 class NaiveLocalContrast(nn.Module):
@@ -165,6 +167,8 @@ def backends(
         calls["fused"] = lambda: model.extract(x, max_keypoints=k)
     if "fused+nb" in wanted:
         calls["fused+nb"] = lambda: model.extract(x, max_keypoints=k, neighbours=True)
+    if "fused+extrema" in wanted:
+        calls["fused+extrema"] = lambda: model.extract(x, max_keypoints=k, positions="extrema")
     if "bf16" in wanted:  # a second model: each caches the fused network of its own mode
         bf16 = copy.deepcopy(model).set_inference("bf16")
         calls["bf16"] = lambda: bf16.extract(x, max_keypoints=k)
