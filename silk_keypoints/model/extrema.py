@@ -42,7 +42,7 @@ class ExtremaConfig:
     border: extrema closer than this many octave pixels to the octave's border are not searched.
     """
 
-    contrast: float = 0.01
+    contrast: float = 0.02
     edge_ratio: float = 10.0
     octaves: tuple[int, ...] = (-1, 0)
     border: int = 2
@@ -54,45 +54,54 @@ def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.GaussianBlur(image, (size, size), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT_101)
 
 
-def dog_octave(base: np.ndarray, base_sigma: float) -> list[np.ndarray]:
-    """DoG layers (S + 2 of (H, W) float32) of one octave of ``base`` (H, W), which is blurred ``base_sigma``
-    (its px)."""
+def dog_octave(base: np.ndarray, base_sigma: float) -> np.ndarray:
+    """DoG layers (S + 2, H, W) float32 of one octave of ``base`` (H, W), which is blurred ``base_sigma`` (its px)."""
     sigmas = [BASE_SIGMA * 2 ** (i / SCALES_PER_OCTAVE) for i in range(SCALES_PER_OCTAVE + 3)]
-    gauss = [gaussian_blur(base, math.sqrt(max(sigmas[0] ** 2 - base_sigma**2, 0.01)))]
-    for prev, cur in itertools.pairwise(sigmas):
-        gauss.append(gaussian_blur(gauss[-1], math.sqrt(cur**2 - prev**2)))
-    return [cv2.subtract(b, a) for a, b in itertools.pairwise(gauss)]
+    dog = np.empty((len(sigmas) - 1, *base.shape), np.float32)
+    prev = gaussian_blur(base, math.sqrt(max(sigmas[0] ** 2 - base_sigma**2, 0.01)))
+    for layer, (a, b) in enumerate(itertools.pairwise(sigmas)):
+        cur = gaussian_blur(prev, math.sqrt(b**2 - a**2))
+        cv2.subtract(cur, prev, dst=dog[layer])
+        prev = cur
+    return dog
 
 
-def _candidates(dog: list[np.ndarray], threshold: float, border: int) -> np.ndarray:
-    """(K, 3) int64 ``(layer, row, col)``: samples of layers 1..S-2 not below (not above) any of their 26
-    neighbours and above ``threshold`` (below ``-threshold``), at least ``border`` samples inside."""
+def _candidates(dog: np.ndarray, threshold: float, border: int) -> np.ndarray:
+    """(K, 3) int64 ``(layer, row, col)``: samples of layers 1..S-2 of a DoG stack (S, H, W) not below (not
+    above) any of their 26 neighbours and above ``threshold`` (below ``-threshold``), at least ``border`` samples
+    inside; ordered by layer, then row, then column."""
     kernel = np.ones((3, 3), np.uint8)
     high = [cv2.dilate(d, kernel, borderType=cv2.BORDER_REPLICATE) for d in dog]
     low = [cv2.erode(d, kernel, borderType=cv2.BORDER_REPLICATE) for d in dog]
-    h, w = dog[0].shape
+    h, w = dog.shape[1:]
     found = []
     for layer in range(1, len(dog) - 1):
         d = dog[layer]
-        top = cv2.max(cv2.max(high[layer - 1], high[layer]), high[layer + 1])
-        bottom = cv2.min(cv2.min(low[layer - 1], low[layer]), low[layer + 1])
-        peak = cv2.bitwise_and(cv2.compare(d, top, cv2.CMP_GE), cv2.compare(d, threshold, cv2.CMP_GT))
-        pit = cv2.bitwise_and(cv2.compare(d, bottom, cv2.CMP_LE), cv2.compare(d, -threshold, cv2.CMP_LT))
+        # extrema of their own layer first (cheap, whole image), then the two neighbouring layers at those only
+        peak = cv2.bitwise_and(cv2.compare(d, high[layer], cv2.CMP_GE), cv2.compare(d, threshold, cv2.CMP_GT))
+        pit = cv2.bitwise_and(cv2.compare(d, low[layer], cv2.CMP_LE), cv2.compare(d, -threshold, cv2.CMP_LT))
         mask = cv2.bitwise_or(peak, pit)
         mask[:border], mask[h - border:], mask[:, :border], mask[:, w - border:] = 0, 0, 0, 0
         points = cv2.findNonZero(mask)
-        if points is not None:
-            cr = points.reshape(-1, 2).astype(np.int64)
-            found.append(np.stack([np.full(len(cr), layer), cr[:, 1], cr[:, 0]], 1))
+        if points is None:
+            continue
+        c, r = points.reshape(-1, 2).astype(np.int64).T
+        v = d[r, c]
+        up, down = layer - 1, layer + 1
+        keep = (v > 0) & (v >= high[up][r, c]) & (v >= high[down][r, c])
+        keep |= (v < 0) & (v <= low[up][r, c]) & (v <= low[down][r, c])
+        found.append(np.stack([np.full(int(keep.sum()), layer), r[keep], c[keep]], 1))
     return np.concatenate(found) if found else np.zeros((0, 3), np.int64)
 
 
 def _fit(dog: np.ndarray, s: np.ndarray, r: np.ndarray, c: np.ndarray):
     """Value (K,), gradient (K, 3) and Hessian (K, 3, 3) in (x, y, scale) of a DoG stack (S, H, W) at integer
     samples."""
+    flat, (h, w) = dog.reshape(-1), dog.shape[1:]
+    index = (s * h + r) * w + c
 
     def at(ds: int, dr: int, dc: int) -> np.ndarray:
-        return dog[s + ds, r + dr, c + dc]
+        return flat[index + ((ds * h + dr) * w + dc)]
 
     v = at(0, 0, 0)
     grad = np.stack([at(0, 0, 1) - at(0, 0, -1), at(0, 1, 0) - at(0, -1, 0), at(1, 0, 0) - at(-1, 0, 0)], 1) / 2
@@ -107,31 +116,32 @@ def _fit(dog: np.ndarray, s: np.ndarray, r: np.ndarray, c: np.ndarray):
 
 
 def octave_extrema(dog: np.ndarray, config: ExtremaConfig, iterations: int = 3) -> np.ndarray:
-    """Refined extrema (K, 3) float64 ``(col, row, layer)`` of one octave's DoG layers (S of (H, W)), octave
-    units.
+    """Refined extrema (K, 3) float64 ``(col, row, layer)`` of one octave's DoG stack (S, H, W), octave units.
 
     An extremum is a sample above (or below) its 26 neighbours in the layers 1..S-2; while the quadratic fit puts
     it more than half a sample away it moves to the neighbouring sample (at most ``iterations`` times). It is
     dropped if it does not settle, has low contrast or lies on an edge.
     """
-    n, (h, w), b = len(dog), dog[0].shape, config.border
+    n, (h, w), b = len(dog), dog.shape[1:], config.border
     s, r, c = _candidates(dog, 0.5 * config.contrast / SCALES_PER_OCTAVE, b).T
-    dog = np.stack(dog)
-    settled = np.zeros(len(s), bool)
+    k = len(s)
+    value, offset, hess = np.zeros(k), np.zeros((k, 3)), np.zeros((k, 3, 3))
+    settled = np.zeros(k, bool)
+    active = np.arange(k)  # the samples not settled yet: only these are fitted again
     for _ in range(iterations):
-        v, grad, hess = _fit(dog, s, r, c)
-        solvable = np.abs(np.linalg.det(hess)) > 1e-12
-        hess_safe = np.where(solvable[:, None, None], hess, np.eye(3))
-        offset = -np.linalg.solve(hess_safe, grad[..., None])[..., 0]
-        offset[~solvable] = 9.0
-        settled = np.abs(offset).max(axis=1) <= 0.5
-        if settled.all():
+        v, grad, hs = _fit(dog, s[active], r[active], c[active])
+        solvable = np.abs(np.linalg.det(hs)) > 1e-12
+        move = -np.linalg.solve(np.where(solvable[:, None, None], hs, np.eye(3)), grad[..., None])[..., 0]
+        move[~solvable] = 9.0
+        done = np.abs(move).max(axis=1) <= 0.5
+        value[active], offset[active], hess[active], settled[active] = v + 0.5 * (grad * move).sum(1), move, hs, done
+        active, move = active[~done], move[~done]
+        if not len(active):
             break
-        step = np.clip(np.round(offset), -1, 1).astype(np.int64)
-        c = np.where(settled, c, np.clip(c + step[:, 0], b, w - 1 - b))
-        r = np.where(settled, r, np.clip(r + step[:, 1], b, h - 1 - b))
-        s = np.where(settled, s, np.clip(s + step[:, 2], 1, n - 2))
-    value = v + 0.5 * (grad * offset).sum(axis=1)
+        step = np.clip(np.round(move), -1, 1).astype(np.int64)
+        c[active] = np.clip(c[active] + step[:, 0], b, w - 1 - b)
+        r[active] = np.clip(r[active] + step[:, 1], b, h - 1 - b)
+        s[active] = np.clip(s[active] + step[:, 2], 1, n - 2)
     hxx, hyy, hxy = hess[:, 0, 0], hess[:, 1, 1], hess[:, 0, 1]
     trace, det = hxx + hyy, hxx * hyy - hxy**2
     ratio = config.edge_ratio
