@@ -36,6 +36,7 @@ from honest_validation import build, training_copies  # benchmarks/honest_valida
 from peers import PEERS
 
 from silk_keypoints import Matcher
+from silk_keypoints.evaluation.hpatches import H_THRESHOLDS
 from silk_keypoints.evaluation.metrics import accuracy, error_auc, matching_accuracy, repeatability
 from silk_keypoints.evaluation.report import format_table
 from silk_keypoints.features import Features
@@ -45,7 +46,6 @@ from silk_keypoints.matching import match_descriptors
 
 BOARD = (9, 6)  # inner corners per row, per column
 GROW = 0.9  # the board region: the inner corners' rectangle grown by this many squares on every side
-H_THRESHOLDS = (1, 2, 3, 5, 10)
 MMA_THRESHOLDS = (1, 2, 3)
 
 
@@ -96,9 +96,13 @@ def board_polygon(corners: np.ndarray) -> np.ndarray:
 
 
 def inside(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
-    """(N,) bool: points (N, 2) inside the convex polygon (4, 2)."""
-    contour = polygon.astype(np.float32).reshape(-1, 1, 2)
-    return np.array([cv2.pointPolygonTest(contour, (float(x), float(y)), False) >= 0 for x, y in points], bool)
+    """(N,) bool: points (N, 2) inside or on the border of the convex polygon (M, 2) (either winding; its
+    corners rounded to float32, as OpenCV's ``pointPolygonTest`` takes them)."""
+    p = np.asarray(points, np.float64).reshape(-1, 1, 2)
+    a = polygon.astype(np.float32).astype(np.float64)
+    edge = np.roll(a, -1, axis=0) - a
+    cross = edge[:, 0] * (p[..., 1] - a[:, 1]) - edge[:, 1] * (p[..., 0] - a[:, 0])
+    return (cross >= 0).all(1) | (cross <= 0).all(1)
 
 
 def subset(feats: Features, keep: np.ndarray) -> Features:

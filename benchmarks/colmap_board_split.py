@@ -24,7 +24,14 @@ import cv2
 import numpy as np
 import torch
 from board_views import board_polygon, find_corners, inside  # benchmarks/board_views.py
-from honest_validation import build, match_pair, seeded_verification, training_copies
+from honest_validation import (
+    build,
+    largest_model,
+    match_pair,
+    seeded_verification,
+    sift_database,
+    training_copies,
+)
 
 from silk_keypoints.ecosystem.colmap import write_database
 from silk_keypoints.evaluation.report import format_table
@@ -68,15 +75,10 @@ def room_displacement(table: dict, matches: list, polygons: dict) -> dict:
 
 
 def mapped(database: Path, images: Path, work: Path, seed: int, polygons: dict) -> dict:
-    import pycolmap
-
-    options = pycolmap.IncrementalPipelineOptions()
-    options.num_threads, options.random_seed = 1, seed
-    work.mkdir(parents=True)
-    recs = pycolmap.incremental_mapping(str(database), str(images), str(work), options)
-    if not recs:
+    """The largest model's numbers (one thread), its points split into board and room."""
+    rec, _ = largest_model(database, images, work, 1, seed)
+    if rec is None:
         return {"registered": 0, "points3D": 0, "reprojection": None}
-    rec = max(recs.values(), key=lambda r: r.num_reg_images())
     return {"registered": rec.num_reg_images(), "points3D": rec.num_points3D(),
             "reprojection": float(rec.compute_mean_reprojection_error()), **split_model(rec, polygons)}
 
@@ -97,7 +99,6 @@ def main() -> None:
     args.vgg4, args.peers, args.peers_dir = False, [], ""
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
-    import pycolmap
 
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
@@ -131,12 +132,7 @@ def main() -> None:
                                **room_displacement(table, matches, polygons)}
             print(e.name, results[e.name], flush=True)
         db = tmp / "colmap-sift.db"
-        extraction = pycolmap.FeatureExtractionOptions()
-        extraction.num_threads = 1
-        extraction.sift.max_num_features = args.max_keypoints
-        pycolmap.extract_features(str(db), str(images), camera_mode=pycolmap.CameraMode.SINGLE,
-                                  extraction_options=extraction, device=pycolmap.Device.cpu)
-        pycolmap.match_exhaustive(str(db), verification_options=seeded_verification(args.seed), device=pycolmap.Device.cpu)
+        sift_database(db, images, 1, args.max_keypoints, args.seed)
         results["colmap-sift"] = mapped(db, images, tmp / "colmap-sift", args.seed, polygons)
 
     headers = ["method", "registered", "points3D", "reproj_px", "board_points", "board_reproj", "room_points",

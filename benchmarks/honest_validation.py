@@ -159,8 +159,9 @@ def rotation_table(result: dict, angles: list[float]) -> str:
     return "\n\n".join(blocks)
 
 
-def reconstruct(database: Path, images: Path, work: Path, threads: int, seed: int) -> dict:
-    """pycolmap's incremental mapping of ``database``: numbers of its largest model (zeros if none)."""
+def largest_model(database: Path, images: Path, work: Path, threads: int, seed: int) -> tuple:
+    """pycolmap's incremental mapping of ``database``: (its largest model (most registered images) or None, the
+    number of models)."""
     import pycolmap
 
     options = pycolmap.IncrementalPipelineOptions()
@@ -168,12 +169,33 @@ def reconstruct(database: Path, images: Path, work: Path, threads: int, seed: in
     options.random_seed = seed
     work.mkdir(parents=True, exist_ok=True)
     recs = pycolmap.incremental_mapping(str(database), str(images), str(work), options)
-    if not recs:
+    return (max(recs.values(), key=lambda r: r.num_reg_images()) if recs else None), len(recs)
+
+
+def reconstruct(database: Path, images: Path, work: Path, threads: int, seed: int) -> dict:
+    """pycolmap's incremental mapping of ``database``: numbers of its largest model (zeros if none)."""
+    rec, models = largest_model(database, images, work, threads, seed)
+    if rec is None:
         return {"models": 0, "registered": 0, "points3D": 0, "track_length": 0.0, "reprojection_error": None}
-    rec = max(recs.values(), key=lambda r: r.num_reg_images())
-    return {"models": len(recs), "registered": rec.num_reg_images(), "points3D": rec.num_points3D(),
-            "track_length": float(rec.compute_mean_track_length()),
+    return {"models": models, "registered": rec.num_reg_images(),
+            "points3D": rec.num_points3D(), "track_length": float(rec.compute_mean_track_length()),
             "reprojection_error": float(rec.compute_mean_reprojection_error())}
+
+
+def sift_database(database: Path, images: Path, threads: int, max_features: int, seed: int) -> float:
+    """pycolmap's own SIFT (at most ``max_features`` per image) of ``images`` into ``database``, exhaustively
+    matched with the seeded verification; returns the extraction's milliseconds per image."""
+    import pycolmap
+
+    extraction = pycolmap.FeatureExtractionOptions()
+    extraction.num_threads = threads
+    extraction.sift.max_num_features = max_features
+    start = time.perf_counter()
+    pycolmap.extract_features(str(database), str(images), camera_mode=pycolmap.CameraMode.SINGLE,
+                              extraction_options=extraction, device=pycolmap.Device.cpu)
+    ms = 1000 * (time.perf_counter() - start) / len(list_images(images))
+    pycolmap.match_exhaustive(str(database), verification_options=seeded_verification(seed), device=pycolmap.Device.cpu)
+    return ms
 
 
 def colmap_set(extractors: list[Extractor], views: Path, tmp: Path, threads: int, seed: int,
@@ -216,14 +238,7 @@ def colmap_set(extractors: list[Extractor], views: Path, tmp: Path, threads: int
                              "inliers_per_pair": inliers_per_pair(db, pairs),
                              "ms_per_image": 1000 * e.seconds_per_image}
     db = tmp / "colmap-sift.db"
-    extraction = pycolmap.FeatureExtractionOptions()
-    extraction.num_threads = threads
-    extraction.sift.max_num_features = max(len(table[n]["keypoints"]) for n in names) if results else 2048
-    start = time.perf_counter()
-    pycolmap.extract_features(str(db), str(images), camera_mode=pycolmap.CameraMode.SINGLE, extraction_options=extraction,
-                              device=pycolmap.Device.cpu)
-    ms = 1000 * (time.perf_counter() - start) / len(names)
-    pycolmap.match_exhaustive(str(db), verification_options=seeded_verification(seed), device=pycolmap.Device.cpu)
+    ms = sift_database(db, images, threads, max(len(table[n]["keypoints"]) for n in names) if results else 2048, seed)
     database = pycolmap.Database.open(str(db))
     verified = database.num_verified_image_pairs()
     database.close()

@@ -409,8 +409,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     try:
         config = GlueTrainConfig(
-            images=a.images, out=a.out, extractor=a.extractor, positions=a.positions, glue=GlueConfig(width=a.width, layers=a.layers,
-                                                                              heads=a.heads),
+            images=a.images, out=a.out, extractor=a.extractor, positions=a.positions,
+            glue=GlueConfig(width=a.width, layers=a.layers, heads=a.heads),
             steps=a.steps, batch=a.batch, keypoints=a.keypoints, crop=a.crop, lr=a.lr, cache_pairs=a.cache_pairs,
             new_pairs=a.new_pairs, log_every=a.log_every, checkpoint_every=a.checkpoint_every, seed=a.seed,
             pairs=a.pairs, size=parse_image_size(a.size, "480x360"), strength=tuple(a.strength), viewpoint_share=a.viewpoint_share,
