@@ -71,25 +71,28 @@ def _candidates(dog: np.ndarray, threshold: float, border: int) -> np.ndarray:
     above) any of their 26 neighbours and above ``threshold`` (below ``-threshold``), at least ``border`` samples
     inside; ordered by layer, then row, then column."""
     kernel = np.ones((3, 3), np.uint8)
-    high = [cv2.dilate(d, kernel, borderType=cv2.BORDER_REPLICATE) for d in dog]
-    low = [cv2.erode(d, kernel, borderType=cv2.BORDER_REPLICATE) for d in dog]
     h, w = dog.shape[1:]
+    border = max(border, 1)
+    flat = dog.reshape(len(dog), -1)
     found = []
     for layer in range(1, len(dog) - 1):
         d = dog[layer]
-        # extrema of their own layer first (cheap, whole image), then the two neighbouring layers at those only
-        peak = cv2.bitwise_and(cv2.compare(d, high[layer], cv2.CMP_GE), cv2.compare(d, threshold, cv2.CMP_GT))
-        pit = cv2.bitwise_and(cv2.compare(d, low[layer], cv2.CMP_LE), cv2.compare(d, -threshold, cv2.CMP_LT))
-        mask = cv2.bitwise_or(peak, pit)
+        # extrema of their own layer first (cheap, whole image), then the 3x3 samples of the two neighbouring
+        # layers at those only (the border is at least 1: each sample's 3x3 neighbourhood is inside the layer)
+        peak = cv2.compare(d, cv2.dilate(d, kernel), cv2.CMP_GE)
+        pit = cv2.compare(d, cv2.erode(d, kernel), cv2.CMP_LE)
+        mask = cv2.bitwise_or(cv2.bitwise_and(peak, cv2.compare(d, threshold, cv2.CMP_GT)),
+                              cv2.bitwise_and(pit, cv2.compare(d, -threshold, cv2.CMP_LT)))
         mask[:border], mask[h - border:], mask[:, :border], mask[:, w - border:] = 0, 0, 0, 0
         points = cv2.findNonZero(mask)
         if points is None:
             continue
         c, r = points.reshape(-1, 2).astype(np.int64).T
-        v = d[r, c]
-        up, down = layer - 1, layer + 1
-        keep = (v > 0) & (v >= high[up][r, c]) & (v >= high[down][r, c])
-        keep |= (v < 0) & (v <= low[up][r, c]) & (v <= low[down][r, c])
+        index = r * w + c
+        v = flat[layer, index]
+        ring = np.stack([flat[other, index + dr * w + dc] for other in (layer - 1, layer + 1)
+                         for dr in (-1, 0, 1) for dc in (-1, 0, 1)])
+        keep = ((v > 0) & (v >= ring.max(axis=0))) | ((v < 0) & (v <= ring.min(axis=0)))
         found.append(np.stack([np.full(int(keep.sum()), layer), r[keep], c[keep]], 1))
     return np.concatenate(found) if found else np.zeros((0, 3), np.int64)
 

@@ -1,0 +1,178 @@
+"""Keypoint precision under a real 3-D viewpoint change: the calibrated stereo pairs of the opencv-doc views.
+
+The 26 ``left*/right*`` views (``benchmarks/fetch_views.sh``) are 13 moments of one fixed stereo rig. The board
+in them calibrates the rig, which gives a ground truth no evaluated method takes part in: each camera's
+intrinsics from its own views (as :mod:`board_views`), the views undistorted, then the rig's relative pose
+``R, t`` (``cv2.stereoCalibrate``, intrinsics fixed) and its fundamental matrix ``F`` from the board's corners
+in the undistorted views. Every left/right pair of one moment is a rigid scene seen from two positions (the
+room and the board), so every correct match lies on its epipolar line: its **epipolar error** (the mean of the
+two point-to-line distances, px) measures how precisely a method places corresponding keypoints in two
+perspectives, with no homography or static-pixel shortcut (the grid of a strided model gains nothing from
+the room being at the same pixels in views of one camera, as it does through COLMAP on these views). The
+error along the epipolar line is not seen; the relative pose from the matches (essential matrix, USAC-MAGSAC
+1 px, then the cheirality check) against the calibrated one covers it: pose error = the larger of the
+rotation and translation-direction errors (degrees), its accuracy and AUC up to 1 / 2 / 5 degrees.
+
+Columns per method (mutual NN on the descriptors of ``extract()``; ``+pairref`` rows: the pair refinement
+of our ``Matcher``): keypoints per image, matches, correct@0.5 / correct@1 (matches within 0.5 / 1 px of
+their epipolar line), epi@0.5 / 1 / 3 (their shares), med@3 (the median error of the matches within 3 px:
+the precision of the plausible matches), pose accuracy and AUC. Rows ``board`` / ``room``: only the matches
+with both ends on the board (the inner corners' polygon grown by 0.9 square) / both off it. Views that are
+copies of a training photo are left out (as in ``honest_validation.py``). The room is the same in all 13
+pairs (only the sensor noise differs); the board moves. CPU; peers and SIFT in the same table.
+
+    bash benchmarks/fetch_views.sh /tmp/views
+    python benchmarks/stereo_epipolar.py --views /tmp/views --models fast tiny --positions cells extrema \
+        --peers xfeat aliked-n16 disk --baselines sift --threads 1 --out runs/stereo-epipolar
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from board_views import board_grid, board_polygon, inside, undistorted_views  # benchmarks/board_views.py
+from honest_validation import build, training_copies  # benchmarks/honest_validation.py
+from peers import PEERS
+
+from silk_keypoints import Matcher
+from silk_keypoints.evaluation.metrics import accuracy, error_auc
+from silk_keypoints.evaluation.report import format_table
+from silk_keypoints.features import Features
+from silk_keypoints.geometry import epipolar_errors, estimate_essential, pose_errors
+from silk_keypoints.io import list_images
+from silk_keypoints.matching import match_descriptors
+
+EPI_THRESHOLDS = (0.5, 1, 3)
+POSE_THRESHOLDS = (1, 2, 5)
+
+
+def stereo_truth(corners: dict[str, np.ndarray], calib: dict, size: tuple[int, int]) -> dict:
+    """The rig's relative pose and fundamental matrix (undistorted pixels, ``p_right^T F p_left = 0``,
+    ``X_right = R X_left + t``) from the board corners (54, 2) of every moment seen by both cameras."""
+    moments = sorted(n for n in corners if n.startswith("left") and n.replace("left", "right") in corners)
+    obj = np.zeros((len(board_grid()), 3), np.float32)
+    obj[:, :2] = board_grid()
+    K0, K1 = (np.array(calib[c]["K"]) for c in ("left", "right"))
+    rms, *_, R, t, _, F = cv2.stereoCalibrate(
+        [obj] * len(moments), [corners[n].astype(np.float32) for n in moments],
+        [corners[n.replace("left", "right")].astype(np.float32) for n in moments],
+        K0, np.zeros(5), K1, np.zeros(5), size, flags=cv2.CALIB_FIX_INTRINSIC)
+    residual = np.concatenate([epipolar_errors(corners[n], corners[n.replace("left", "right")], F, "symmetric")
+                               for n in moments])
+    return {"K0": K0, "K1": K1, "R": R, "t": t.ravel(), "F": F / F[2, 2], "rms_px": float(rms),
+            "corner_epipolar_px": float(residual.mean()), "moments": len(moments)}
+
+
+def pair_errors(f0: Features, f1: Features, truth: dict, refine: bool, seed: int) -> dict:
+    """Epipolar errors (K,) and the board / room labels of one stereo pair's matches, and the pose error."""
+    matches = match_descriptors(f0.descriptors[0], f1.descriptors[0], "mnn")[0]
+    p0, p1 = (p.double().numpy() for p in Matcher("mnn", refine=refine).points(f0, f1, matches))
+    errors = epipolar_errors(p0, p1, truth["F"], "symmetric") if len(p0) else np.zeros(0)
+    pose = float("inf")
+    if len(p0) >= 5:
+        cv2.setRNGSeed(seed)
+        est = estimate_essential(p0, p1, truth["K0"], truth["K1"], threshold=1.0, confidence=0.9999)
+        if est.model is not None:
+            pose = max(pose_errors(est.R, est.t, truth["R"], truth["t"]))
+    return {"p0": p0, "p1": p1, "errors": errors, "pose_error": pose}
+
+
+def summary(pairs: list[dict], keypoints: float) -> dict:
+    """Means over pairs of the counts and shares of :func:`pair_errors`' matches (``part``: the pair's rows
+    kept), and the pose accuracy / AUC over the pairs."""
+    def part(errors: np.ndarray) -> dict:
+        plausible = errors[errors <= 3]
+        return {"matches": len(errors), **{f"correct@{t:g}": int((errors <= t).sum()) for t in (0.5, 1)},
+                **{f"epi@{t:g}": float((errors <= t).mean()) if len(errors) else 0.0 for t in EPI_THRESHOLDS},
+                "med@3": float(np.median(plausible)) if len(plausible) else None}
+
+    rows = [part(p["errors"][p["keep"]]) for p in pairs]
+    out = {"pairs": len(pairs), "keypoints": keypoints}
+    for key in rows[0]:
+        values = [r[key] for r in rows if r[key] is not None]
+        out[key] = float(np.mean(values)) if values else None
+    poses = [p["pose_error"] for p in pairs]
+    out.update({f"pose_acc@{t}": v for t, v in accuracy(poses, POSE_THRESHOLDS).items()})
+    out.update({f"pose_auc@{t}": v for t, v in error_auc(poses, POSE_THRESHOLDS).items()})
+    out["pose_median_deg"] = float(np.median(poses))
+    return out
+
+
+COLUMNS = ("kpts", "matches", "correct@0.5", "correct@1", "epi@0.5", "epi@1", "epi@3", "med@3",
+           "pose_acc@1", "pose_auc@1", "pose_auc@2", "pose_auc@5")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--views", required=True, help="folder of the left*/right* views (benchmarks/fetch_views.sh)")
+    p.add_argument("--photos", default="../shared/data/train-photos",
+                   help="training photos: views that are copies of one are left out")
+    p.add_argument("--models", nargs="*", default=["fast", "tiny"])
+    p.add_argument("--positions", nargs="*", choices=("cells", "extrema"), default=None)
+    p.add_argument("--peers", nargs="*", choices=sorted(PEERS), default=[])
+    p.add_argument("--peers-dir", default="../shared/peers")
+    p.add_argument("--baselines", nargs="*", choices=("sift", "orb"), default=["sift"])
+    p.add_argument("--max-keypoints", type=int, default=2048)
+    p.add_argument("--seed", type=int, default=0, help="seeds OpenCV's RNG before each pose estimate")
+    p.add_argument("--threads", type=int, default=0, help="torch / OpenCV threads (0: their defaults)")
+    p.add_argument("--out", default=None, help="folder for tables.txt and results.json")
+    args = p.parse_args()
+    args.vgg4 = False
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        cv2.setNumThreads(args.threads)
+
+    paths = sorted(q for q in list_images(args.views) if q.name.startswith(("left", "right")))
+    left_out = {q.name for q in training_copies(paths, args.photos)} if args.photos else set()
+    images, corners, calib = undistorted_views(paths)
+    size = next(iter(images.values())).shape[1::-1]
+    truth = stereo_truth(corners, calib, size)
+    moments = [n for n in sorted(images) if n.startswith("left") and n.replace("left", "right") in images
+               and not {n, n.replace("left", "right")} & left_out]
+    polys = {n: board_polygon(corners[n]) for n in images}
+    head = (f"Calibrated stereo pairs: {len(moments)} left/right pairs of undistorted views "
+            f"({', '.join(m[4:6] for m in moments)}), left out as training photos: {', '.join(sorted(left_out)) or 'none'}; "
+            f"rig from {truth['moments']} moments: stereo RMS {truth['rms_px']:.3f} px, the corners' epipolar error "
+            f"{truth['corner_epipolar_px']:.3f} px (mean), baseline direction {np.round(truth['t'] / np.linalg.norm(truth['t']), 3).tolist()}; "
+            f"{args.max_keypoints} keypoints per image, mutual NN, {args.threads or 'default'} thread(s)\n\n")
+    print(head, flush=True)
+
+    results: dict = {"moments": moments, "left_out": sorted(left_out), "calibration": calib,
+                     "rig": {k: np.asarray(v).tolist() for k, v in truth.items()}, "methods": {}}
+    for e in build(args):
+        pairs = []
+        for n in moments:
+            f0, f1 = e(images[n]), e(images[n.replace("left", "right")])
+            r = pair_errors(f0, f1, truth, e.name.endswith("+pairref"), args.seed)
+            on0 = inside(r["p0"], polys[n])
+            on1 = inside(r["p1"], polys[n.replace("left", "right")])
+            pairs.append({**r, "board": on0 & on1, "room": ~on0 & ~on1,
+                          "keypoints": (len(f0.keypoints[0]) + len(f1.keypoints[0])) / 2})
+        kpts = float(np.mean([q["keypoints"] for q in pairs]))
+        results["methods"][e.name] = {"ms_per_image": 1000 * e.seconds_per_image, **{
+            group: summary([{**q, "keep": np.ones(len(q["errors"]), bool) if group == "all" else q[group]}
+                            for q in pairs], kpts) for group in ("all", "board", "room")}}
+        print(e.name, json.dumps(results["methods"][e.name]["all"]), flush=True)
+
+    blocks = []
+    for group in ("all", "board", "room"):
+        table = [[name, *(r[group][c if c != "kpts" else "keypoints"] for c in COLUMNS)]
+                 for name, r in results["methods"].items()]
+        note = "" if group == "all" else " (matches of this part; the pose columns are those of all matches)"
+        blocks.append(format_table(["method", *COLUMNS], table, f"Stereo pairs, {group} matches{note}"))
+    text = head + "\n\n".join(blocks) + "\n"
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "tables.txt").write_text(text)
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
