@@ -64,7 +64,7 @@ def stereo_truth(corners: dict[str, np.ndarray], calib: dict, size: tuple[int, i
         K0, np.zeros(5), K1, np.zeros(5), size, flags=cv2.CALIB_FIX_INTRINSIC)
     residual = np.concatenate([epipolar_errors(corners[n], corners[n.replace("left", "right")], F, "symmetric")
                                for n in moments])
-    return {"K0": K0, "K1": K1, "R": R, "t": t.ravel(), "F": F / F[2, 2], "rms_px": float(rms),
+    return {"K0": K0, "K1": K1, "R": R, "t": t.ravel(), "F": F / np.linalg.norm(F), "rms_px": float(rms),
             "corner_epipolar_px": float(residual.mean()), "moments": len(moments)}
 
 

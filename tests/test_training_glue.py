@@ -35,6 +35,8 @@ def test_ground_truth_labels_from_a_shift():
     assert l0.tolist() == [[0, 1, UNMATCHED, IGNORE]]
     # point 2 of view 1 is far from every warped point; 4 of view 1 comes from outside view 0
     assert l1.tolist() == [[0, 1, UNMATCHED, IGNORE, UNMATCHED]]
+    l0, _ = ground_truth(k0, k1, H, SIZE, SIZE, match_px=1.5, unmatched_px=3.0)  # labels for sub-pixel keypoints
+    assert l0.tolist() == [[0, IGNORE, UNMATCHED, UNMATCHED]]
     l0, l1 = ground_truth(k0, k1, H, SIZE, SIZE, related=torch.tensor([False]))  # two different photos
     assert l0.tolist() == [[UNMATCHED] * 4] and l1.tolist() == [[UNMATCHED] * 5]
     mask1 = torch.tensor([[False, True, True, True, True]])
@@ -100,6 +102,8 @@ def test_training_run_logs_checkpoints_and_resumes(tmp_path, capsys):
     assert not torch.equal(average.input.weight, model.input.weight)
     assert main(args + ["--steps", "4", "--resume", "--ema", "1"]) == 2
     assert "--ema must be a decay in [0, 1)" in capsys.readouterr().err
+    assert main(args + ["--steps", "4", "--resume", "--match-px", "2", "--unmatched-px", "1.5"]) == 2
+    assert "need 0 < --match-px <= --unmatched-px, got 2.0 and 1.5" in capsys.readouterr().err
     assert main(["--images", str(tmp_path / "nothing"), "--out", str(tmp_path / "r2")]) == 2
     assert "no training images" in capsys.readouterr().err
 

@@ -284,6 +284,8 @@ def train(config: GlueTrainConfig, resume: bool = False, init_from: str | None =
     last, state_path, log_path = out / "last.safetensors", out / "state.pt", out / "log.jsonl"
     if not 0 <= config.ema < 1:
         raise SilkError(f"--ema must be a decay in [0, 1) (0: off), got {config.ema}")
+    if not 0 < config.match_px <= config.unmatched_px:
+        raise SilkError(f"need 0 < --match-px <= --unmatched-px, got {config.match_px} and {config.unmatched_px}")
     torch.manual_seed(config.seed)
     extractor = SiLK.from_pretrained(config.extractor).eval()
     for p in extractor.parameters():
@@ -398,6 +400,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="hpatches pairs: share of viewpoint pairs")
     p.add_argument("--unrelated-share", type=float, default=d.unrelated_share,
                    help="hpatches pairs: share of pairs of two different photos (nothing matches)")
+    p.add_argument("--match-px", type=float, default=d.match_px,
+                   help="ground truth: mutual nearest keypoints after the warp closer than this match")
+    p.add_argument("--unmatched-px", type=float, default=d.unmatched_px,
+                   help="ground truth: a keypoint whose nearest warped keypoint is farther is unmatched")
     p.add_argument("--width", type=int, default=d.glue.width)
     p.add_argument("--layers", type=int, default=d.glue.layers)
     p.add_argument("--heads", type=int, default=d.glue.heads)
@@ -414,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
             steps=a.steps, batch=a.batch, keypoints=a.keypoints, crop=a.crop, lr=a.lr, cache_pairs=a.cache_pairs,
             new_pairs=a.new_pairs, log_every=a.log_every, checkpoint_every=a.checkpoint_every, seed=a.seed,
             pairs=a.pairs, size=parse_image_size(a.size, "480x360"), strength=tuple(a.strength), viewpoint_share=a.viewpoint_share,
-            unrelated_share=a.unrelated_share, ema=a.ema)
+            unrelated_share=a.unrelated_share, ema=a.ema, match_px=a.match_px, unmatched_px=a.unmatched_px)
         path = train(config, resume=a.resume, init_from=a.init_from)
     except SilkError as e:
         print(f"error: {e}", file=sys.stderr)
