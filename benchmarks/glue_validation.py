@@ -16,7 +16,10 @@ matcher's own time per pair. Unrelated pairs: the reference images of two differ
 photos): matches, and inliers of a USAC_MAGSAC homography at 3 px (what ``silk match`` verifies), mean and max.
 ``--views DIR``: real multi-view photos (``benchmarks/fetch_views.sh``) through COLMAP's verification and
 pycolmap's incremental mapper with each matcher (the ``colmap`` set of ``honest_validation.py``), next to
-pycolmap's own SIFT: registered images, 3-D points, track length, reprojection error.
+pycolmap's own SIFT: registered images, 3-D points, track length, reprojection error. ``--stereo``: the calibrated
+stereo pairs of the same views (``benchmarks/stereo_epipolar.py``: the rig's calibration is the ground truth of a
+real 3-D viewpoint change) with each matcher: correct matches within 0.5 / 1 / 3 px of their epipolar line, their
+shares, the median error of those within 3 px, and the relative pose's accuracy / AUC.
 
     PYTHONPATH=$PWD python benchmarks/glue_validation.py --weights runs/glue-fast/last.safetensors \\
         --out runs/glue-fast/validation
@@ -33,6 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from honest_validation import colmap_set, colmap_table
+from stereo_epipolar import evaluate as stereo_evaluate  # benchmarks/stereo_epipolar.py
+from stereo_epipolar import header as stereo_header
+from stereo_epipolar import stereo_set
+from stereo_epipolar import tables as stereo_tables
 from validation import add_set_args, validation_set  # the validation sets of benchmarks/validation.py
 
 from silk_keypoints import Matcher, SiLK
@@ -145,9 +152,12 @@ def main() -> None:
     p.add_argument("--positions", choices=POSITIONS, default=None, help="keypoint placement (default: the model's)")
     p.add_argument("--views", default=None, help="folder of real multi-view photos (benchmarks/fetch_views.sh)")
     p.add_argument("--max-views", type=int, default=13, help="at most this many views (evenly spaced by name)")
+    p.add_argument("--stereo", action="store_true", help="also the calibrated stereo pairs of --views")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="folder for tables.txt and results.json")
     args = p.parse_args()
+    if args.stereo and not args.views:
+        p.error("--stereo needs --views DIR (benchmarks/fetch_views.sh makes one)")
     torch.set_num_threads(args.threads)
     model = (SiLK.from_checkpoint(args.extractor) if Path(args.extractor).is_file()
              else SiLK.from_pretrained(args.extractor)).eval()
@@ -171,13 +181,21 @@ def main() -> None:
                                matchers, photos=args.photos)
         texts.append(f"Multi-view set: {args.views}, views {' '.join(views['views'])} (left out as training "
                      f"photos: {' '.join(views['left_out']) or 'none'})\n" + colmap_table(views))
+    stereo = None
+    if args.stereo:
+        pairs = stereo_set(args.views, args.photos)
+        extractor = ModelExtractor(model, args.extractor, max_keypoints=args.max_keypoints, neighbours=args.refine,
+                                    positions=args.positions)
+        features = {v: extractor(pairs["images"][v]) for n in pairs["moments"] for v in (n, n.replace("left", "right"))}
+        stereo = {name: stereo_evaluate(features, pairs, m, args.seed) for name, m in matchers.items()}
+        texts.append(f"{stereo_header(pairs)}; {what}\n\n" + stereo_tables(stereo, "Stereo pairs"))
     print("\n\n".join(texts))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "tables.txt").write_text("\n\n".join(texts) + "\n")
         write_json(out / "results.json", {"related": rel, "unrelated": unrel, "views": views if args.views else None,
-                                          "args": vars(args)})
+                                          "stereo": stereo, "args": vars(args)})
 
 
 if __name__ == "__main__":

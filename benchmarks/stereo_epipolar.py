@@ -9,12 +9,13 @@ room and the board), so every correct match lies on its epipolar line: its **epi
 two point-to-line distances, px) measures how precisely a method places corresponding keypoints in two
 perspectives, with no homography or static-pixel shortcut (the grid of a strided model gains nothing from
 the room being at the same pixels in views of one camera, as it does through COLMAP on these views). The
-error along the epipolar line is not seen; the relative pose from the matches (essential matrix, USAC-MAGSAC
+error along the epipolar line is not seen (a wrong match on the right line counts as correct: the counts are upper
+bounds); the relative pose from the matches (essential matrix, USAC-MAGSAC
 1 px, then the cheirality check) against the calibrated one covers it: pose error = the larger of the
 rotation and translation-direction errors (degrees), its accuracy and AUC up to 1 / 2 / 5 degrees.
 
 Columns per method (mutual NN on the descriptors of ``extract()``; ``+pairref`` rows: the pair refinement
-of our ``Matcher``): keypoints per image, matches, correct@0.5 / correct@1 (matches within 0.5 / 1 px of
+of our ``Matcher``): keypoints per image, matches, correct@0.5 / 1 / 3 (matches within 0.5 / 1 / 3 px of
 their epipolar line), epi@0.5 / 1 / 3 (their shares), med@3 (the median error of the matches within 3 px:
 the precision of the plausible matches), pose accuracy and AUC. Rows ``board`` / ``room``: only the matches
 with both ends on the board (the inner corners' polygon grown by 0.9 square) / both off it. Views that are
@@ -45,7 +46,6 @@ from silk_keypoints.evaluation.report import format_table
 from silk_keypoints.features import Features
 from silk_keypoints.geometry import epipolar_errors, estimate_essential, pose_errors
 from silk_keypoints.io import list_images
-from silk_keypoints.matching import match_descriptors
 
 EPI_THRESHOLDS = (0.5, 1, 3)
 POSE_THRESHOLDS = (1, 2, 5)
@@ -68,10 +68,24 @@ def stereo_truth(corners: dict[str, np.ndarray], calib: dict, size: tuple[int, i
             "corner_epipolar_px": float(residual.mean()), "moments": len(moments)}
 
 
-def pair_errors(f0: Features, f1: Features, truth: dict, refine: bool, seed: int) -> dict:
-    """Epipolar errors (K,) and the board / room labels of one stereo pair's matches, and the pose error."""
-    matches = match_descriptors(f0.descriptors[0], f1.descriptors[0], "mnn")[0]
-    p0, p1 = (p.double().numpy() for p in Matcher("mnn", refine=refine).points(f0, f1, matches))
+def stereo_set(views: str, photos: str | None) -> dict:
+    """The undistorted views, the rig's truth (:func:`stereo_truth`), the moments whose left and right views
+    both have a board and are no copy of a training photo (``photos``), each view's board polygon."""
+    paths = sorted(q for q in list_images(views) if q.name.startswith(("left", "right")))
+    left_out = {q.name for q in training_copies(paths, photos)} if photos else set()
+    images, corners, calib = undistorted_views(paths)
+    truth = stereo_truth(corners, calib, next(iter(images.values())).shape[1::-1])
+    moments = [n for n in sorted(images) if n.startswith("left") and n.replace("left", "right") in images
+               and not {n, n.replace("left", "right")} & left_out]
+    return {"images": images, "truth": truth, "moments": moments, "left_out": sorted(left_out), "calibration": calib,
+            "polygons": {n: board_polygon(corners[n]) for n in images}}
+
+
+def pair_errors(f0: Features, f1: Features, truth: dict, matcher: Matcher, seed: int) -> dict:
+    """Epipolar errors (K,) of one stereo pair's matches by ``matcher`` (refined if it refines), and the pose
+    error (degrees; inf when no pose is found)."""
+    matches = matcher({"image0": f0, "image1": f1})["matches"][0]
+    p0, p1 = (p.double().numpy() for p in matcher.points(f0, f1, matches))
     errors = epipolar_errors(p0, p1, truth["F"], "symmetric") if len(p0) else np.zeros(0)
     pose = float("inf")
     if len(p0) >= 5:
@@ -82,12 +96,47 @@ def pair_errors(f0: Features, f1: Features, truth: dict, refine: bool, seed: int
     return {"p0": p0, "p1": p1, "errors": errors, "pose_error": pose}
 
 
+def evaluate(features: dict[str, Features], stereo: dict, matcher: Matcher, seed: int) -> dict:
+    """:func:`summary` of ``matcher`` on every moment of ``stereo`` (:func:`stereo_set`) for all matches and for
+    the board / room parts; ``features``: one-image Features of every view by name."""
+    pairs = []
+    for n in stereo["moments"]:
+        m = n.replace("left", "right")
+        r = pair_errors(features[n], features[m], stereo["truth"], matcher, seed)
+        on0, on1 = inside(r["p0"], stereo["polygons"][n]), inside(r["p1"], stereo["polygons"][m])
+        pairs.append({**r, "board": on0 & on1, "room": ~on0 & ~on1})
+    kpts = float(np.mean([len(features[v].keypoints[0]) for n in stereo["moments"]
+                          for v in (n, n.replace("left", "right"))]))
+    return {group: summary([{**q, "keep": np.ones(len(q["errors"]), bool) if group == "all" else q[group]}
+                            for q in pairs], kpts) for group in ("all", "board", "room")}
+
+
+def header(stereo: dict) -> str:
+    """One line on the pairs and the truth."""
+    t = stereo["truth"]
+    return (f"Calibrated stereo pairs: {len(stereo['moments'])} left/right pairs of undistorted views "
+            f"({', '.join(m[4:6] for m in stereo['moments'])}), left out as training photos: "
+            f"{', '.join(stereo['left_out']) or 'none'}; rig from {t['moments']} moments: stereo RMS "
+            f"{t['rms_px']:.3f} px, the corners' epipolar error {t['corner_epipolar_px']:.3f} px (mean), baseline "
+            f"direction {np.round(t['t'] / np.linalg.norm(t['t']), 3).tolist()}")
+
+
+def tables(methods: dict, title: str) -> str:
+    """The all / board / room tables of :func:`evaluate` results by row name."""
+    blocks = []
+    for group in ("all", "board", "room"):
+        table = [[name, *(r[group][c if c != "kpts" else "keypoints"] for c in COLUMNS)] for name, r in methods.items()]
+        note = "" if group == "all" else " (matches of this part; the pose columns are those of all matches)"
+        blocks.append(format_table(["method", *COLUMNS], table, f"{title}, {group} matches{note}"))
+    return "\n\n".join(blocks)
+
+
 def summary(pairs: list[dict], keypoints: float) -> dict:
     """Means over pairs of the counts and shares of :func:`pair_errors`' matches (``part``: the pair's rows
     kept), and the pose accuracy / AUC over the pairs."""
     def part(errors: np.ndarray) -> dict:
         plausible = errors[errors <= 3]
-        return {"matches": len(errors), **{f"correct@{t:g}": int((errors <= t).sum()) for t in (0.5, 1)},
+        return {"matches": len(errors), **{f"correct@{t:g}": int((errors <= t).sum()) for t in EPI_THRESHOLDS},
                 **{f"epi@{t:g}": float((errors <= t).mean()) if len(errors) else 0.0 for t in EPI_THRESHOLDS},
                 "med@3": float(np.median(plausible)) if len(plausible) else None}
 
@@ -103,7 +152,7 @@ def summary(pairs: list[dict], keypoints: float) -> dict:
     return out
 
 
-COLUMNS = ("kpts", "matches", "correct@0.5", "correct@1", "epi@0.5", "epi@1", "epi@3", "med@3",
+COLUMNS = ("kpts", "matches", "correct@0.5", "correct@1", "correct@3", "epi@0.5", "epi@1", "epi@3", "med@3",
            "pose_acc@1", "pose_auc@1", "pose_auc@2", "pose_auc@5")
 
 
@@ -127,45 +176,22 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         cv2.setNumThreads(args.threads)
 
-    paths = sorted(q for q in list_images(args.views) if q.name.startswith(("left", "right")))
-    left_out = {q.name for q in training_copies(paths, args.photos)} if args.photos else set()
-    images, corners, calib = undistorted_views(paths)
-    size = next(iter(images.values())).shape[1::-1]
-    truth = stereo_truth(corners, calib, size)
-    moments = [n for n in sorted(images) if n.startswith("left") and n.replace("left", "right") in images
-               and not {n, n.replace("left", "right")} & left_out]
-    polys = {n: board_polygon(corners[n]) for n in images}
-    head = (f"Calibrated stereo pairs: {len(moments)} left/right pairs of undistorted views "
-            f"({', '.join(m[4:6] for m in moments)}), left out as training photos: {', '.join(sorted(left_out)) or 'none'}; "
-            f"rig from {truth['moments']} moments: stereo RMS {truth['rms_px']:.3f} px, the corners' epipolar error "
-            f"{truth['corner_epipolar_px']:.3f} px (mean), baseline direction {np.round(truth['t'] / np.linalg.norm(truth['t']), 3).tolist()}; "
-            f"{args.max_keypoints} keypoints per image, mutual NN, {args.threads or 'default'} thread(s)\n\n")
+    stereo = stereo_set(args.views, args.photos)
+    head = (f"{header(stereo)}; {args.max_keypoints} keypoints per image, mutual NN, "
+            f"{args.threads or 'default'} thread(s)\n\n")
     print(head, flush=True)
 
-    results: dict = {"moments": moments, "left_out": sorted(left_out), "calibration": calib,
-                     "rig": {k: np.asarray(v).tolist() for k, v in truth.items()}, "methods": {}}
+    results: dict = {"moments": stereo["moments"], "left_out": stereo["left_out"], "calibration": stereo["calibration"],
+                     "rig": {k: np.asarray(v).tolist() for k, v in stereo["truth"].items()}, "methods": {}}
+    views = [v for n in stereo["moments"] for v in (n, n.replace("left", "right"))]
     for e in build(args):
-        pairs = []
-        for n in moments:
-            f0, f1 = e(images[n]), e(images[n.replace("left", "right")])
-            r = pair_errors(f0, f1, truth, e.name.endswith("+pairref"), args.seed)
-            on0 = inside(r["p0"], polys[n])
-            on1 = inside(r["p1"], polys[n.replace("left", "right")])
-            pairs.append({**r, "board": on0 & on1, "room": ~on0 & ~on1,
-                          "keypoints": (len(f0.keypoints[0]) + len(f1.keypoints[0])) / 2})
-        kpts = float(np.mean([q["keypoints"] for q in pairs]))
-        results["methods"][e.name] = {"ms_per_image": 1000 * e.seconds_per_image, **{
-            group: summary([{**q, "keep": np.ones(len(q["errors"]), bool) if group == "all" else q[group]}
-                            for q in pairs], kpts) for group in ("all", "board", "room")}}
+        features = {v: e(stereo["images"][v]) for v in views}
+        matcher = Matcher("mnn", refine=e.name.endswith("+pairref"))
+        results["methods"][e.name] = {"ms_per_image": 1000 * e.seconds_per_image,
+                                      **evaluate(features, stereo, matcher, args.seed)}
         print(e.name, json.dumps(results["methods"][e.name]["all"]), flush=True)
 
-    blocks = []
-    for group in ("all", "board", "room"):
-        table = [[name, *(r[group][c if c != "kpts" else "keypoints"] for c in COLUMNS)]
-                 for name, r in results["methods"].items()]
-        note = "" if group == "all" else " (matches of this part; the pose columns are those of all matches)"
-        blocks.append(format_table(["method", *COLUMNS], table, f"Stereo pairs, {group} matches{note}"))
-    text = head + "\n\n".join(blocks) + "\n"
+    text = head + tables(results["methods"], "Stereo pairs") + "\n"
     print(text)
     if args.out:
         out = Path(args.out)

@@ -52,6 +52,6 @@ def test_summary_counts_and_shares():
              {"errors": np.array([0.4]), "keep": np.array([True]), "pose_error": float("inf")}]
     s = stereo_epipolar.summary(pairs, 1000.0)
     assert s["pairs"] == 2 and s["keypoints"] == 1000.0 and s["matches"] == 2.0
-    assert s["correct@0.5"] == 1.0 and s["correct@1"] == 1.5 and s["epi@3"] == 1.0
+    assert s["correct@0.5"] == 1.0 and s["correct@1"] == 1.5 and s["correct@3"] == 2.0 and s["epi@3"] == 1.0
     assert s["epi@0.5"] == pytest.approx((1 / 3 + 1) / 2) and s["med@3"] == pytest.approx((0.7 + 0.4) / 2)
     assert s["pose_acc@1"] == 0.5 and s["pose_median_deg"] == float("inf")
