@@ -1,14 +1,16 @@
-"""The ground truth of benchmarks/stereo_epipolar.py: a rig recovered from board corners, and its error rows."""
+"""The ground truths of the real-view benchmarks: board_views.py (board region, pairs) and stereo_epipolar.py (a rig
+recovered from board corners, its summary rows)."""
 
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import stereo_epipolar
-from board_views import board_grid
+from board_views import board_grid, board_polygon, inside, pair_kind
 
 from silk_keypoints.geometry import epipolar_errors
 
@@ -55,3 +57,18 @@ def test_summary_counts_and_shares():
     assert s["correct@0.5"] == 1.0 and s["correct@1"] == 1.5 and s["correct@3"] == 2.0 and s["epi@3"] == 1.0
     assert s["epi@0.5"] == pytest.approx((1 / 3 + 1) / 2) and s["med@3"] == pytest.approx((0.7 + 0.4) / 2)
     assert s["pose_acc@1"] == 0.5 and s["pose_median_deg"] == float("inf")
+
+
+def test_inside_equals_opencv_on_random_points():
+    polygon = np.array([[10.3, 12.1], [90.7, 20.2], [80.1, 70.9], [15.2, 60.4]])
+    points = np.random.default_rng(1).uniform(0, 100, (2000, 2))
+    expected = [cv2.pointPolygonTest(polygon.astype(np.float32), (float(x), float(y)), False) >= 0 for x, y in points]
+    assert inside(points, polygon).tolist() == expected
+    assert inside(points, polygon[::-1]).tolist() == expected  # either winding
+
+
+def test_board_polygon_grows_the_corner_rectangle_and_pair_kinds():
+    corners = board_grid() * 10 + [100, 50]  # squares of 10 px, first inner corner at (100, 50)
+    np.testing.assert_allclose(board_polygon(corners), [[91, 41], [189, 41], [189, 109], [91, 109]], atol=1e-9)
+    assert pair_kind("left01.jpg", "left05.jpg") == "same camera"
+    assert pair_kind("left03.jpg", "right03.jpg") == "stereo" and pair_kind("left03.jpg", "right04.jpg") is None
