@@ -165,8 +165,9 @@ COLUMNS = ("kpts", "matches", "correct@1", "rep@1", "rep@3", "mma@1", "mma@2", "
            "h_auc@1", "h_auc@3", "fail", "ms/img")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def view_parser(description: str) -> argparse.ArgumentParser:
+    """The options of the benchmarks on these views (this one and ``stereo_epipolar.py``)."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--views", required=True, help="folder of the left*/right* views (benchmarks/fetch_views.sh)")
     p.add_argument("--photos", default="../shared/data/train-photos",
                    help="training photos: views that are copies of one are left out")
@@ -176,18 +177,40 @@ def main() -> None:
     p.add_argument("--peers-dir", default="../shared/peers")
     p.add_argument("--baselines", nargs="*", choices=("sift", "orb"), default=["sift"])
     p.add_argument("--max-keypoints", type=int, default=2048)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds OpenCV's RNG for the RANSAC fits")
     p.add_argument("--threads", type=int, default=0, help="torch / OpenCV threads (0: their defaults)")
     p.add_argument("--out", default=None, help="folder for tables.txt and results.json")
+    return p
+
+
+def parse_view_args(p: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parsed :func:`view_parser` options (no VGG-4 row), with the thread counts applied."""
     args = p.parse_args()
     args.vgg4 = False
     if args.threads:
         torch.set_num_threads(args.threads)
         cv2.setNumThreads(args.threads)
+    return args
 
-    paths = sorted(list_images(args.views))
-    paths = [q for q in paths if q.name.startswith(("left", "right"))]
-    left_out = {q.name for q in training_copies(paths, args.photos)} if args.photos else set()
+
+def view_paths(views: str, photos: str | None) -> tuple[list[Path], set[str]]:
+    """The ``left*`` / ``right*`` images of ``views`` (sorted) and the names of those that copy a training photo."""
+    paths = sorted(q for q in list_images(views) if q.name.startswith(("left", "right")))
+    return paths, {q.name for q in training_copies(paths, photos)} if photos else set()
+
+
+def write_results(out: str | None, text: str, results: dict) -> None:
+    """``tables.txt`` and ``results.json`` in the folder ``out`` (None: nothing)."""
+    if out:
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "tables.txt").write_text(text)
+        (folder / "results.json").write_text(json.dumps(results, indent=1))
+
+
+def main() -> None:
+    args = parse_view_args(view_parser(__doc__.split("\n\n")[0]))
+    paths, left_out = view_paths(args.views, args.photos)
     images, corners, calib = undistorted_views(paths)
     names = [n for n in sorted(images) if n not in left_out]
     pairs = [(a, b, k) for a, b in itertools.combinations(names, 2) if (k := pair_kind(a, b))]
@@ -223,11 +246,7 @@ def main() -> None:
         blocks.append(format_table(["method", *COLUMNS], table, f"Board pairs, {group} ({n} pairs)"))
     text = head + "\n\n".join(blocks) + "\n"
     print(text)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "tables.txt").write_text(text)
-        (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_results(args.out, text, results)
 
 
 if __name__ == "__main__":

@@ -29,23 +29,27 @@ pairs (only the sensor noise differs); the board moves. CPU; peers and SIFT in t
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
-from board_views import board_grid, board_polygon, inside, undistorted_views  # benchmarks/board_views.py
-from honest_validation import build, training_copies  # benchmarks/honest_validation.py
-from peers import PEERS
+from board_views import (  # benchmarks/board_views.py
+    board_grid,
+    board_polygon,
+    inside,
+    parse_view_args,
+    undistorted_views,
+    view_parser,
+    view_paths,
+    write_results,
+)
+from honest_validation import build  # benchmarks/honest_validation.py
 
 from silk_keypoints import Matcher
 from silk_keypoints.evaluation.metrics import accuracy, error_auc
 from silk_keypoints.evaluation.report import format_table
 from silk_keypoints.features import Features
 from silk_keypoints.geometry import epipolar_errors, estimate_essential, pose_errors
-from silk_keypoints.io import list_images
 
 EPI_THRESHOLDS = (0.5, 1, 3)
 POSE_THRESHOLDS = (1, 2, 5)
@@ -71,8 +75,7 @@ def stereo_truth(corners: dict[str, np.ndarray], calib: dict, size: tuple[int, i
 def stereo_set(views: str, photos: str | None) -> dict:
     """The undistorted views, the rig's truth (:func:`stereo_truth`), the moments whose left and right views
     both have a board and are no copy of a training photo (``photos``), each view's board polygon."""
-    paths = sorted(q for q in list_images(views) if q.name.startswith(("left", "right")))
-    left_out = {q.name for q in training_copies(paths, photos)} if photos else set()
+    paths, left_out = view_paths(views, photos)
     images, corners, calib = undistorted_views(paths)
     truth = stereo_truth(corners, calib, next(iter(images.values())).shape[1::-1])
     moments = [n for n in sorted(images) if n.startswith("left") and n.replace("left", "right") in images
@@ -157,25 +160,7 @@ COLUMNS = ("kpts", "matches", "correct@0.5", "correct@1", "correct@3", "epi@0.5"
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--views", required=True, help="folder of the left*/right* views (benchmarks/fetch_views.sh)")
-    p.add_argument("--photos", default="../shared/data/train-photos",
-                   help="training photos: views that are copies of one are left out")
-    p.add_argument("--models", nargs="*", default=["fast", "tiny"])
-    p.add_argument("--positions", nargs="*", choices=("cells", "extrema"), default=None)
-    p.add_argument("--peers", nargs="*", choices=sorted(PEERS), default=[])
-    p.add_argument("--peers-dir", default="../shared/peers")
-    p.add_argument("--baselines", nargs="*", choices=("sift", "orb"), default=["sift"])
-    p.add_argument("--max-keypoints", type=int, default=2048)
-    p.add_argument("--seed", type=int, default=0, help="seeds OpenCV's RNG before each pose estimate")
-    p.add_argument("--threads", type=int, default=0, help="torch / OpenCV threads (0: their defaults)")
-    p.add_argument("--out", default=None, help="folder for tables.txt and results.json")
-    args = p.parse_args()
-    args.vgg4 = False
-    if args.threads:
-        torch.set_num_threads(args.threads)
-        cv2.setNumThreads(args.threads)
-
+    args = parse_view_args(view_parser(__doc__.split("\n\n")[0]))
     stereo = stereo_set(args.views, args.photos)
     head = (f"{header(stereo)}; {args.max_keypoints} keypoints per image, mutual NN, "
             f"{args.threads or 'default'} thread(s)\n\n")
@@ -193,11 +178,7 @@ def main() -> None:
 
     text = head + tables(results["methods"], "Stereo pairs") + "\n"
     print(text)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "tables.txt").write_text(text)
-        (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_results(args.out, text, results)
 
 
 if __name__ == "__main__":
