@@ -161,15 +161,24 @@ class _Assignment(nn.Module):
     def forward(
         self, x0: torch.Tensor, x1: torch.Tensor, mask0: torch.Tensor, mask1: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> log P (B, N0, N1), log-probability to be unmatched (B, N0) and (B, N1); padded entries -1e9."""
+        """-> log P (B, N0, N1), log-probability to be unmatched (B, N0) and (B, N1); padded entries -1e9.
+
+        ``log softmax_j S_ij + log sigmoid(z0_i) = S_ij + a_i`` with ``a_i = log sigmoid(z0_i) - logsumexp_j S_ij``
+        (and ``b_j`` the same over columns), so ``log P = 2 S + a + b`` takes three passes over the matrix."""
         scale = x0.shape[-1] ** -0.25
         f0, f1 = self.proj(x0) * scale, self.proj(x1) * scale
-        pair = mask0[:, :, None] & mask1[:, None, :]
-        sim = torch.where(pair, f0 @ f1.transpose(-1, -2), torch.full_like(pair, _NEG, dtype=f0.dtype))
+        sim = f0 @ f1.transpose(-1, -2)
+        # an exported graph (ONNX) always masks: it cannot branch on the data
+        padded = torch.compiler.is_exporting() or not (bool(mask0.all()) and bool(mask1.all()))
+        if padded:
+            pair = mask0[:, :, None] & mask1[:, None, :]
+            sim = sim.masked_fill(~pair, _NEG)
         z0, z1 = self.matchability(x0)[..., 0], self.matchability(x1)[..., 0]
-        log_p = (torch.log_softmax(sim, dim=2) + torch.log_softmax(sim, dim=1)
-                 + F.logsigmoid(z0)[:, :, None] + F.logsigmoid(z1)[:, None, :])
-        log_p = torch.where(pair, log_p, torch.full_like(log_p, _NEG))
+        a = F.logsigmoid(z0) - torch.logsumexp(sim, dim=2)
+        b = F.logsigmoid(z1) - torch.logsumexp(sim, dim=1)
+        log_p = (2 * sim).add_(a[:, :, None]).add_(b[:, None, :])
+        if padded:
+            log_p = log_p.masked_fill(~pair, _NEG)
         un0 = torch.where(mask0, F.logsigmoid(-z0), torch.full_like(z0, _NEG))
         un1 = torch.where(mask1, F.logsigmoid(-z1), torch.full_like(z1, _NEG))
         return log_p, un0, un1

@@ -60,8 +60,8 @@ def tiny_pairs(n: int = 2, k: int = 20, dim: int = 16) -> list:
         H = torch.tensor([[1.0, 0, 5], [0, 1, -3], [0, 0, 1]])
         d0 = F.normalize(torch.randn(k - i, dim, generator=g), dim=1)
         noise = 0.1 * torch.randn(k - i, dim, generator=g)
-        pairs.append(Pair(k0, d0.half(), k0 + torch.tensor([5.0, -3.0]), F.normalize(d0 + noise, dim=1).half(),
-                          H, (100, 80)))
+        pairs.append(Pair.from_homography(k0, d0.half(), k0 + torch.tensor([5.0, -3.0]),
+                                          F.normalize(d0 + noise, dim=1).half(), H, (100, 80)))
     return pairs
 
 

@@ -1,17 +1,20 @@
-"""Self-supervised training of :class:`~silk_keypoints.glue.SiLKGlue` on homography pairs (docs/glue.md).
+"""Self-supervised training of :class:`~silk_keypoints.glue.SiLKGlue` on pairs with known correspondences
+(docs/glue.md).
 
 A *pair* is, with ``pairs="crops"``, a random crop of a training photo (view 0) and its view through a random
 homography of the extractor's training ranges (view 1), each with the photometric augmentation; with
 ``pairs="hpatches"``, a training photo at ``size`` and one other image of a hard-set sequence made from it
 (:func:`~silk_keypoints.evaluation.testdata.hpatches_view`: a viewpoint change of a strength drawn from
-``strength`` with its photometric change, or only a strong photometric change). Each pair carries the frozen
-extractor's keypoints (``positions``: on cells or at the image's extrema) and descriptors of both views
-(computed once per pair). The ground truth comes from the
-known warp: keypoint ``i`` of view 0 and ``j`` of view 1 match when they are mutual nearest neighbours after warping with a distance below ``match_px`` (3 px);
-a keypoint is *unmatched* when its nearest warped keypoint is farther than ``unmatched_px`` (5 px) or it falls
-outside the other view; the rest (ambiguous) are left out of the loss. The loss is the negative
-log-likelihood of that assignment: ``0.5 * mean(-log P_ij over matches) + 0.5 * mean(-log p_unmatched over
-unmatched points of both views)``.
+``strength`` with its photometric change, or only a strong photometric change), or (a ``scene_share`` of the
+related pairs) two views of a random 3-D scene of textured planes (:mod:`.scenes`: parallax, occlusions). Each
+pair carries the frozen extractor's keypoints (``positions``: on cells or at the image's extrema) and
+descriptors of both views (computed once per pair) and where each keypoint lies in the other view (through the
+homography, or the rendered depth). The ground truth follows: keypoint ``i`` of view 0 and ``j`` of view 1
+match when they are mutual nearest neighbours after warping with a distance below ``match_px`` (3 px); a
+keypoint is *unmatched* when its nearest warped keypoint is farther than ``unmatched_px`` (5 px) or the other
+view does not see it (outside, or hidden); the rest (ambiguous, or at a depth edge) are left out of the loss.
+The loss is the negative log-likelihood of that assignment: ``0.5 * mean(-log P_ij over matches) + 0.5 *
+mean(-log p_unmatched over unmatched points of both views)``.
 
 Extraction dominates the cost on a CPU, so pairs go into an in-memory cache (``cache_pairs``) and each step
 adds ``new_pairs`` fresh ones and trains on a random batch of the cache.
@@ -37,7 +40,13 @@ import torch
 
 from ..cli.common import parse_image_size
 from ..errors import SilkError
-from ..evaluation.testdata import cover_crop, hpatches_margin, hpatches_reference, hpatches_view
+from ..evaluation.testdata import (
+    change_illumination,
+    cover_crop,
+    hpatches_margin,
+    hpatches_reference,
+    hpatches_view,
+)
 from ..features import Features
 from ..geometry import warp_points_torch
 from ..glue import GlueConfig, SiLKGlue
@@ -47,6 +56,7 @@ from ..model.config import POSITIONS
 from .augment import augment
 from .data import ImageCrops, split_train_val
 from .homography import HomographyConfig, sample_homographies, warp_images
+from .scenes import project, render_pair
 
 IGNORE = -2  # ground-truth label of an ambiguous keypoint (neither matched nor surely unmatched)
 UNMATCHED = -1
@@ -54,18 +64,30 @@ UNMATCHED = -1
 
 @dataclass
 class Pair:
-    """Features of the two views of one pair and the homography view 0 -> view 1 (pixels; unused when not
-    ``related``).
+    """Features of the two views of one pair and where each keypoint lies in the other view.
 
-    ``keypoints`` (N, 2) float32 pixels, ``descriptors`` (N, D) float16 (cache memory), ``size`` (W, H)."""
+    ``keypoints`` (N, 2) float32 pixels, ``descriptors`` (N, D) float16 (cache memory); ``warped0`` (N0, 2) the
+    view-0 keypoints in view-1 pixels and ``warped1`` (N1, 2) the view-1 keypoints in view-0 pixels (``inf``:
+    not seen by the other view, ``NaN``: unknown; see :func:`labels_from_warps`; unused when not ``related``);
+    ``size`` (W, H) of both views."""
 
     keypoints0: torch.Tensor
     descriptors0: torch.Tensor
     keypoints1: torch.Tensor
     descriptors1: torch.Tensor
-    homography: torch.Tensor
+    warped0: torch.Tensor
+    warped1: torch.Tensor
     size: tuple[int, int]
     related: bool = True  # False: view 1 shows another photo (every keypoint unmatched)
+
+    @classmethod
+    def from_homography(cls, keypoints0: torch.Tensor, descriptors0: torch.Tensor, keypoints1: torch.Tensor,
+                        descriptors1: torch.Tensor, homography: torch.Tensor, size: tuple[int, int],
+                        related: bool = True) -> Pair:
+        """A pair whose views are ``homography`` (3, 3) view 0 -> view 1 apart."""
+        s = torch.tensor([size], dtype=torch.float32)
+        w0, w1 = homography_warps(keypoints0[None], keypoints1[None], homography[None], s, s)
+        return cls(keypoints0, descriptors0, keypoints1, descriptors1, w0[0], w1[0], size, related)
 
 
 @dataclass
@@ -92,6 +114,8 @@ class GlueTrainConfig:
     viewpoint_share: float = 0.75  # "hpatches": share of viewpoint pairs (the others: photometric only)
     viewpoint_light: float = 1.0  # "hpatches": photometric change of the viewpoint pairs
     unrelated_share: float = 0.0  # "hpatches": share of pairs whose view 1 shows another photo (no matches)
+    scene_share: float = 0.0  # "hpatches": share of the related pairs that are rendered 3-D scenes (parallax)
+    scene_planes: int = 4  # "hpatches": photos per scene (wall, floor, panels; at least 3; distinct if there are enough)
     match_px: float = 3.0
     unmatched_px: float = 5.0
     log_every: int = 10
@@ -101,6 +125,19 @@ class GlueTrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------- ground truth
+def homography_warps(keypoints0: torch.Tensor, keypoints1: torch.Tensor, homography: torch.Tensor,
+                     size0: torch.Tensor, size1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keypoints (B, N0, 2) of view 0 in view-1 pixels and (B, N1, 2) of view 1 in view-0 pixels through the
+    homography (B, 3, 3) view 0 -> view 1; ``inf`` rows for points the other view does not see (outside it or
+    behind the camera). ``size0``, ``size1``: (B, 2) (W, H)."""
+    hom = homography.double()
+    w0, front0 = warp_points_torch(keypoints0.double(), hom)
+    w1, front1 = warp_points_torch(keypoints1.double(), torch.linalg.inv(hom))
+    seen0 = front0 & _inside(w0, size1)
+    seen1 = front1 & _inside(w1, size0)
+    return (torch.where(seen0[..., None], w0, torch.inf).float(), torch.where(seen1[..., None], w1, torch.inf).float())
+
+
 def ground_truth(
     keypoints0: torch.Tensor,
     keypoints1: torch.Tensor,
@@ -113,42 +150,67 @@ def ground_truth(
     unmatched_px: float = 5.0,
     related: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Assignment labels from a known warp.
+    """Assignment labels from a known homography (B, 3, 3) view 0 -> view 1: :func:`labels_from_warps` of
+    :func:`homography_warps`. Keypoints (B, N, 2) pixels, sizes (B, 2) (W, H), masks (B, N)."""
+    warped0, warped1 = homography_warps(keypoints0, keypoints1, homography, size0, size1)
+    return labels_from_warps(keypoints0, keypoints1, warped0, warped1, mask0, mask1, match_px, unmatched_px, related)
+
+
+def labels_from_warps(
+    keypoints0: torch.Tensor,
+    keypoints1: torch.Tensor,
+    warped0: torch.Tensor,
+    warped1: torch.Tensor,
+    mask0: torch.Tensor | None = None,
+    mask1: torch.Tensor | None = None,
+    match_px: float = 3.0,
+    unmatched_px: float = 5.0,
+    related: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Assignment labels from the known correspondences of every keypoint.
 
     Args:
         keypoints0, keypoints1: (B, N0, 2), (B, N1, 2) pixels of view 0 / view 1.
-        homography: (B, 3, 3) view 0 -> view 1 pixels.
-        size0, size1: (B, 2) (W, H) of the views; masks (B, N) True for real keypoints.
+        warped0: (B, N0, 2) the view-0 keypoints in view-1 pixels; ``warped1`` (B, N1, 2) the view-1 keypoints
+            in view-0 pixels. A row is ``inf`` when the other view does not see the point, ``NaN`` when that
+            is unknown (such a point is never matched and never labelled unmatched).
+        mask0, mask1: (B, N) True for real keypoints.
         related: (B,) bool, False for a pair of two different photos: every real keypoint is unmatched.
 
     Returns:
-        labels0 (B, N0): index of the matching keypoint in view 1, :data:`UNMATCHED` or :data:`IGNORE`;
-        labels1 (B, N1) the same from view 1. Padded keypoints are :data:`IGNORE`.
+        labels0 (B, N0): index of the matching keypoint in view 1 (mutual nearest after the warp, closer than
+        ``match_px`` in view-1 pixels), :data:`UNMATCHED` (nearest farther than ``unmatched_px``, or not seen
+        by view 1) or :data:`IGNORE`; labels1 (B, N1) the same from view 1. Padded keypoints are :data:`IGNORE`;
+        so is a keypoint of view 1 that lands within ``unmatched_px`` of a view-0 keypoint of unknown
+        correspondence (its partner may be that one).
     """
-    b, n0, n1 = keypoints0.shape[0], keypoints0.shape[1], keypoints1.shape[1]
+    b, n0, n1 = warped0.shape[0], warped0.shape[1], keypoints1.shape[1]
     mask0 = torch.ones(b, n0, dtype=torch.bool) if mask0 is None else mask0.bool()
     mask1 = torch.ones(b, n1, dtype=torch.bool) if mask1 is None else mask1.bool()
     if n0 == 0 or n1 == 0:
         return (torch.where(mask0, UNMATCHED, IGNORE).long(), torch.where(mask1, UNMATCHED, IGNORE).long())
-    hom = homography.double()
-    w0, front0 = warp_points_torch(keypoints0.double(), hom)
-    w1, front1 = warp_points_torch(keypoints1.double(), torch.linalg.inv(hom))
-    inside0 = front0 & _inside(w0, size1)  # view-0 keypoints seen by view 1
-    inside1 = front1 & _inside(w1, size0)
-    dist = torch.cdist(torch.nan_to_num(w0, posinf=1e9, neginf=-1e9), keypoints1.double())  # view-1 pixels
+    seen0, seen1 = warped0.isfinite().all(-1), warped1.isfinite().all(-1)
+    known0, known1 = ~warped0.isnan().any(-1), ~warped1.isnan().any(-1)
+    w0 = torch.where(seen0[..., None], warped0.double(), 1e9)
+    dist = torch.cdist(w0, keypoints1.double())  # view-1 pixels
     dist = dist.masked_fill(~(mask0[:, :, None] & mask1[:, None, :]), float("inf"))
     best0, idx0 = dist.min(dim=2)
     best1, idx1 = dist.min(dim=1)
     mutual0 = idx1.gather(1, idx0) == torch.arange(n0)[None]
     mutual1 = idx0.gather(1, idx1) == torch.arange(n1)[None]
-    match0 = mutual0 & (best0 < match_px) & inside0
-    match1 = mutual1 & (best1 < match_px) & inside1
+    match0 = mutual0 & (best0 < match_px) & seen0
+    match1 = mutual1 & (best1 < match_px) & seen1
     match0 &= match1.gather(1, idx0)  # both sides agree
     match1 &= match0.gather(1, idx1)
     labels0 = torch.full((b, n0), IGNORE, dtype=torch.long)
     labels1 = torch.full((b, n1), IGNORE, dtype=torch.long)
-    labels0[(best0 > unmatched_px) | ~inside0] = UNMATCHED
-    labels1[(best1 > unmatched_px) | ~inside1] = UNMATCHED
+    labels0[((best0 > unmatched_px) | ~seen0) & known0] = UNMATCHED
+    labels1[((best1 > unmatched_px) | ~seen1) & known1] = UNMATCHED
+    unknown0 = mask0 & ~known0
+    if unknown0.any():
+        w1 = torch.where(seen1[..., None], warped1.double(), 1e9)
+        near = ((torch.cdist(w1, keypoints0.double()) < unmatched_px) & unknown0[:, None, :]).any(-1)
+        labels1[near & seen1] = IGNORE
     labels0 = torch.where(match0, idx0, labels0)
     labels1 = torch.where(match1, idx1, labels1)
     if related is not None:
@@ -209,7 +271,7 @@ def make_pairs(
         f0, f1 = feats.image(2 * i), feats.image(2 * i + 1)
         k0, d0 = _real(f0)
         k1, d1 = _real(f1)
-        pairs.append(Pair(k0, d0.half(), k1, d1.half(), hom[i].float(), (w, h)))
+        pairs.append(Pair.from_homography(k0, d0.half(), k1, d1.half(), hom[i].float(), (w, h)))
     return pairs
 
 
@@ -231,13 +293,46 @@ def make_view_pairs(
         other_ref = ref if related else hpatches_reference(other, config.size, margin)
         img, H = hpatches_view(other, other_ref, margin, rng, float(rng.uniform(*config.strength)),
                                bool(rng.random() < config.viewpoint_share), config.viewpoint_light)
-        views = torch.from_numpy(np.stack([ref, img])).permute(0, 3, 1, 2).float() / 255.0
-        feats = extractor.extract(to_batch(views, extractor.config.in_channels), max_keypoints=keypoints,
-                                  positions=config.positions)
-        (k0, d0), (k1, d1) = _real(feats.image(0)), _real(feats.image(1))
-        pairs.append(Pair(k0, d0.half(), k1, d1.half(), torch.from_numpy(H / H[2, 2]).float(), config.size,
-                          related))
+        (k0, d0), (k1, d1) = _features(extractor, ref, img, keypoints, config.positions)
+        pairs.append(Pair.from_homography(k0, d0, k1, d1, torch.from_numpy(H / H[2, 2]).float(), config.size,
+                                          related))
     return pairs
+
+
+@torch.no_grad()
+def make_scene_pairs(
+    extractor: SiLK, textures: list[list[np.ndarray]], keypoints: int, config: GlueTrainConfig,
+    rng: np.random.Generator,
+) -> list[Pair]:
+    """Photos (RGB uint8, at least 3 per pair) -> one pair each: a random 3-D scene textured with them, seen by
+    two cameras (:mod:`.scenes`: parallax and occlusions), view 1 under a photometric change of
+    ``viewpoint_light``, with the frozen features and their correspondences through the rendered depth."""
+    pairs = []
+    for photos in textures:
+        crops = [cover_crop(t, _texture_size(config.size, rng), rng) for t in photos]
+        scene = render_pair(crops, config.size, rng)
+        view1 = change_illumination(scene.image1, rng, config.viewpoint_light)
+        (k0, d0), (k1, d1) = _features(extractor, scene.image0, view1, keypoints, config.positions)
+        w0 = project(k0, scene.depth0, scene.depth1, scene.K, scene.T_0to1)
+        w1 = project(k1, scene.depth1, scene.depth0, scene.K, np.linalg.inv(scene.T_0to1))
+        pairs.append(Pair(k0, d0, k1, d1, w0, w1, config.size))
+    return pairs
+
+
+def _texture_size(size: tuple[int, int], rng: np.random.Generator) -> tuple[int, int]:
+    """A random texture resolution for a plane: a 4:3 to 1:1 shape, 0.5-1x the view's width."""
+    w = int(size[0] * rng.uniform(0.5, 1.0))
+    return w, int(w * rng.uniform(0.75, 1.0))
+
+
+def _features(extractor: SiLK, image0: np.ndarray, image1: np.ndarray, keypoints: int,
+              positions: str) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Keypoints (N, 2) and float16 descriptors (N, D) of two RGB uint8 images of one size."""
+    views = torch.from_numpy(np.stack([image0, image1])).permute(0, 3, 1, 2).float() / 255.0
+    feats = extractor.extract(to_batch(views, extractor.config.in_channels), max_keypoints=keypoints,
+                              positions=positions)
+    (k0, d0), (k1, d1) = _real(feats.image(0)), _real(feats.image(1))
+    return (k0, d0.half()), (k1, d1.half())
 
 
 def _real(f: Features) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,20 +341,22 @@ def _real(f: Features) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def collate(pairs: list[Pair]) -> dict[str, torch.Tensor]:
-    """Pairs -> padded batch tensors: keypoints/descriptors/masks 0 and 1, sizes (B, 2), homography (B, 3, 3)."""
+    """Pairs -> padded batch tensors: keypoints/descriptors/masks/warped 0 and 1, sizes (B, 2), related (B,)."""
     out: dict[str, torch.Tensor] = {}
     for side in ("0", "1"):
         kpts = [getattr(p, "keypoints" + side) for p in pairs]
         desc = [getattr(p, "descriptors" + side).float() for p in pairs]
+        warped = [getattr(p, "warped" + side) for p in pairs]
         n = max(len(k) for k in kpts)
         k_pad = torch.zeros(len(pairs), n, 2)
+        w_pad = torch.full((len(pairs), n, 2), torch.nan)
         d_pad = torch.zeros(len(pairs), n, desc[0].shape[-1])
         mask = torch.zeros(len(pairs), n, dtype=torch.bool)
-        for i, (k, d) in enumerate(zip(kpts, desc)):
-            k_pad[i, :len(k)], d_pad[i, :len(k)], mask[i, :len(k)] = k, d, True
+        for i, (k, d, w) in enumerate(zip(kpts, desc, warped)):
+            k_pad[i, :len(k)], d_pad[i, :len(k)], w_pad[i, :len(k)], mask[i, :len(k)] = k, d, w, True
         out["keypoints" + side], out["descriptors" + side], out["mask" + side] = k_pad, d_pad, mask
+        out["warped" + side] = w_pad
         out["size" + side] = torch.tensor([p.size for p in pairs], dtype=torch.float32)
-    out["homography"] = torch.stack([p.homography for p in pairs])
     out["related"] = torch.tensor([p.related for p in pairs])
     return out
 
@@ -270,9 +367,9 @@ def pair_loss(model: SiLKGlue, batch: dict[str, torch.Tensor], match_px: float =
     log_p, un0, un1 = model.log_assignment(batch["keypoints0"], batch["keypoints1"], batch["descriptors0"],
                                            batch["descriptors1"], batch["size0"], batch["size1"],
                                            batch["mask0"], batch["mask1"])
-    labels0, labels1 = ground_truth(batch["keypoints0"], batch["keypoints1"], batch["homography"], batch["size0"],
-                                    batch["size1"], batch["mask0"], batch["mask1"], match_px, unmatched_px,
-                                    batch.get("related"))
+    labels0, labels1 = labels_from_warps(batch["keypoints0"], batch["keypoints1"], batch["warped0"],
+                                         batch["warped1"], batch["mask0"], batch["mask1"], match_px, unmatched_px,
+                                         batch.get("related"))
     return glue_loss(log_p, un0, un1, labels0, labels1)
 
 
@@ -315,6 +412,11 @@ def train(config: GlueTrainConfig, resume: bool = False, init_from: str | None =
         raise SilkError(f"no training images in {config.images!r}")
     if config.pairs not in ("crops", "hpatches"):
         raise SilkError(f"unknown pair source {config.pairs!r}: 'crops' or 'hpatches'")
+    if not (0 <= config.scene_share <= 1 and 0 <= config.unrelated_share <= 1):
+        raise SilkError(f"--scene-share and --unrelated-share are shares in [0, 1], got {config.scene_share} "
+                        f"and {config.unrelated_share}")
+    if config.scene_planes < 3:
+        raise SilkError(f"--scene-planes must be at least 3 (wall, floor, a panel), got {config.scene_planes}")
     crops = ImageCrops(train_paths, crop=config.crop, seed=config.seed)
     generator = torch.Generator().manual_seed(config.seed * 100_003 + step)
     views_rng = np.random.default_rng(config.seed * 100_003 + step)
@@ -322,15 +424,24 @@ def train(config: GlueTrainConfig, resume: bool = False, init_from: str | None =
     cache: list[Pair] = []
     drawn = step * config.new_pairs  # crops drawn so far: a resumed run sees new crops
 
+    scene_p = config.scene_share * (1 - config.unrelated_share)  # of all pairs
+    unrelated_p = config.unrelated_share / (1 - scene_p) if scene_p < 1 else 0.0  # of the pairs that are not scenes
+
     def add_pairs(count: int) -> None:
         nonlocal drawn
         if config.pairs == "hpatches":
-            photos = []
+            photos, scenes = [], []
             for _ in range(count):
+                if config.scene_share and views_rng.random() < scene_p:
+                    picks = views_rng.choice(len(train_paths), config.scene_planes,
+                                             replace=len(train_paths) < config.scene_planes)
+                    scenes.append([load_image(train_paths[int(i)]) for i in picks])
+                    continue
                 first, second = (int(i) for i in views_rng.choice(len(train_paths), 2, replace=False))
-                unrelated = views_rng.random() < config.unrelated_share
+                unrelated = views_rng.random() < unrelated_p
                 photos.append((load_image(train_paths[first]), load_image(train_paths[second]) if unrelated else None))
             cache.extend(make_view_pairs(extractor, photos, config.keypoints, config, views_rng))
+            cache.extend(make_scene_pairs(extractor, scenes, config.keypoints, config, views_rng))
         else:
             items = [crops[(drawn + k) % len(crops), (drawn + k) // len(crops)] for k in range(count)]
             cache.extend(make_pairs(extractor, torch.stack(items), config.keypoints, config.homography,
@@ -400,6 +511,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="hpatches pairs: share of viewpoint pairs")
     p.add_argument("--unrelated-share", type=float, default=d.unrelated_share,
                    help="hpatches pairs: share of pairs of two different photos (nothing matches)")
+    p.add_argument("--scene-share", type=float, default=d.scene_share,
+                   help="hpatches pairs: share of the related pairs that are rendered 3-D scenes (parallax)")
+    p.add_argument("--scene-planes", type=int, default=d.scene_planes,
+                   help="hpatches pairs: photos per rendered scene (wall, floor, panels; at least 3)")
     p.add_argument("--match-px", type=float, default=d.match_px,
                    help="ground truth: mutual nearest keypoints after the warp closer than this match")
     p.add_argument("--unmatched-px", type=float, default=d.unmatched_px,
@@ -420,7 +535,8 @@ def main(argv: list[str] | None = None) -> int:
             steps=a.steps, batch=a.batch, keypoints=a.keypoints, crop=a.crop, lr=a.lr, cache_pairs=a.cache_pairs,
             new_pairs=a.new_pairs, log_every=a.log_every, checkpoint_every=a.checkpoint_every, seed=a.seed,
             pairs=a.pairs, size=parse_image_size(a.size, "480x360"), strength=tuple(a.strength), viewpoint_share=a.viewpoint_share,
-            unrelated_share=a.unrelated_share, ema=a.ema, match_px=a.match_px, unmatched_px=a.unmatched_px)
+            unrelated_share=a.unrelated_share, scene_share=a.scene_share, scene_planes=a.scene_planes, ema=a.ema,
+            match_px=a.match_px, unmatched_px=a.unmatched_px)
         path = train(config, resume=a.resume, init_from=a.init_from)
     except SilkError as e:
         print(f"error: {e}", file=sys.stderr)
