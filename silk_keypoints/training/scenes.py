@@ -3,7 +3,7 @@ correspondences of any pixel through the rendered depth (occlusions included).
 
 A homography is one plane seen from two cameras; real views hold many surfaces at different depths, so a
 point's displacement depends on its depth and parts of one view are hidden in the other. A scene here is a back
-wall, an optional floor and 2-5 panels of random size, depth and orientation, each textured with a photo,
+wall, an optional floor and panels of random size, depth and orientation, each textured with a photo,
 ray-cast (:func:`~silk_keypoints.evaluation.testdata.render`) from two cameras a random baseline apart that look
 at the same part of the scene. :func:`project` carries pixels of one view into the other with the depth of
 their view, and says which of them the other view sees.
@@ -44,8 +44,8 @@ def _rotation(yaw: float, pitch: float) -> np.ndarray:
 
 def random_planes(rng: np.random.Generator, textures: list[np.ndarray]) -> list[Plane]:
     """A back wall at 4-8 m, a floor (half of the scenes), and one panel for each further texture (the first is
-    the wall's, the second the floor's): 0.6-2 m wide, 1.2-4 m away, turned by up to 50 deg and tilted by up to
-    30 deg. Needs at least 3 textures."""
+    the wall's, the second the floor's): 0.8-4 m away, 0.25-0.7 x its distance wide, turned by up to 50 deg and
+    tilted by up to 30 deg. Needs at least 3 textures."""
     wall_z = rng.uniform(4.0, 8.0)
     span = 1.2 * wall_z  # covers the view of every camera of random_cameras
     planes = [Plane(np.array([-span, -span, wall_z]), np.array([2 * span, 0, 0]), np.array([0, 2 * span, 0]),
@@ -55,9 +55,9 @@ def random_planes(rng: np.random.Generator, textures: list[np.ndarray]) -> list[
         planes.append(Plane(np.array([-span, floor_y, wall_z]), np.array([2 * span, 0, 0]),
                             np.array([0, 0, 0.5 - wall_z]), textures[1]))
     for texture in textures[2:]:
-        z = rng.uniform(1.2, 4.0)
+        z = rng.uniform(0.8, 4.0)
         centre = np.array([rng.uniform(-0.45, 0.45) * z, rng.uniform(-0.3, 0.3) * z, z])
-        width = rng.uniform(0.6, 2.0)
+        width = rng.uniform(0.25, 0.7) * z  # a fifth to half of the view's width
         height = width * texture.shape[0] / texture.shape[1]
         R = _rotation(rng.uniform(-50, 50), rng.uniform(-30, 30))
         u, v = R @ [width, 0, 0], R @ [0, height, 0]
