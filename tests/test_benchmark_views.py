@@ -50,13 +50,13 @@ def test_stereo_truth_recovers_a_synthetic_rig():
 
 def test_summary_counts_and_shares():
     pairs = [{"errors": np.array([0.2, 0.7, 2.0, 9.0]), "keep": np.array([True, True, True, False]),
-              "pose_error": 0.5},
-             {"errors": np.array([0.4]), "keep": np.array([True]), "pose_error": float("inf")}]
+              "pose_errors": [0.5, 0.5]},
+             {"errors": np.array([0.4]), "keep": np.array([True]), "pose_errors": [float("inf"), 1.5]}]
     s = stereo_epipolar.summary(pairs, 1000.0)
     assert s["pairs"] == 2 and s["keypoints"] == 1000.0 and s["matches"] == 2.0
     assert s["correct@0.5"] == 1.0 and s["correct@1"] == 1.5 and s["correct@3"] == 2.0 and s["epi@3"] == 1.0
     assert s["epi@0.5"] == pytest.approx((1 / 3 + 1) / 2) and s["med@3"] == pytest.approx((0.7 + 0.4) / 2)
-    assert s["pose_acc@1"] == 0.5 and s["pose_median_deg"] == float("inf")
+    assert s["pose_acc@1"] == 0.5 and s["pose_median_deg"] == 1.0  # over both pairs' runs
 
 
 def test_inside_equals_opencv_on_random_points():

@@ -3,16 +3,19 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from silk_keypoints import SiLK
 from silk_keypoints.glue import SiLKGlue
 from silk_keypoints.io import load_image
+from silk_keypoints.model.checkpoint import read_safetensors
 from silk_keypoints.training.glue import (
     IGNORE,
     UNMATCHED,
     Pair,
+    _placement,
     collate,
     glue_loss,
     ground_truth,
@@ -139,3 +142,14 @@ def test_training_on_extrema_keypoints(tmp_path):
     assert main(args) == 0
     row = json.loads((tmp_path / "run" / "log.jsonl").read_text())
     assert row["loss"] == row["loss"] and row["matches"] > 0
+    assert main([*args, "cells", "--out", str(tmp_path / "both"), "--pairs", "hpatches", "--size", "96x64"]) == 0
+    _, meta = read_safetensors(tmp_path / "both" / "last.safetensors", "silk-keypoints-glue")
+    assert json.loads(meta["info"])["positions"] == ["extrema", "cells"]
+
+
+def test_placement_draws_each_named_placement():
+    rng = np.random.default_rng(0)
+    before = rng.bit_generator.state
+    assert _placement(("extrema",), rng) == "extrema" and rng.bit_generator.state == before  # no draw for one
+    drawn = [_placement(("cells", "extrema"), rng) for _ in range(200)]
+    assert 60 < drawn.count("cells") < 140 and drawn.count("cells") + drawn.count("extrema") == 200

@@ -7,7 +7,8 @@ homography of the extractor's training ranges (view 1), each with the photometri
 (:func:`~silk_keypoints.evaluation.testdata.hpatches_view`: a viewpoint change of a strength drawn from
 ``strength`` with its photometric change, or only a strong photometric change), or (a ``scene_share`` of the
 related pairs) two views of a random 3-D scene of textured planes (:mod:`.scenes`: parallax, occlusions). Each
-pair carries the frozen extractor's keypoints (``positions``: on cells or at the image's extrema) and
+pair carries the frozen extractor's keypoints (``positions``: on cells or at the image's extrema; with both
+named, each pair draws one) and
 descriptors of both views (computed once per pair) and where each keypoint lies in the other view (through the
 homography, or the rendered depth). The ground truth follows: keypoint ``i`` of view 0 and ``j`` of view 1
 match when they are mutual nearest neighbours after warping with a distance below ``match_px`` (3 px); a
@@ -97,7 +98,7 @@ class GlueTrainConfig:
     images: str = ""
     out: str = "runs/glue"
     extractor: str = "fast"
-    positions: str = "cells"  # keypoint placement of the frozen extractor ("cells" or "extrema")
+    positions: tuple[str, ...] = ("cells",)  # keypoint placements of the frozen extractor; each pair draws one
     glue: GlueConfig = field(default_factory=GlueConfig)
     steps: int = 1000
     batch: int = 4
@@ -293,7 +294,7 @@ def make_view_pairs(
         other_ref = ref if related else hpatches_reference(other, config.size, margin)
         img, H = hpatches_view(other, other_ref, margin, rng, float(rng.uniform(*config.strength)),
                                bool(rng.random() < config.viewpoint_share), config.viewpoint_light)
-        (k0, d0), (k1, d1) = _features(extractor, ref, img, keypoints, config.positions)
+        (k0, d0), (k1, d1) = _features(extractor, ref, img, keypoints, _placement(config.positions, rng))
         pairs.append(Pair.from_homography(k0, d0, k1, d1, torch.from_numpy(H / H[2, 2]).float(), config.size,
                                           related))
     return pairs
@@ -312,11 +313,16 @@ def make_scene_pairs(
         crops = [cover_crop(t, _texture_size(config.size, rng), rng) for t in photos]
         scene = render_pair(crops, config.size, rng)
         view1 = change_illumination(scene.image1, rng, config.viewpoint_light)
-        (k0, d0), (k1, d1) = _features(extractor, scene.image0, view1, keypoints, config.positions)
+        (k0, d0), (k1, d1) = _features(extractor, scene.image0, view1, keypoints, _placement(config.positions, rng))
         w0 = project(k0, scene.depth0, scene.depth1, scene.K, scene.T_0to1)
         w1 = project(k1, scene.depth1, scene.depth0, scene.K, np.linalg.inv(scene.T_0to1))
         pairs.append(Pair(k0, d0, k1, d1, w0, w1, config.size))
     return pairs
+
+
+def _placement(positions: tuple[str, ...], rng: np.random.Generator) -> str:
+    """One of ``positions`` (no draw when there is one, so single-placement runs keep their random stream)."""
+    return positions[0] if len(positions) == 1 else positions[int(rng.integers(len(positions)))]
 
 
 def _texture_size(size: tuple[int, int], rng: np.random.Generator) -> tuple[int, int]:
@@ -445,7 +451,7 @@ def train(config: GlueTrainConfig, resume: bool = False, init_from: str | None =
         else:
             items = [crops[(drawn + k) % len(crops), (drawn + k) // len(crops)] for k in range(count)]
             cache.extend(make_pairs(extractor, torch.stack(items), config.keypoints, config.homography,
-                                    config.augment, generator, config.positions))
+                                    config.augment, generator, config.positions[drawn % len(config.positions)]))
         drawn += count
         del cache[:max(0, len(cache) - config.cache_pairs)]
 
@@ -478,11 +484,11 @@ def train(config: GlueTrainConfig, resume: bool = False, init_from: str | None =
                 print(json.dumps(row), flush=True)
                 sums, start = {}, time.perf_counter()
             if step % config.checkpoint_every == 0 or step == config.steps:
-                model.save(last, info={"step": step, "extractor": config.extractor})
+                info = {"step": step, "extractor": config.extractor, "positions": list(config.positions)}
+                model.save(last, info=info)
                 checkpoint = {"optimizer": optimizer.state_dict(), "step": step}
                 if average is not None:
-                    average.save(out / "ema.safetensors", info={"step": step, "extractor": config.extractor,
-                                                                 "ema": config.ema})
+                    average.save(out / "ema.safetensors", info={**info, "ema": config.ema})
                     checkpoint["ema"] = average.state_dict()
                 torch.save(checkpoint, state_path)
     return last
@@ -494,8 +500,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", required=True, help="training photo folder (its training split is used)")
     p.add_argument("--out", default=d.out, help="run folder: log.jsonl, last.safetensors, state.pt")
     p.add_argument("--extractor", default=d.extractor, help="shipped SiLK model giving the features (frozen)")
-    p.add_argument("--positions", choices=POSITIONS, default=d.positions,
-                   help="where the extractor places keypoints (SiLK.extract(positions=...))")
+    p.add_argument("--positions", choices=POSITIONS, nargs="+", default=list(d.positions),
+                   help="where the extractor places keypoints (SiLK.extract(positions=...)); with both, each pair "
+                        "draws one")
     for name in ("steps", "batch", "keypoints", "crop", "cache_pairs", "new_pairs", "log_every",
                  "checkpoint_every", "seed"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
@@ -530,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     try:
         config = GlueTrainConfig(
-            images=a.images, out=a.out, extractor=a.extractor, positions=a.positions,
+            images=a.images, out=a.out, extractor=a.extractor, positions=tuple(dict.fromkeys(a.positions)),
             glue=GlueConfig(width=a.width, layers=a.layers, heads=a.heads),
             steps=a.steps, batch=a.batch, keypoints=a.keypoints, crop=a.crop, lr=a.lr, cache_pairs=a.cache_pairs,
             new_pairs=a.new_pairs, log_every=a.log_every, checkpoint_every=a.checkpoint_every, seed=a.seed,
