@@ -1,5 +1,6 @@
 """SiLKGlue training: ground truth from a known warp, the NLL, one step on tiny data, a resumed run."""
 
+import itertools
 import json
 from pathlib import Path
 
@@ -14,11 +15,13 @@ from silk_keypoints.model.checkpoint import read_safetensors
 from silk_keypoints.training.glue import (
     IGNORE,
     UNMATCHED,
+    GlueTrainConfig,
     Pair,
     _placement,
     collate,
     glue_loss,
     ground_truth,
+    learning_rate,
     main,
     make_pairs,
     pair_loss,
@@ -153,3 +156,18 @@ def test_placement_draws_each_named_placement():
     assert _placement(("extrema",), rng) == "extrema" and rng.bit_generator.state == before  # no draw for one
     drawn = [_placement(("cells", "extrema"), rng) for _ in range(200)]
     assert 60 < drawn.count("cells") < 140 and drawn.count("cells") + drawn.count("extrema") == 200
+
+def test_learning_rate_cosine_decay(tmp_path, capsys):
+    assert learning_rate(GlueTrainConfig(lr=1e-3, steps=11), 7) == 1e-3  # constant by default
+    config = GlueTrainConfig(lr=1e-3, lr_end=1e-5, steps=11)
+    rates = [learning_rate(config, s) for s in range(11)]
+    assert rates[0] == 1e-3 and abs(rates[-1] - 1e-5) < 1e-12 and abs(rates[5] - (1e-3 + 1e-5) / 2) < 1e-12
+    assert all(a > b for a, b in itertools.pairwise(rates))
+    args = ["--images", str(IMAGES), "--out", str(tmp_path / "run"), "--extractor", "tiny", "--batch", "2",
+            "--keypoints", "24", "--width", "16", "--heads", "2", "--layers", "1", "--log-every", "1",
+            "--threads", "1", "--steps", "2", "--lr", "1e-3", "--lr-end", "1e-4"]
+    assert main(args) == 0
+    rows = [json.loads(r) for r in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in rows] == [1e-3, 1e-4]
+    assert main([*args[:-1], "2e-3"]) == 2
+    assert "need --lr > 0 and 0 <= --lr-end <= --lr" in capsys.readouterr().err

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import sys
 import time
@@ -105,6 +106,7 @@ class GlueTrainConfig:
     keypoints: int = 512
     crop: int = 256
     lr: float = 3e-4
+    lr_end: float | None = None  # a cosine decay of the learning rate from lr (step 0) to this (the last step)
     cache_pairs: int = 1024
     new_pairs: int = 1
     augment: str = "silk"
@@ -385,6 +387,8 @@ def train(config: GlueTrainConfig, resume: bool = False, init_from: str | None =
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     last, state_path, log_path = out / "last.safetensors", out / "state.pt", out / "log.jsonl"
+    if not config.lr > 0 or (config.lr_end is not None and not 0 <= config.lr_end <= config.lr):
+        raise SilkError(f"need --lr > 0 and 0 <= --lr-end <= --lr, got {config.lr} and {config.lr_end}")
     if not 0 <= config.ema < 1:
         raise SilkError(f"--ema must be a decay in [0, 1) (0: off), got {config.ema}")
     if not 0 < config.match_px <= config.unmatched_px:
@@ -463,6 +467,8 @@ def train(config: GlueTrainConfig, resume: bool = False, init_from: str | None =
             add_pairs(config.new_pairs)
             batch = collate(rng.sample(cache, min(config.batch, len(cache))))
             terms = pair_loss(model, batch, config.match_px, config.unmatched_px)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, step)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -478,6 +484,7 @@ def train(config: GlueTrainConfig, resume: bool = False, init_from: str | None =
             if step % config.log_every == 0 or step == config.steps:
                 n = sums.pop("n")
                 row = {"step": step, **{k: round(v / n, 4) for k, v in sums.items()},
+                       "lr": float(f"{optimizer.param_groups[0]['lr']:.3g}"),
                        "s_per_step": round((time.perf_counter() - start) / n, 3), "cache": len(cache)}
                 log.write(json.dumps(row) + "\n")
                 log.flush()
@@ -494,6 +501,15 @@ def train(config: GlueTrainConfig, resume: bool = False, init_from: str | None =
     return last
 
 
+def learning_rate(config: GlueTrainConfig, step: int) -> float:
+    """The learning rate of step ``step`` (0-based) of ``config.steps``: constant, or the cosine decay to
+    ``lr_end``."""
+    if config.lr_end is None:
+        return config.lr
+    t = min(step / max(config.steps - 1, 1), 1.0)
+    return config.lr_end + (config.lr - config.lr_end) * 0.5 * (1 + math.cos(math.pi * t))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m silk_keypoints.training.glue", description=__doc__.split("\n")[0])
     d = GlueTrainConfig()
@@ -507,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
                  "checkpoint_every", "seed"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--lr-end", type=float, default=d.lr_end,
+                   help="decay the learning rate to this by the last step (cosine; default: constant)")
     p.add_argument("--ema", type=float, default=d.ema,
                    help="also write ema.safetensors, the moving average of the weights with this decay (0: off)")
     p.add_argument("--pairs", choices=("crops", "hpatches"), default=d.pairs,
@@ -539,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         config = GlueTrainConfig(
             images=a.images, out=a.out, extractor=a.extractor, positions=tuple(dict.fromkeys(a.positions)),
             glue=GlueConfig(width=a.width, layers=a.layers, heads=a.heads),
-            steps=a.steps, batch=a.batch, keypoints=a.keypoints, crop=a.crop, lr=a.lr, cache_pairs=a.cache_pairs,
+            steps=a.steps, batch=a.batch, keypoints=a.keypoints, crop=a.crop, lr=a.lr, lr_end=a.lr_end, cache_pairs=a.cache_pairs,
             new_pairs=a.new_pairs, log_every=a.log_every, checkpoint_every=a.checkpoint_every, seed=a.seed,
             pairs=a.pairs, size=parse_image_size(a.size, "480x360"), strength=tuple(a.strength), viewpoint_share=a.viewpoint_share,
             unrelated_share=a.unrelated_share, scene_share=a.scene_share, scene_planes=a.scene_planes, ema=a.ema,
