@@ -5,7 +5,7 @@ image corners inside the photo's canvas, so view 1 never shows the photo at half
 demo's ``box`` -> ``box_in_scene`` is a 0.5x zoom with a turn). Here view 0 is a validation photo at ``--size``,
 view 1 the same photo scaled by s and turned by r degrees about its centre, pasted on another validation photo
 (clutter: keypoints with no partner), at the same size. Ground truth: the similarity. Per matcher and (s, r):
-matches, correct within 3 px, and the share correct, summed over the photos. Same keypoints for every matcher
+correct within 3 px / matches, summed over the photos. Same keypoints for every matcher
 (the extractor's, ``--positions``). CPU.
 
     python benchmarks/glue_scale.py --weights runs/glue-fast/fast-current.safetensors \
@@ -23,6 +23,8 @@ import numpy as np
 import torch
 
 from silk_keypoints import Matcher, SiLK
+from silk_keypoints.cli.common import parse_image_size
+from silk_keypoints.errors import SilkError
 from silk_keypoints.evaluation.report import format_table
 from silk_keypoints.evaluation.testdata import cover_crop
 from silk_keypoints.io import list_images, load_image
@@ -69,7 +71,10 @@ def main() -> None:
     p.add_argument("--out", help="also write the table here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    size = tuple(int(v) for v in args.size.split("x"))
+    try:
+        size = parse_image_size(args.size, "480x360")
+    except SilkError as e:
+        p.error(str(e))
     _, val = split_train_val(list_images(args.photos))
     photos = [cover_crop(load_image(f), size, np.random.default_rng(i)) for i, f in enumerate(val[:args.count + 1])]
     model = SiLK.from_pretrained(args.extractor).eval()

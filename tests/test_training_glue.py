@@ -5,10 +5,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
 from silk_keypoints import SiLK
+from silk_keypoints.errors import SilkError
 from silk_keypoints.glue import SiLKGlue
 from silk_keypoints.io import load_image
 from silk_keypoints.model.checkpoint import read_safetensors
@@ -25,6 +27,7 @@ from silk_keypoints.training.glue import (
     main,
     make_pairs,
     pair_loss,
+    train,
 )
 from silk_keypoints.training.homography import HomographyConfig
 
@@ -148,6 +151,8 @@ def test_training_on_extrema_keypoints(tmp_path):
     assert main([*args, "cells", "--out", str(tmp_path / "both"), "--pairs", "hpatches", "--size", "96x64"]) == 0
     _, meta = read_safetensors(tmp_path / "both" / "last.safetensors", "silk-keypoints-glue")
     assert json.loads(meta["info"])["positions"] == ["extrema", "cells"]
+    with pytest.raises(SilkError, match="positions must be a tuple"):  # a str would be drawn letter by letter
+        train(GlueTrainConfig(images=str(IMAGES), out=str(tmp_path / "str"), positions="cells"))
 
 
 def test_placement_draws_each_named_placement():

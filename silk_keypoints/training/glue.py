@@ -387,6 +387,8 @@ def train(config: GlueTrainConfig, resume: bool = False, init_from: str | None =
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     last, state_path, log_path = out / "last.safetensors", out / "state.pt", out / "log.jsonl"
+    if isinstance(config.positions, str) or not config.positions or set(config.positions) - set(POSITIONS):
+        raise SilkError(f"positions must be a tuple of {POSITIONS}, got {config.positions!r}")
     if not config.lr > 0 or (config.lr_end is not None and not 0 <= config.lr_end <= config.lr):
         raise SilkError(f"need --lr > 0 and 0 <= --lr-end <= --lr, got {config.lr} and {config.lr_end}")
     if not 0 <= config.ema < 1:
