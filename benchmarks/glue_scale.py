@@ -26,23 +26,10 @@ from silk_keypoints import Matcher, SiLK
 from silk_keypoints.cli.common import parse_image_size
 from silk_keypoints.errors import SilkError
 from silk_keypoints.evaluation.report import format_table
-from silk_keypoints.evaluation.testdata import cover_crop
+from silk_keypoints.evaluation.testdata import cover_crop, paste_view, rotation_about
 from silk_keypoints.io import list_images, load_image
 from silk_keypoints.model.config import POSITIONS
 from silk_keypoints.training.data import split_train_val
-
-
-def similarity(size: tuple[int, int], scale: float, degrees: float) -> np.ndarray:
-    """(3, 3) turn by ``degrees`` and scale by ``scale`` about the image centre (pixel centres at integers)."""
-    w, h = size
-    A = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), degrees, scale)
-    return np.vstack([A, [0.0, 0.0, 1.0]])
-
-
-def zoomed_view(photo: np.ndarray, clutter: np.ndarray, H: np.ndarray) -> np.ndarray:
-    """``photo`` warped by ``H`` onto ``clutter`` (both (h, w, 3) uint8 of one size)."""
-    h, w = photo.shape[:2]
-    return cv2.warpPerspective(photo, H, (w, h), dst=clutter.copy(), borderMode=cv2.BORDER_TRANSPARENT)
 
 
 def count(matcher: Matcher, f0, f1, H: np.ndarray, px: float = 3.0) -> tuple[int, int]:
@@ -86,8 +73,8 @@ def main() -> None:
     for i in range(len(photos) - 1):
         f0 = model.extract(photos[i], max_keypoints=args.max_keypoints, positions=args.positions)
         for c in cases:
-            H = similarity(size, *c)
-            f1 = model.extract(zoomed_view(photos[i], photos[i + 1], H), max_keypoints=args.max_keypoints,
+            H = rotation_about(size, c[1], c[0])
+            f1 = model.extract(paste_view(photos[i], photos[i + 1], H), max_keypoints=args.max_keypoints,
                                positions=args.positions)
             for name, matcher in matchers.items():
                 n, ok = count(matcher, f0, f1, H)

@@ -23,6 +23,7 @@ from silk_keypoints.evaluation.testdata import (
     make_pose_dataset,
     make_rgbd_dataset,
     make_rotations,
+    paste_view,
     random_homography,
     random_texture,
     relative_pose,
@@ -122,6 +123,22 @@ def test_hpatches_viewpoint_light_sets_the_photometric_change(tmp_path):
     assert change(strong) > 2 * change(mild)
     with pytest.raises(SilkError, match="viewpoint_light"):
         make_hpatches(tmp_path / "c", sequences=2, viewpoint_light=-1)
+
+
+def test_rotation_about_scales_and_paste_view_keeps_the_clutter_outside():
+    H = rotation_about((101, 51), 90.0, 0.5)
+    centre, right = cv2.perspectiveTransform(np.array([[[50.0, 25.0], [60.0, 25.0]]]), H)[0]
+    np.testing.assert_allclose(centre, [50, 25], atol=1e-9)
+    np.testing.assert_allclose(right, [50, 20], atol=1e-9)  # 10 px right -> 5 px up (as OpenCV's getRotationMatrix2D)
+    A = cv2.getRotationMatrix2D((50.0, 25.0), 30.0, 0.7)
+    np.testing.assert_allclose(rotation_about((101, 51), 30.0, 0.7)[:2], A, atol=1e-12)
+    photo = cv2.imread(str(IMAGES / "opencv_left.jpg"))[:240, :320].copy()
+    clutter = np.zeros_like(photo)
+    H = rotation_about((320, 240), 0.0, 0.5)
+    view = paste_view(photo, clutter, H)
+    assert (view[:40] == 0).all() and (view[:, :60] == 0).all()  # the photo shrunk to the middle half
+    np.testing.assert_array_equal(view[70:170, 90:230], cv2.warpPerspective(photo, H, (320, 240))[70:170, 90:230])
+    assert (clutter == 0).all()  # not written to
 
 
 def test_rotations_ground_truth_matches_pixels(tmp_path):

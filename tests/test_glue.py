@@ -2,21 +2,29 @@
 
 import hashlib
 import json
+from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from silk_keypoints import SiLK
 from silk_keypoints import glue as glue_module
 from silk_keypoints.cli import main
 from silk_keypoints.ecosystem.hloc import matcher_input, matcher_provenance
 from silk_keypoints.errors import SilkError
+from silk_keypoints.evaluation.testdata import paste_view, rotation_about
+from silk_keypoints.geometry import estimate_homography
 from silk_keypoints.glue import GlueConfig, SiLKGlue, available_glue, mutual_matches, normalise_keypoints
+from silk_keypoints.io import load_image
 from silk_keypoints.matching import Matcher
+from silk_keypoints.model.checkpoint import read_safetensors
 from silk_keypoints.pair import DEMO_PAIR
 
 SIZE = torch.tensor([[320.0, 240.0]])
+IMAGES = Path(__file__).parent / "fixtures" / "images"
 
 
 def small_glue(**kw) -> SiLKGlue:
@@ -183,3 +191,33 @@ def test_onnx_equals_torch(tmp_path):
 
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert json.loads(meta["silk.glue_config"])["width"] == 16
+
+
+def test_shipped_weights_beat_mutual_nn_on_a_real_photo_and_refuse_an_unrelated_one(capsys, tmp_path):
+    assert "fast" in available_glue()
+    glue = SiLKGlue.from_pretrained("fast")
+    _, meta = read_safetensors(glue_module.WEIGHTS_DIR / "fast.safetensors", "silk-keypoints-glue")
+    assert glue.conf.descriptor_dim == 128 and set(json.loads(meta["info"])["positions"]) == {"cells", "extrema"}
+    model = SiLK.from_pretrained("fast").eval()
+    photo = load_image(IMAGES / "opencv_left.jpg")
+    h, w = photo.shape[:2]
+    H = rotation_about((w, h), 10.0, 0.8)  # a 0.8x zoom-out with a turn, on another photo
+    clutter = cv2.resize(load_image(IMAGES / "opencv_box.jpg"), (w, h))
+    view = paste_view(photo, clutter, H)
+
+    def correct(matcher, f0, f1):
+        out = matcher({"image0": f0, "image1": f1})
+        p0, p1 = out["points0"][0].double().numpy(), out["points1"][0].double().numpy()
+        return len(p0), int((np.linalg.norm(cv2.perspectiveTransform(p0[None], H)[0] - p1, axis=1) < 3).sum())
+
+    for positions in ("cells", "extrema"):
+        f0, f1 = (model.extract(x, max_keypoints=1024, positions=positions) for x in (photo, view))
+        n, ok = correct(Matcher("glue"), f0, f1)
+        n_mnn, ok_mnn = correct(Matcher("mnn"), f0, f1)
+        assert ok >= ok_mnn and ok / n > 0.9 > ok_mnn / n_mnn, (positions, n, ok, n_mnn, ok_mnn)
+        out = Matcher("glue")({"image0": f0, "image1": model.extract(clutter, max_keypoints=1024, positions=positions)})
+        fit = estimate_homography(out["points0"][0].double().numpy(), out["points1"][0].double().numpy(), 3.0, seed=0)
+        assert fit.inliers is None or fit.inliers.sum() <= 10, positions  # unrelated photos: (almost) nothing
+    box, scene = (str(p) for p in DEMO_PAIR)
+    assert main(["match", box, scene, "--matcher", "glue", "--out", str(tmp_path / "m.png")]) == 0
+    assert "inliers" in capsys.readouterr().out

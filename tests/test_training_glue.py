@@ -23,9 +23,11 @@ from silk_keypoints.training.glue import (
     collate,
     glue_loss,
     ground_truth,
+    labels_from_warps,
     learning_rate,
     main,
     make_pairs,
+    make_zoom_pairs,
     pair_loss,
     train,
 )
@@ -161,6 +163,36 @@ def test_placement_draws_each_named_placement():
     assert _placement(("extrema",), rng) == "extrema" and rng.bit_generator.state == before  # no draw for one
     drawn = [_placement(("cells", "extrema"), rng) for _ in range(200)]
     assert 60 < drawn.count("cells") < 140 and drawn.count("cells") + drawn.count("extrema") == 200
+
+def test_zoom_pairs_follow_their_similarity(tmp_path, capsys):
+    extractor = SiLK.from_pretrained("tiny").eval()
+    photos = [(load_image(IMAGES / a), load_image(IMAGES / b)) for a, b in
+              [("opencv_left.jpg", "opencv_box.jpg"), ("opencv_box.jpg", "opencv_left.jpg")] * 3]
+    config = GlueTrainConfig(size=(160, 120), zoom=(0.5, 0.5), zoom_degrees=0.0, viewpoint_light=0.2)
+    pairs = make_zoom_pairs(extractor, photos, 256, config, np.random.default_rng(0))
+    scales = []
+    for pair in pairs:
+        seen = torch.isfinite(pair.warped0).all(1)
+        k, w = pair.keypoints0[seen].double(), pair.warped0[seen].double()
+        scale = float((w - w.mean(0)).norm(dim=1).sum() / (k - k.mean(0)).norm(dim=1).sum())
+        scales.append(round(scale, 3))
+        torch.testing.assert_close((w - w.mean(0)) / scale, k - k.mean(0), atol=1e-4, rtol=0)  # no turn
+        assert seen.all() if scale < 1 else seen.float().mean() < 0.8  # zoom out / in: the clutter is not seen
+        labels0, _ = labels_from_warps(*(collate([pair])[k] for k in
+                                         ("keypoints0", "keypoints1", "warped0", "warped1", "mask0", "mask1")))
+        assert (labels0 >= 0).sum() > 5  # keypoints repeat across the zoom
+    assert set(scales) == {0.5, 2.0}  # the views swap half the time
+    args = ["--images", str(IMAGES), "--out", str(tmp_path / "run"), "--extractor", "tiny", "--batch", "2",
+            "--keypoints", "24", "--width", "16", "--heads", "2", "--layers", "1", "--log-every", "1",
+            "--threads", "1", "--steps", "1", "--pairs", "hpatches", "--size", "96x64", "--zoom-share", "1"]
+    assert main(args) == 0
+    row = json.loads((tmp_path / "run" / "log.jsonl").read_text())
+    assert row["loss"] == row["loss"] and row["unmatched"] > 0
+    assert main([*args, "--scene-share", "0.5"]) == 2
+    assert "scene and zoom together at most 1" in capsys.readouterr().err
+    assert main([*args, "--zoom", "0.5", "1.5"]) == 2
+    assert "need 0 < --zoom LO <= HI <= 1" in capsys.readouterr().err
+
 
 def test_learning_rate_cosine_decay(tmp_path, capsys):
     assert learning_rate(GlueTrainConfig(lr=1e-3, steps=11), 7) == 1e-3  # constant by default

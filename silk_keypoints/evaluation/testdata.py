@@ -192,14 +192,22 @@ def hpatches_view(
     return change_illumination(img, rng, viewpoint_light), H
 
 
-def rotation_about(size: Size, degrees: float) -> np.ndarray:
+def rotation_about(size: Size, degrees: float, scale: float = 1.0) -> np.ndarray:
     """3x3 homography rotating an image of ``size`` (W, H) by ``degrees`` about its centre (counter-clockwise
-    as seen on screen, y down; pixel centres at integers)."""
+    as seen on screen, y down; pixel centres at integers) and scaling it by ``scale`` about the same centre."""
     w, h = size
     a = np.radians(degrees)
-    R = np.array([[np.cos(a), np.sin(a), 0], [-np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    R = np.array([[np.cos(a), np.sin(a), 0], [-np.sin(a), np.cos(a), 0], [0, 0, 1 / scale]]) * scale
     c = translation((w - 1) / 2, (h - 1) / 2)
     return c @ R @ np.linalg.inv(c)
+
+
+def paste_view(photo: np.ndarray, clutter: np.ndarray, H: np.ndarray) -> np.ndarray:
+    """``photo`` warped by the 3x3 homography ``H`` onto ``clutter`` (both (h, w, 3) uint8 of one size): where
+    the warped photo does not reach, the clutter shows."""
+    h, w = photo.shape[:2]
+    return cv2.warpPerspective(photo, H, (w, h), dst=clutter.copy(), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_TRANSPARENT)
 
 
 def make_rotations(

@@ -6,7 +6,9 @@ homography of the extractor's training ranges (view 1), each with the photometri
 ``pairs="hpatches"``, a training photo at ``size`` and one other image of a hard-set sequence made from it
 (:func:`~silk_keypoints.evaluation.testdata.hpatches_view`: a viewpoint change of a strength drawn from
 ``strength`` with its photometric change, or only a strong photometric change), or (a ``scene_share`` of the
-related pairs) two views of a random 3-D scene of textured planes (:mod:`.scenes`: parallax, occlusions). Each
+related pairs) two views of a random 3-D scene of textured planes (:mod:`.scenes`: parallax, occlusions), or (a
+``zoom_share``) a photo and the photo shrunk and turned on another photo (a zoom out far beyond the hard set's
+viewpoint changes; half the time the other way round: a zoom in). Each
 pair carries the frozen extractor's keypoints (``positions``: on cells or at the image's extrema; with both
 named, each pair draws one) and
 descriptors of both views (computed once per pair) and where each keypoint lies in the other view (through the
@@ -48,6 +50,9 @@ from ..evaluation.testdata import (
     hpatches_margin,
     hpatches_reference,
     hpatches_view,
+    paste_view,
+    rotation_about,
+    translation,
 )
 from ..features import Features
 from ..geometry import warp_points_torch
@@ -119,6 +124,9 @@ class GlueTrainConfig:
     unrelated_share: float = 0.0  # "hpatches": share of pairs whose view 1 shows another photo (no matches)
     scene_share: float = 0.0  # "hpatches": share of the related pairs that are rendered 3-D scenes (parallax)
     scene_planes: int = 4  # "hpatches": photos per scene (wall, floor, panels; at least 3; distinct if there are enough)
+    zoom_share: float = 0.0  # "hpatches": share of the related pairs that are zoom pairs (make_zoom_pairs)
+    zoom: tuple[float, float] = (0.3, 1.0)  # zoom pairs: range of the scale (drawn log-uniformly)
+    zoom_degrees: float = 30.0  # zoom pairs: the turn is drawn uniformly in [-zoom_degrees, zoom_degrees]
     match_px: float = 3.0
     unmatched_px: float = 5.0
     log_every: int = 10
@@ -322,6 +330,30 @@ def make_scene_pairs(
     return pairs
 
 
+@torch.no_grad()
+def make_zoom_pairs(
+    extractor: SiLK, photos: list[tuple[np.ndarray, np.ndarray]], keypoints: int, config: GlueTrainConfig,
+    rng: np.random.Generator,
+) -> list[Pair]:
+    """(RGB uint8 photo, another photo) -> one pair each: view 0 the photo at ``size``, view 1 the photo scaled
+    by a factor drawn log-uniformly from ``zoom``, turned by up to ``zoom_degrees`` about its centre, shifted
+    within the frame and pasted on the other photo (clutter: keypoints with no partner), under a photometric
+    change of ``viewpoint_light``; half the time the views swap (a zoom in). Ground truth: that similarity."""
+    pairs = []
+    for photo, another in photos:
+        view0 = cover_crop(photo, config.size, rng)
+        clutter = cover_crop(another, config.size, rng)
+        scale = float(np.exp(rng.uniform(np.log(config.zoom[0]), np.log(config.zoom[1]))))
+        shift = rng.uniform(-0.5, 0.5, 2) * (1 - scale) * np.array(config.size)
+        H = translation(*shift) @ rotation_about(config.size, float(rng.uniform(-1, 1) * config.zoom_degrees), scale)
+        view1 = change_illumination(paste_view(view0, clutter, H), rng, config.viewpoint_light)
+        if rng.random() < 0.5:
+            view0, view1, H = view1, view0, np.linalg.inv(H)
+        (k0, d0), (k1, d1) = _features(extractor, view0, view1, keypoints, _placement(config.positions, rng))
+        pairs.append(Pair.from_homography(k0, d0, k1, d1, torch.from_numpy(H / H[2, 2]).float(), config.size))
+    return pairs
+
+
 def _placement(positions: tuple[str, ...], rng: np.random.Generator) -> str:
     """One of ``positions`` (no draw when there is one, so single-placement runs keep their random stream)."""
     return positions[0] if len(positions) == 1 else positions[int(rng.integers(len(positions)))]
@@ -424,9 +456,13 @@ def train(config: GlueTrainConfig, resume: bool = False, init_from: str | None =
         raise SilkError(f"no training images in {config.images!r}")
     if config.pairs not in ("crops", "hpatches"):
         raise SilkError(f"unknown pair source {config.pairs!r}: 'crops' or 'hpatches'")
-    if not (0 <= config.scene_share <= 1 and 0 <= config.unrelated_share <= 1):
-        raise SilkError(f"--scene-share and --unrelated-share are shares in [0, 1], got {config.scene_share} "
-                        f"and {config.unrelated_share}")
+    if not (0 <= config.scene_share and 0 <= config.zoom_share and config.scene_share + config.zoom_share <= 1
+            and 0 <= config.unrelated_share <= 1):
+        raise SilkError(f"--scene-share, --zoom-share and --unrelated-share are shares in [0, 1] (scene and zoom "
+                        f"together at most 1), got {config.scene_share}, {config.zoom_share} and {config.unrelated_share}")
+    if not 0 < config.zoom[0] <= config.zoom[1] <= 1 or not 0 <= config.zoom_degrees <= 180:
+        raise SilkError(f"need 0 < --zoom LO <= HI <= 1 and --zoom-degrees in [0, 180], got {list(config.zoom)} and "
+                        f"{config.zoom_degrees}")
     if config.scene_planes < 3:
         raise SilkError(f"--scene-planes must be at least 3 (wall, floor, a panel), got {config.scene_planes}")
     crops = ImageCrops(train_paths, crop=config.crop, seed=config.seed)
@@ -437,23 +473,30 @@ def train(config: GlueTrainConfig, resume: bool = False, init_from: str | None =
     drawn = step * config.new_pairs  # crops drawn so far: a resumed run sees new crops
 
     scene_p = config.scene_share * (1 - config.unrelated_share)  # of all pairs
-    unrelated_p = config.unrelated_share / (1 - scene_p) if scene_p < 1 else 0.0  # of the pairs that are not scenes
+    zoom_p = config.zoom_share * (1 - config.unrelated_share)
+    views_p = 1 - scene_p - zoom_p
+    unrelated_p = config.unrelated_share / views_p if views_p > 0 else 0.0  # of the pairs of hard-set views
 
     def add_pairs(count: int) -> None:
         nonlocal drawn
         if config.pairs == "hpatches":
-            photos, scenes = [], []
+            photos, scenes, zooms = [], [], []
             for _ in range(count):
-                if config.scene_share and views_rng.random() < scene_p:
+                kind = views_rng.random() if config.scene_share or config.zoom_share else 1.0
+                if kind < scene_p:
                     picks = views_rng.choice(len(train_paths), config.scene_planes,
                                              replace=len(train_paths) < config.scene_planes)
                     scenes.append([load_image(train_paths[int(i)]) for i in picks])
                     continue
                 first, second = (int(i) for i in views_rng.choice(len(train_paths), 2, replace=False))
+                if kind < scene_p + zoom_p:
+                    zooms.append((load_image(train_paths[first]), load_image(train_paths[second])))
+                    continue
                 unrelated = views_rng.random() < unrelated_p
                 photos.append((load_image(train_paths[first]), load_image(train_paths[second]) if unrelated else None))
             cache.extend(make_view_pairs(extractor, photos, config.keypoints, config, views_rng))
             cache.extend(make_scene_pairs(extractor, scenes, config.keypoints, config, views_rng))
+            cache.extend(make_zoom_pairs(extractor, zooms, config.keypoints, config, views_rng))
         else:
             items = [crops[(drawn + k) % len(crops), (drawn + k) // len(crops)] for k in range(count)]
             cache.extend(make_pairs(extractor, torch.stack(items), config.keypoints, config.homography,
@@ -542,6 +585,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="hpatches pairs: share of the related pairs that are rendered 3-D scenes (parallax)")
     p.add_argument("--scene-planes", type=int, default=d.scene_planes,
                    help="hpatches pairs: photos per rendered scene (wall, floor, panels; at least 3)")
+    p.add_argument("--zoom-share", type=float, default=d.zoom_share,
+                   help="hpatches pairs: share of the related pairs that are zoom pairs (a photo shrunk and turned "
+                        "on another photo)")
+    p.add_argument("--zoom", type=float, nargs=2, default=d.zoom, metavar=("LO", "HI"),
+                   help="zoom pairs: range of the scale")
+    p.add_argument("--zoom-degrees", type=float, default=d.zoom_degrees, help="zoom pairs: largest turn")
     p.add_argument("--match-px", type=float, default=d.match_px,
                    help="ground truth: mutual nearest keypoints after the warp closer than this match")
     p.add_argument("--unmatched-px", type=float, default=d.unmatched_px,
@@ -563,6 +612,7 @@ def main(argv: list[str] | None = None) -> int:
             new_pairs=a.new_pairs, log_every=a.log_every, checkpoint_every=a.checkpoint_every, seed=a.seed,
             pairs=a.pairs, size=parse_image_size(a.size, "480x360"), strength=tuple(a.strength), viewpoint_share=a.viewpoint_share,
             unrelated_share=a.unrelated_share, scene_share=a.scene_share, scene_planes=a.scene_planes, ema=a.ema,
+            zoom_share=a.zoom_share, zoom=tuple(a.zoom), zoom_degrees=a.zoom_degrees,
             match_px=a.match_px, unmatched_px=a.unmatched_px)
         path = train(config, resume=a.resume, init_from=a.init_from)
     except SilkError as e:
