@@ -18,7 +18,6 @@ import argparse
 import itertools
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -27,6 +26,7 @@ from silk_keypoints.cli.common import parse_image_size
 from silk_keypoints.errors import SilkError
 from silk_keypoints.evaluation.report import format_table
 from silk_keypoints.evaluation.testdata import cover_crop, paste_view, rotation_about
+from silk_keypoints.geometry import homography_errors
 from silk_keypoints.io import list_images, load_image
 from silk_keypoints.model.config import POSITIONS
 from silk_keypoints.training.data import split_train_val
@@ -35,11 +35,8 @@ from silk_keypoints.training.data import split_train_val
 def count(matcher: Matcher, f0, f1, H: np.ndarray, px: float = 3.0) -> tuple[int, int]:
     """(matches, matches within ``px`` of the truth ``H``)."""
     out = matcher({"image0": f0, "image1": f1})
-    p0, p1 = out["points0"][0].double().numpy(), out["points1"][0].double().numpy()
-    if not len(p0):
-        return 0, 0
-    err = np.linalg.norm(cv2.perspectiveTransform(p0[None], H)[0] - p1, axis=1)
-    return len(p0), int((err <= px).sum())
+    p0, p1 = out["points0"][0].double(), out["points1"][0].double()
+    return len(p0), int((homography_errors(p0, p1, H) <= px).sum())
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from silk_keypoints.cli import main
 from silk_keypoints.ecosystem.hloc import matcher_input, matcher_provenance
 from silk_keypoints.errors import SilkError
 from silk_keypoints.evaluation.testdata import paste_view, rotation_about
-from silk_keypoints.geometry import estimate_homography
+from silk_keypoints.geometry import estimate_homography, homography_errors
 from silk_keypoints.glue import GlueConfig, SiLKGlue, available_glue, mutual_matches, normalise_keypoints
 from silk_keypoints.io import load_image
 from silk_keypoints.matching import Matcher
@@ -207,8 +207,8 @@ def test_shipped_weights_beat_mutual_nn_on_a_real_photo_and_refuse_an_unrelated_
 
     def correct(matcher, f0, f1):
         out = matcher({"image0": f0, "image1": f1})
-        p0, p1 = out["points0"][0].double().numpy(), out["points1"][0].double().numpy()
-        return len(p0), int((np.linalg.norm(cv2.perspectiveTransform(p0[None], H)[0] - p1, axis=1) < 3).sum())
+        p0, p1 = out["points0"][0].double(), out["points1"][0].double()
+        return len(p0), int((homography_errors(p0, p1, H) < 3).sum())
 
     for positions in ("cells", "extrema"):
         f0, f1 = (model.extract(x, max_keypoints=1024, positions=positions) for x in (photo, view))

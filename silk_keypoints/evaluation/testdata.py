@@ -197,7 +197,8 @@ def rotation_about(size: Size, degrees: float, scale: float = 1.0) -> np.ndarray
     as seen on screen, y down; pixel centres at integers) and scaling it by ``scale`` about the same centre."""
     w, h = size
     a = np.radians(degrees)
-    R = np.array([[np.cos(a), np.sin(a), 0], [-np.sin(a), np.cos(a), 0], [0, 0, 1 / scale]]) * scale
+    cos, sin = scale * np.cos(a), scale * np.sin(a)
+    R = np.array([[cos, sin, 0], [-sin, cos, 0], [0, 0, 1]])
     c = translation((w - 1) / 2, (h - 1) / 2)
     return c @ R @ np.linalg.inv(c)
 
