@@ -122,8 +122,9 @@ class _SelfBlock(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.update = _Update(width)
 
-    def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor], bias: torch.Tensor) -> torch.Tensor:
-        """x (B, N, d), rotary cos/sin (B, 1, N, c), bias (B, 1, 1, N) additive key mask -> (B, N, d)."""
+    def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor],
+                bias: torch.Tensor | None) -> torch.Tensor:
+        """x (B, N, d), rotary cos/sin (B, 1, N, c), bias (B, 1, 1, N) additive key mask or None -> (B, N, d)."""
         q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
         q, k = _rotate(q, *rotary), _rotate(k, *rotary)
         return self.update(x, F.scaled_dot_product_attention(q, k, v, attn_mask=bias))
@@ -142,9 +143,9 @@ class _CrossBlock(nn.Module):
         self.update = _Update(width)
 
     def forward(
-        self, x0: torch.Tensor, x1: torch.Tensor, bias0: torch.Tensor, bias1: torch.Tensor
+        self, x0: torch.Tensor, x1: torch.Tensor, bias0: torch.Tensor | None, bias1: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x0 (B, N0, d), x1 (B, N1, d), bias0 (B, 1, 1, N0) and bias1 (B, 1, 1, N1) additive key masks."""
+        """x0 (B, N0, d), x1 (B, N1, d), bias0 (B, 1, 1, N0) and bias1 (B, 1, 1, N1) additive key masks (or None)."""
         qk0, qk1 = (self.qk(x).unflatten(-1, (self.heads, -1)).transpose(1, 2) for x in (x0, x1))
         v0, v1 = (self.v(x).unflatten(-1, (self.heads, -1)).transpose(1, 2) for x in (x0, x1))
         m0 = F.scaled_dot_product_attention(qk0, qk1, v1, attn_mask=bias1)
@@ -159,17 +160,16 @@ class _Assignment(nn.Module):
         self.matchability = nn.Linear(width, 1)
 
     def forward(
-        self, x0: torch.Tensor, x1: torch.Tensor, mask0: torch.Tensor, mask1: torch.Tensor
+        self, x0: torch.Tensor, x1: torch.Tensor, mask0: torch.Tensor, mask1: torch.Tensor, padded: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> log P (B, N0, N1), log-probability to be unmatched (B, N0) and (B, N1); padded entries -1e9.
+        """-> log P (B, N0, N1), log-probability to be unmatched (B, N0) and (B, N1); padded entries -1e9
+        (``padded``: some mask entry is False, or the graph is being exported).
 
         ``log softmax_j S_ij + log sigmoid(z0_i) = S_ij + a_i`` with ``a_i = log sigmoid(z0_i) - logsumexp_j S_ij``
         (and ``b_j`` the same over columns), so ``log P = 2 S + a + b`` takes three passes over the matrix."""
         scale = x0.shape[-1] ** -0.25
         f0, f1 = self.proj(x0) * scale, self.proj(x1) * scale
         sim = f0 @ f1.transpose(-1, -2)
-        # an exported graph (ONNX) always masks: it cannot branch on the data
-        padded = torch.compiler.is_exporting() or not (bool(mask0.all()) and bool(mask1.all()))
         if padded:
             pair = mask0[:, :, None] & mask1[:, None, :]
             sim = sim.masked_fill(~pair, _NEG)
@@ -225,15 +225,18 @@ class SiLKGlue(nn.Module):
             masks.append(torch.ones(kpts.shape[:2], dtype=torch.bool, device=kpts.device) if mask is None
                          else mask.bool())
         mask0, mask1 = masks
-        bias0, bias1 = ((~m).to(descriptors0.dtype) * _NEG for m in (mask0, mask1))
+        # unpadded inputs attend without a mask (a faster kernel); an exported graph (ONNX) always masks
+        padded = torch.compiler.is_exporting() or not (bool(mask0.all()) and bool(mask1.all()))
+        bias0, bias1 = (((~m).to(descriptors0.dtype) * _NEG)[:, None, None, :] if padded else None
+                        for m in (mask0, mask1))
         rot0 = self.rotary(normalise_keypoints(keypoints0, size0))
         rot1 = self.rotary(normalise_keypoints(keypoints1, size1))
         x0, x1 = self.input(descriptors0), self.input(descriptors1)
         for self_block, cross_block in zip(self.self_blocks, self.cross_blocks):
-            x0 = self_block(x0, rot0, bias0[:, None, None, :])
-            x1 = self_block(x1, rot1, bias1[:, None, None, :])
-            x0, x1 = cross_block(x0, x1, bias0[:, None, None, :], bias1[:, None, None, :])
-        return self.assignment(x0, x1, mask0, mask1)
+            x0 = self_block(x0, rot0, bias0)
+            x1 = self_block(x1, rot1, bias1)
+            x0, x1 = cross_block(x0, x1, bias0, bias1)
+        return self.assignment(x0, x1, mask0, mask1, padded)
 
     def forward(
         self,

@@ -128,6 +128,18 @@ def test_evaluate_pair_identity_and_known_offset():
     assert evaluate_pair(few, few, np.eye(3), (120, 110), (120, 110))["corner_error"] == np.inf
 
 
+def test_evaluate_pair_magsac_fit_beside_the_original():
+    f = features()
+    shifted = np.array([[1, 0, 3], [0, 1, 4], [0, 0, 1.0]])
+    assert "corner_error_magsac" not in evaluate_pair(f, f, np.eye(3), (120, 110), (120, 110))
+    r = evaluate_pair(f, f, np.eye(3), (120, 110), (120, 110), magsac=True)
+    assert r["corner_error_magsac"] == pytest.approx(0, abs=1e-4)
+    r = evaluate_pair(f, f, shifted, (120, 110), (120, 110), magsac=True)
+    assert r["corner_error_magsac"] == pytest.approx(5.0, abs=1e-4) and r["corner_error"] == pytest.approx(5.0, abs=1e-4)
+    few = {"keypoints": f["keypoints"][:3], "descriptors": f["descriptors"][:3, :3]}
+    assert evaluate_pair(few, few, np.eye(3), (120, 110), (120, 110), magsac=True)["corner_error_magsac"] == np.inf
+
+
 def test_evaluate_pair_with_another_matcher():
     f0 = features()
     # ten more points in image 1 whose descriptors nearly repeat those of points 0-9: ambiguous for a ratio test
@@ -151,6 +163,13 @@ def test_summarize_groups_and_failures():
     assert s["all"]["mma"] == {"1": 0.5}
     assert s["all"]["h_acc"]["1"] == pytest.approx(1 / 3) and s["all"]["h_acc"]["3"] == pytest.approx(2 / 3)
     assert "illumination" not in summarize([pair("viewpoint", 1.0, 1.0)])
+    assert "h_auc_magsac" not in s["all"]  # only when every pair has the MAGSAC fit
+    both = summarize([{**pair("viewpoint", 0.5, 1.0), "corner_error_magsac": 0.2},
+                      {**pair("viewpoint", 2.5, 1.0), "corner_error_magsac": 0.4}])["all"]
+    assert both["h_acc"]["1"] == 0.5 and both["h_acc_magsac"]["1"] == 1.0
+    assert both["h_auc_magsac"]["1"] == pytest.approx(0.8)  # trapezoids through (0.2, 0.5), (0.4, 1), (1, 1)
+    mixed = summarize([{**pair("viewpoint", 0.5, 1.0), "corner_error_magsac": 0.1}, pair("viewpoint", 0.5, 1.0)])
+    assert "h_auc_magsac" not in mixed["all"]
 
 
 def test_identical_images_give_perfect_scores(root, tmp_path):

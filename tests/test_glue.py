@@ -193,6 +193,35 @@ def test_onnx_equals_torch(tmp_path):
     assert json.loads(meta["silk.glue_config"])["width"] == 16
 
 
+def test_shipped_tiny_weights_drop_mutual_nn_errors_on_a_real_photo(capsys, tmp_path):
+    assert "tiny" in available_glue()
+    _, meta = read_safetensors(glue_module.WEIGHTS_DIR / "tiny.safetensors", "silk-keypoints-glue")
+    assert json.loads(meta["config"])["descriptor_dim"] == 64 and json.loads(meta["info"])["extractor"] == "tiny"
+    model = SiLK.from_pretrained("tiny").eval()
+    photo = load_image(IMAGES / "opencv_left.jpg")
+    h, w = photo.shape[:2]
+    H = rotation_about((w, h), 10.0, 0.8)
+    clutter = cv2.resize(load_image(IMAGES / "opencv_box.jpg"), (w, h))
+    view = paste_view(photo, clutter, H)
+    glue, mnn = Matcher("glue", glue_weights="tiny"), Matcher("mnn")
+    for positions in ("cells", "extrema"):
+        f0, f1 = (model.extract(x, max_keypoints=1024, positions=positions) for x in (photo, view))
+        counts = []
+        for matcher in (glue, mnn):
+            out = matcher({"image0": f0, "image1": f1})
+            errors = homography_errors(out["points0"][0].double(), out["points1"][0].double(), H)
+            counts.append((len(errors), int((errors < 3).sum())))
+        (n, ok), (n_mnn, ok_mnn) = counts
+        # about as many correct matches, and under 70 % of mutual NN's wrong ones
+        assert ok >= 0.95 * ok_mnn and ok / n > 0.9 and n - ok < 0.7 * (n_mnn - ok_mnn), (positions, counts)
+        out = glue({"image0": f0, "image1": model.extract(clutter, max_keypoints=1024, positions=positions)})
+        fit = estimate_homography(out["points0"][0].double().numpy(), out["points1"][0].double().numpy(), 3.0, seed=0)
+        assert fit.inliers is None or fit.inliers.sum() <= 10, positions
+    box, scene = (str(p) for p in DEMO_PAIR)
+    assert main(["match", box, scene, "--model", "tiny", "--matcher", "glue", "--out", str(tmp_path / "m.png")]) == 0
+    assert "inliers" in capsys.readouterr().out
+
+
 def test_shipped_weights_beat_mutual_nn_on_a_real_photo_and_refuse_an_unrelated_one(capsys, tmp_path):
     assert "fast" in available_glue()
     glue = SiLKGlue.from_pretrained("fast")

@@ -19,6 +19,7 @@ from silk_keypoints.training.glue import (
     UNMATCHED,
     GlueTrainConfig,
     Pair,
+    _init_from,
     _placement,
     collate,
     glue_loss,
@@ -117,6 +118,21 @@ def test_training_run_logs_checkpoints_and_resumes(tmp_path, capsys):
     assert "need 0 < --match-px <= --unmatched-px, got 2.0 and 1.5" in capsys.readouterr().err
     assert main(["--images", str(tmp_path / "nothing"), "--out", str(tmp_path / "r2")]) == 2
     assert "no training images" in capsys.readouterr().err
+
+
+def test_init_from_a_matcher_of_other_descriptors(tmp_path, capsys):
+    source = SiLKGlue(descriptor_dim=128, width=16, heads=2, layers=1)
+    path = source.save(tmp_path / "fast-like.safetensors")
+    model = _init_from(str(path), 64)  # tiny's descriptors
+    assert model.conf.descriptor_dim == 64 and model.input.weight.shape == (16, 64)
+    for k, v in model.state_dict().items():
+        assert k.startswith("input.") or torch.equal(v, source.state_dict()[k]), k
+    assert "taking every weight but the input projection" in capsys.readouterr().err
+    assert _init_from(str(path), 128).conf == source.conf  # same descriptors: the file as it is
+    args = ["--images", str(IMAGES), "--out", str(tmp_path / "run"), "--extractor", "tiny", "--batch", "2",
+            "--keypoints", "24", "--crop", "64", "--steps", "1", "--threads", "1", "--init-from", str(path)]
+    assert main(args) == 0
+    assert SiLKGlue.from_file(tmp_path / "run" / "last.safetensors").conf.descriptor_dim == 64
 
 
 def test_training_on_hard_set_views(tmp_path, capsys):

@@ -25,7 +25,8 @@ adds ``new_pairs`` fresh ones and trains on a random batch of the cache.
 Run: ``python -m silk_keypoints.training.glue --images DIR --out RUN`` (``--help``); ``RUN`` gets
 ``log.jsonl`` (one JSON object per logged step), ``last.safetensors`` (model only), with ``--ema`` also
 ``ema.safetensors`` (the moving average of the weights), and ``state.pt`` (optimizer, step and average, for
-``--resume``); ``--init-from FILE`` starts from other SiLKGlue weights.
+``--resume``); ``--init-from FILE`` starts from other SiLKGlue weights (from a matcher of other descriptors:
+all but the input projection).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -414,6 +415,20 @@ def pair_loss(model: SiLKGlue, batch: dict[str, torch.Tensor], match_px: float =
 
 
 # ---------------------------------------------------------------------------------------------- the loop
+def _init_from(path: str, descriptor_dim: int) -> SiLKGlue:
+    """SiLKGlue weights to start from; from a matcher of other descriptors (e.g. ``fast``'s 128-D for ``tiny``'s
+    64-D) every weight but the input projection (``input.*``, drawn anew) is taken."""
+    source = SiLKGlue.from_file(path)
+    if source.conf.descriptor_dim == descriptor_dim:
+        return source
+    model = SiLKGlue(replace(source.conf, descriptor_dim=descriptor_dim))
+    kept = {k: v for k, v in source.state_dict().items() if not k.startswith("input.")}
+    model.load_state_dict({**model.state_dict(), **kept})
+    print(f"--init-from {path}: {source.conf.descriptor_dim}-D descriptors, the extractor's are {descriptor_dim}-D; "
+          "taking every weight but the input projection", file=sys.stderr)
+    return model
+
+
 def train(config: GlueTrainConfig, resume: bool = False, init_from: str | None = None) -> Path:
     """Train (or continue) a SiLKGlue in ``config.out``; returns the path of the last weights."""
     out = Path(config.out)
@@ -436,7 +451,7 @@ def train(config: GlueTrainConfig, resume: bool = False, init_from: str | None =
     if resume and last.is_file():
         model = SiLKGlue.from_file(last)
     elif init_from:
-        model = SiLKGlue.from_file(init_from)
+        model = _init_from(init_from, glue_conf.descriptor_dim)
     else:
         model = SiLKGlue(glue_conf)
     model.train()
