@@ -123,16 +123,30 @@ def test_training_run_logs_checkpoints_and_resumes(tmp_path, capsys):
 def test_init_from_a_matcher_of_other_descriptors(tmp_path, capsys):
     source = SiLKGlue(descriptor_dim=128, width=16, heads=2, layers=1)
     path = source.save(tmp_path / "fast-like.safetensors")
-    model = _init_from(str(path), 64)  # tiny's descriptors
+    model = _init_from(str(path), 64, 1)  # tiny's descriptors
     assert model.conf.descriptor_dim == 64 and model.input.weight.shape == (16, 64)
     for k, v in model.state_dict().items():
         assert k.startswith("input.") or torch.equal(v, source.state_dict()[k]), k
-    assert "taking every weight but the input projection" in capsys.readouterr().err
-    assert _init_from(str(path), 128).conf == source.conf  # same descriptors: the file as it is
+    assert "every weight but the input projection taken" in capsys.readouterr().err
+    assert _init_from(str(path), 128, 1).conf == source.conf  # same descriptors: the file as it is
     args = ["--images", str(IMAGES), "--out", str(tmp_path / "run"), "--extractor", "tiny", "--batch", "2",
-            "--keypoints", "24", "--crop", "64", "--steps", "1", "--threads", "1", "--init-from", str(path)]
+            "--keypoints", "24", "--crop", "64", "--steps", "1", "--threads", "1", "--init-from", str(path),
+            "--layers", "1"]
     assert main(args) == 0
     assert SiLKGlue.from_file(tmp_path / "run" / "last.safetensors").conf.descriptor_dim == 64
+    assert main(args[:-1] + ["2"]) == 2  # more layers than the source has
+    assert "has 1 layers; --layers 2 would need new ones" in capsys.readouterr().err
+
+
+def test_init_from_keeps_the_first_blocks_of_a_deeper_matcher(tmp_path, capsys):
+    source = SiLKGlue(descriptor_dim=64, width=16, heads=2, layers=3)
+    path = source.save(tmp_path / "deep.safetensors")
+    model = _init_from(str(path), 64, 2)
+    assert model.conf.layers == 2 and len(model.self_blocks) == 2
+    full = source.state_dict()
+    assert all(torch.equal(v, full[k]) for k, v in model.state_dict().items())  # every kept weight is the source's
+    assert not any(k.startswith(("self_blocks.2.", "cross_blocks.2.")) for k in model.state_dict())
+    assert "3 layers: the first 2 kept" in capsys.readouterr().err
 
 
 def test_training_on_hard_set_views(tmp_path, capsys):

@@ -26,7 +26,7 @@ Run: ``python -m silk_keypoints.training.glue --images DIR --out RUN`` (``--help
 ``log.jsonl`` (one JSON object per logged step), ``last.safetensors`` (model only), with ``--ema`` also
 ``ema.safetensors`` (the moving average of the weights), and ``state.pt`` (optimizer, step and average, for
 ``--resume``); ``--init-from FILE`` starts from other SiLKGlue weights (from a matcher of other descriptors:
-all but the input projection).
+all but the input projection; with a smaller ``--layers``: its first blocks).
 """
 
 from __future__ import annotations
@@ -415,17 +415,26 @@ def pair_loss(model: SiLKGlue, batch: dict[str, torch.Tensor], match_px: float =
 
 
 # ---------------------------------------------------------------------------------------------- the loop
-def _init_from(path: str, descriptor_dim: int) -> SiLKGlue:
-    """SiLKGlue weights to start from; from a matcher of other descriptors (e.g. ``fast``'s 128-D for ``tiny``'s
-    64-D) every weight but the input projection (``input.*``, drawn anew) is taken."""
+def _init_from(path: str, descriptor_dim: int, layers: int) -> SiLKGlue:
+    """SiLKGlue weights to start from (their width and heads). From a matcher of other descriptors (e.g. ``fast``'s
+    128-D for ``tiny``'s 64-D) every weight but the input projection (``input.*``, drawn anew) is taken; with
+    fewer ``layers`` than it has, its first blocks are kept (a smaller, faster matcher to fine-tune)."""
     source = SiLKGlue.from_file(path)
-    if source.conf.descriptor_dim == descriptor_dim:
+    if layers > source.conf.layers:
+        raise SilkError(f"--init-from {path} has {source.conf.layers} layers; --layers {layers} would need new ones")
+    if source.conf.descriptor_dim == descriptor_dim and source.conf.layers == layers:
         return source
-    model = SiLKGlue(replace(source.conf, descriptor_dim=descriptor_dim))
-    kept = {k: v for k, v in source.state_dict().items() if not k.startswith("input.")}
-    model.load_state_dict({**model.state_dict(), **kept})
-    print(f"--init-from {path}: {source.conf.descriptor_dim}-D descriptors, the extractor's are {descriptor_dim}-D; "
-          "taking every weight but the input projection", file=sys.stderr)
+    model = SiLKGlue(replace(source.conf, descriptor_dim=descriptor_dim, layers=layers))
+    target = model.state_dict()
+    kept = {k: v for k, v in source.state_dict().items() if k in target and v.shape == target[k].shape}
+    model.load_state_dict({**target, **kept})
+    notes = []
+    if source.conf.descriptor_dim != descriptor_dim:
+        notes.append(f"{source.conf.descriptor_dim}-D descriptors, the extractor's are {descriptor_dim}-D: "
+                     "every weight but the input projection taken")
+    if source.conf.layers != layers:
+        notes.append(f"{source.conf.layers} layers: the first {layers} kept")
+    print(f"--init-from {path}: {'; '.join(notes)}", file=sys.stderr)
     return model
 
 
@@ -451,7 +460,7 @@ def train(config: GlueTrainConfig, resume: bool = False, init_from: str | None =
     if resume and last.is_file():
         model = SiLKGlue.from_file(last)
     elif init_from:
-        model = _init_from(init_from, glue_conf.descriptor_dim)
+        model = _init_from(init_from, glue_conf.descriptor_dim, glue_conf.layers)
     else:
         model = SiLKGlue(glue_conf)
     model.train()
