@@ -193,30 +193,43 @@ def test_onnx_equals_torch(tmp_path):
     assert json.loads(meta["silk.glue_config"])["width"] == 16
 
 
+def zoomed_view_of_a_real_photo():
+    """A real photo, its 0.8x zoom-out turned by 10° pasted on another photo, that other photo, and the homography."""
+    photo = load_image(IMAGES / "opencv_left.jpg")
+    h, w = photo.shape[:2]
+    H = rotation_about((w, h), 10.0, 0.8)
+    clutter = cv2.resize(load_image(IMAGES / "opencv_box.jpg"), (w, h))
+    return photo, paste_view(photo, clutter, H), clutter, H
+
+
+def correct_matches(matcher, f0, f1, H) -> tuple[int, int]:
+    """(matches, matches within 3 px of the homography H) of ``matcher`` on two feature sets."""
+    out = matcher({"image0": f0, "image1": f1})
+    errors = homography_errors(out["points0"][0].double(), out["points1"][0].double(), H)
+    return len(errors), int((errors < 3).sum())
+
+
+def unrelated_inliers(matcher, f0, f1) -> int:
+    """Inliers of a 3-px homography fit to ``matcher``'s matches of two unrelated photos (0 if none fits)."""
+    out = matcher({"image0": f0, "image1": f1})
+    fit = estimate_homography(out["points0"][0].double().numpy(), out["points1"][0].double().numpy(), 3.0, seed=0)
+    return 0 if fit.inliers is None else int(fit.inliers.sum())
+
+
 def test_shipped_tiny_weights_drop_mutual_nn_errors_on_a_real_photo(capsys, tmp_path):
     assert "tiny" in available_glue()
     _, meta = read_safetensors(glue_module.WEIGHTS_DIR / "tiny.safetensors", "silk-keypoints-glue")
     assert json.loads(meta["config"])["descriptor_dim"] == 64 and json.loads(meta["info"])["extractor"] == "tiny"
     model = SiLK.from_pretrained("tiny").eval()
-    photo = load_image(IMAGES / "opencv_left.jpg")
-    h, w = photo.shape[:2]
-    H = rotation_about((w, h), 10.0, 0.8)
-    clutter = cv2.resize(load_image(IMAGES / "opencv_box.jpg"), (w, h))
-    view = paste_view(photo, clutter, H)
+    photo, view, clutter, H = zoomed_view_of_a_real_photo()
     glue, mnn = Matcher("glue", glue_weights="tiny"), Matcher("mnn")
     for positions in ("cells", "extrema"):
         f0, f1 = (model.extract(x, max_keypoints=1024, positions=positions) for x in (photo, view))
-        counts = []
-        for matcher in (glue, mnn):
-            out = matcher({"image0": f0, "image1": f1})
-            errors = homography_errors(out["points0"][0].double(), out["points1"][0].double(), H)
-            counts.append((len(errors), int((errors < 3).sum())))
-        (n, ok), (n_mnn, ok_mnn) = counts
+        (n, ok), (n_mnn, ok_mnn) = counts = [correct_matches(m, f0, f1, H) for m in (glue, mnn)]
         # about as many correct matches, and under 70 % of mutual NN's wrong ones
         assert ok >= 0.95 * ok_mnn and ok / n > 0.9 and n - ok < 0.7 * (n_mnn - ok_mnn), (positions, counts)
-        out = glue({"image0": f0, "image1": model.extract(clutter, max_keypoints=1024, positions=positions)})
-        fit = estimate_homography(out["points0"][0].double().numpy(), out["points1"][0].double().numpy(), 3.0, seed=0)
-        assert fit.inliers is None or fit.inliers.sum() <= 10, positions
+        other = model.extract(clutter, max_keypoints=1024, positions=positions)
+        assert unrelated_inliers(glue, f0, other) <= 10, positions
     box, scene = (str(p) for p in DEMO_PAIR)
     assert main(["match", box, scene, "--model", "tiny", "--matcher", "glue", "--out", str(tmp_path / "m.png")]) == 0
     assert "inliers" in capsys.readouterr().out
@@ -228,25 +241,14 @@ def test_shipped_weights_beat_mutual_nn_on_a_real_photo_and_refuse_an_unrelated_
     _, meta = read_safetensors(glue_module.WEIGHTS_DIR / "fast.safetensors", "silk-keypoints-glue")
     assert glue.conf.descriptor_dim == 128 and set(json.loads(meta["info"])["positions"]) == {"cells", "extrema"}
     model = SiLK.from_pretrained("fast").eval()
-    photo = load_image(IMAGES / "opencv_left.jpg")
-    h, w = photo.shape[:2]
-    H = rotation_about((w, h), 10.0, 0.8)  # a 0.8x zoom-out with a turn, on another photo
-    clutter = cv2.resize(load_image(IMAGES / "opencv_box.jpg"), (w, h))
-    view = paste_view(photo, clutter, H)
-
-    def correct(matcher, f0, f1):
-        out = matcher({"image0": f0, "image1": f1})
-        p0, p1 = out["points0"][0].double(), out["points1"][0].double()
-        return len(p0), int((homography_errors(p0, p1, H) < 3).sum())
-
+    photo, view, clutter, H = zoomed_view_of_a_real_photo()
     for positions in ("cells", "extrema"):
         f0, f1 = (model.extract(x, max_keypoints=1024, positions=positions) for x in (photo, view))
-        n, ok = correct(Matcher("glue"), f0, f1)
-        n_mnn, ok_mnn = correct(Matcher("mnn"), f0, f1)
+        n, ok = correct_matches(Matcher("glue"), f0, f1, H)
+        n_mnn, ok_mnn = correct_matches(Matcher("mnn"), f0, f1, H)
         assert ok >= ok_mnn and ok / n > 0.9 > ok_mnn / n_mnn, (positions, n, ok, n_mnn, ok_mnn)
-        out = Matcher("glue")({"image0": f0, "image1": model.extract(clutter, max_keypoints=1024, positions=positions)})
-        fit = estimate_homography(out["points0"][0].double().numpy(), out["points1"][0].double().numpy(), 3.0, seed=0)
-        assert fit.inliers is None or fit.inliers.sum() <= 10, positions  # unrelated photos: (almost) nothing
+        other = model.extract(clutter, max_keypoints=1024, positions=positions)
+        assert unrelated_inliers(Matcher("glue"), f0, other) <= 10, positions  # unrelated photos: (almost) nothing
     box, scene = (str(p) for p in DEMO_PAIR)
     assert main(["match", box, scene, "--matcher", "glue", "--out", str(tmp_path / "m.png")]) == 0
     assert "inliers" in capsys.readouterr().out
